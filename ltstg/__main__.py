@@ -1,0 +1,3 @@
+from ltstg.cli import main
+
+main()

@@ -1,0 +1,21 @@
+"""Feature dropout, a baseline that perturbs features without any notion of semantics."""
+from __future__ import annotations
+
+import torch
+
+from ltstg.errors import LtstgError
+
+
+class DropoutAugmenter:
+    """nn.Dropout in training mode, but with the caller's generator so runs repeat."""
+
+    def __init__(self, p: float) -> None:
+        if not 0 <= p < 1:
+            raise LtstgError(f"dropout p must be in [0, 1), got {p}.")
+        self.p = float(p)
+
+    def augment(self, features: torch.Tensor, labels: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
+        """Zero each entry with probability p and rescale survivors so the expected feature is unchanged."""
+        draw = torch.rand(features.shape, generator=generator, device=features.device)  # (B, D)
+        keep = draw >= self.p
+        return torch.where(keep, features / (1.0 - self.p), torch.zeros((), dtype=features.dtype, device=features.device))

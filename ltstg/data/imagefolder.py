@@ -1,0 +1,138 @@
+"""Any `train/<class>/*`, `test/<class>/*` tree as a source, and the decoder shared by file-based sources."""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ltstg.data import Source, Split, fingerprint
+from ltstg.errors import LtstgError
+from ltstg.report import Report, silent
+
+SPLITS = ("train", "test", "val")
+REPORT_EVERY = 1000
+# What PIL raises for unreadable, truncated or hostile files; anything else is a bug and keeps its traceback.
+UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
+def list_imagefolder(root: str, classes: Sequence[str] | None = None) -> Source:
+    """Paths and labels without decoding, so a bad tree fails in seconds, before any heavy work.
+
+    Every non-hidden file counts (nested folders too), so nothing is dropped silently:
+    decode_images reports the files it cannot read.
+    """
+    root = os.path.abspath(os.path.expanduser(root))
+    if not os.path.isdir(root):
+        raise LtstgError(f"image folder root {root} does not exist; pass the folder that holds train/ and test/.")
+    for split in ("train", "test"):
+        if not os.path.isdir(os.path.join(root, split)):
+            raise LtstgError(
+                f"{root} has no {split}/ folder; an image folder needs train/<class>/<image> and test/<class>/<image>."
+            )
+    found = {split: _class_folders(root, split) for split in SPLITS if os.path.isdir(os.path.join(root, split))}
+    if not found["train"]:
+        raise LtstgError(f"{os.path.join(root, 'train')} has no class folders; put each class's images in train/<class>/.")
+    if classes is None:
+        class_names = tuple(found["train"])
+    else:
+        class_names = tuple(classes)
+        missing = [name for name in class_names if name not in found["train"]]
+        if missing:
+            raise LtstgError(
+                f"class {missing[0]!r} has no folder in {os.path.join(root, 'train')} ({len(missing)} listed classes "
+                "missing); fix the class list or add the folders."
+            )
+        if len(set(class_names)) != len(class_names):
+            raise LtstgError(f"the class list {list(class_names)} names a class twice; give each class once.")
+    for split, folders in found.items():
+        extra = sorted(set(folders) - set(found["train"]))
+        if extra:
+            raise LtstgError(
+                f"{os.path.join(root, split, extra[0])} is a class absent from train/ ({len(extra)} such folders); "
+                "add it to train/ or remove it."
+            )
+    splits, sizes = {}, []
+    for split in found:
+        paths, labels = [], []
+        for label, name in enumerate(class_names):
+            files = _files(root, os.path.join(split, name))
+            if split == "train" and not files:
+                raise LtstgError(f"{os.path.join(root, split, name)} holds no images; add some or leave the class out.")
+            paths += [path for path, _ in files]
+            labels += [label] * len(files)
+            sizes += [f"{split} {label} {path} {size}" for path, size in files]
+        splits[split] = Split(labels=torch.tensor(labels, dtype=torch.int64), paths=tuple(paths))
+    return Source(
+        name="imagefolder",
+        class_names=class_names,
+        splits=splits,
+        root=root,
+        fingerprint=fingerprint(["imagefolder", *class_names, *sizes]),
+    )
+
+
+def _class_folders(root: str, split: str) -> list[str]:
+    """Sorted class folder names of one split, ignoring hidden entries such as .DS_Store."""
+    with os.scandir(os.path.join(root, split)) as entries:
+        return sorted(entry.name for entry in entries if entry.is_dir() and not entry.name.startswith("."))
+
+
+def _files(root: str, folder: str) -> list[tuple[str, int]]:
+    """(path relative to root, size) of every non-hidden file under folder, sorted by path."""
+    files = []
+    for directory, subfolders, names in os.walk(os.path.join(root, folder)):
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        for name in names:
+            if not name.startswith("."):
+                path = os.path.join(directory, name)
+                files.append((os.path.relpath(path, root).replace(os.sep, "/"), os.path.getsize(path)))
+    return sorted(files)
+
+
+def decode_images(
+    root: str, paths: Sequence[str], size: int, *, strict: bool, report: Report = silent
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """RGB size×size uint8 images of the readable files, which ones were kept, and which were not.
+
+    Decoding runs in a thread pool (PIL releases the GIL while decoding). Unreadable or empty
+    files are skipped and listed, or with strict=True raise one error after the whole pass.
+    """
+    images = np.zeros((len(paths), size, size, 3), dtype=np.uint8)  # (N, size, size, 3)
+    keep = np.zeros(len(paths), dtype=bool)  # (N,)
+
+    def decode(index: int) -> None:
+        try:
+            images[index] = _read(os.path.join(root, paths[index]), size)
+        except UNREADABLE:
+            return
+        keep[index] = True
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for done, _ in enumerate(pool.map(decode, range(len(paths))), start=1):
+            if done % REPORT_EVERY == 0 or done == len(paths):
+                report("decode images", done, len(paths))
+    unreadable = [path for path, kept in zip(paths, keep) if not kept]
+    if strict and unreadable:
+        raise LtstgError(
+            f"cannot read image {os.path.join(root, unreadable[0])} ({len(unreadable)} unreadable files in all); "
+            "replace or remove them, or run without strict to skip them."
+        )
+    if unreadable:
+        images = images[keep]
+    return torch.from_numpy(images), torch.from_numpy(keep), unreadable
+
+
+def _read(path: str, size: int) -> np.ndarray:
+    """One file as (size, size, 3) uint8, whatever its mode; resized only when needed."""
+    with Image.open(path) as image:
+        image.draft("RGB", (size, size))  # JPEG only: let the decoder downscale by 2^k, much faster for big files
+        if image.mode == "P" and "transparency" in image.info:
+            image = image.convert("RGBA")  # avoids PIL's warning for palette transparency
+        image = image.convert("RGB")
+        if image.size != (size, size):
+            image = image.resize((size, size), Image.Resampling.BICUBIC)
+        return np.asarray(image)

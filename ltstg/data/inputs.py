@@ -1,0 +1,157 @@
+"""Batches of model inputs for stage 1 and feature extraction, from device tensors or from files.
+
+Small images (CIFAR, image folders, the generator) live as one uint8 tensor on the compute device
+and are augmented there in batches, with no per-image Python. File-based sets (ImageNet-LT,
+Places-LT) are decoded by DataLoader workers with torchvision transforms v2.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Iterator, Protocol
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from ltstg.data.batch_augment import augment_batch, to_model_input
+from ltstg.errors import LtstgError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class ImageInputs(Protocol):
+    num_train: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def train_batches(self, batch_size: int, generator: torch.Generator, rank: int = 0, world_size: int = 1) -> Iterator[Batch]: ...
+
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]: ...
+
+    def view_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]: ...
+
+
+def shard(indices: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """This rank's share of a global batch: every world_size-th sample, so shares differ by at most one."""
+    return indices[rank::world_size]
+
+
+class TensorInputs:
+    """uint8 (N, H, W, 3) images held on the compute device, cropped/flipped/normalised in batches."""
+
+    def __init__(self, splits: dict[str, tuple[torch.Tensor, torch.Tensor]], device: torch.device, channels_last: bool = False) -> None:
+        self.splits = {name: (images.to(device), labels.to(device)) for name, (images, labels) in splits.items()}
+        self.device = device
+        self.channels_last = channels_last
+        train = self.splits["train"][0]
+        self.num_train = len(train)
+        self.mean, self.std = channel_stats(train)
+
+    def train_batches(self, batch_size: int, generator: torch.Generator, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
+        """One epoch: a seeded permutation, augmented per global batch so every rank draws the same numbers."""
+        images, labels = self.splits["train"]
+        order = torch.randperm(self.num_train, generator=generator, device=generator.device).to(self.device)
+        for start in range(0, self.num_train, batch_size):
+            index = order[start : start + batch_size]
+            if len(index) < 2 * world_size:  # a one-sample batch breaks BatchNorm
+                continue
+            batch = augment_batch(
+                images[index], generator=generator, mean=self.mean, std=self.std, channels_last=self.channels_last
+            )
+            yield shard(batch, rank, world_size), shard(labels[index], rank, world_size)
+
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
+        images, labels = self.splits[split]
+        for start in range(0, len(labels), batch_size):
+            part = slice(start, start + batch_size)
+            yield to_model_input(images[part], self.mean, self.std, self.channels_last), labels[part]
+
+    def view_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+        """Augmented training images in stored order (extra feature views)."""
+        images = self.splits["train"][0]
+        for start in range(0, self.num_train, batch_size):
+            yield augment_batch(
+                images[start : start + batch_size], generator=generator, mean=self.mean, std=self.std,
+                channels_last=self.channels_last,
+            )
+
+
+def channel_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 (N, H, W, 3) images in [0, 1], in chunks to bound memory."""
+    total = torch.zeros(3, dtype=torch.float64, device=images.device)
+    squares = torch.zeros(3, dtype=torch.float64, device=images.device)
+    for start in range(0, len(images), chunk):
+        part = images[start : start + chunk].to(torch.float64) / 255.0
+        total += part.sum(dim=(0, 1, 2))
+        squares += (part * part).sum(dim=(0, 1, 2))
+    count = max(images.shape[0] * images.shape[1] * images.shape[2], 1)
+    mean = total / count
+    std = (squares / count - mean * mean).clamp_min(1e-12).sqrt()
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+class _Files(Dataset):
+    def __init__(self, root: str, paths: list[str], labels: torch.Tensor, transform: v2.Transform) -> None:
+        self.root, self.paths, self.labels, self.transform = root, paths, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path = os.path.join(self.root, self.paths[index])
+        try:
+            with Image.open(path) as image:
+                rgb = image.convert("RGB")
+        except OSError as error:
+            raise LtstgError(f"cannot read image {path} ({error}).") from None
+        return self.transform(rgb), int(self.labels[index])
+
+
+class FileInputs:
+    """Images decoded from files by DataLoader workers (ImageNet-LT, Places-LT)."""
+
+    def __init__(
+        self, root: str, splits: dict[str, tuple[list[str], torch.Tensor]], size: int, device: torch.device, workers: int = 4
+    ) -> None:
+        if not os.path.isdir(root):
+            raise LtstgError(f"image root {root!r} of this data set is not a folder here; rerun make-dataset with --root.")
+        self.root, self.splits, self.size, self.device, self.workers = root, splits, size, device, workers
+        self.num_train = len(splits["train"][0])
+        self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
+        to_input = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)]
+        self.train_transform = v2.Compose([v2.RandomResizedCrop(size), v2.RandomHorizontalFlip(), *to_input])
+        self.eval_transform = v2.Compose([v2.Resize(math.ceil(size * 256 / 224)), v2.CenterCrop(size), *to_input])
+
+    def _loader(self, split: str, transform: v2.Transform, batch_size: int, sampler=None) -> DataLoader:
+        paths, labels = self.splits[split]
+        return DataLoader(
+            _Files(self.root, paths, labels, transform), batch_size=batch_size, sampler=sampler,
+            num_workers=self.workers, pin_memory=self.device.type == "cuda", drop_last=sampler is not None,
+            persistent_workers=False,
+        )
+
+    def train_batches(self, batch_size: int, generator: torch.Generator, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
+        """One epoch; the permutation comes from the stage generator, so it is seeded and resumable."""
+        order = torch.randperm(self.num_train, generator=generator, device=generator.device).cpu()
+        mine = shard(order[: self.num_train - self.num_train % world_size], rank, world_size).tolist()
+        # worker augmentation draws from torch's per-worker seeds, derived from the stage generator here
+        torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator, device=generator.device)))
+        for images, labels in self._loader("train", self.train_transform, batch_size // world_size, mine):
+            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
+        for images, labels in self._loader(split, self.eval_transform, batch_size):
+            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+
+    def view_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+        torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator, device=generator.device)))
+        paths, labels = self.splits["train"]
+        loader = DataLoader(
+            _Files(self.root, paths, labels, self.train_transform), batch_size=batch_size, num_workers=self.workers
+        )
+        for images, _ in loader:
+            yield images.to(self.device, non_blocking=True)

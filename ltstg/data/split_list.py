@@ -1,0 +1,151 @@
+"""ImageNet-LT and Places-LT from their standard split lists over an image root the user already has."""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from ltstg.data import Source, Split, fingerprint
+from ltstg.errors import LtstgError
+from ltstg.report import Report, silent
+
+SPLITS = ("train", "val", "test")
+REPORT_EVERY = 1000
+STAT_THREADS = 32  # stat is I/O-bound: on network file systems many requests in flight pay off
+
+
+@dataclass(frozen=True)
+class SplitListFormat:
+    """What a standard split list looks like, so a truncated or wrong list is caught on reading."""
+
+    title: str
+    prefix: str  # list files are f"{prefix}_{split}.txt"
+    num_classes: int
+    counts: Mapping[str, int]  # lines per split
+
+
+FORMATS = {
+    "imagenet-lt": SplitListFormat("ImageNet-LT", "ImageNet_LT", 1000, {"train": 115_846, "val": 20_000, "test": 50_000}),
+    "places-lt": SplitListFormat("Places-LT", "Places_LT", 365, {"train": 62_500, "val": 7_300, "test": 36_500}),
+}
+
+
+def read_split_lists(
+    kind: Literal["imagenet-lt", "places-lt"],
+    root: str,
+    split_dir: str,
+    *,
+    check_files: bool = True,
+    expected: Mapping[str, int] | Literal["standard"] | None = "standard",
+    report: Report = silent,
+) -> Source:
+    """All three splits as paths and labels, checked before any image is decoded.
+
+    `expected` gives the lines per split: "standard" takes the published counts, a mapping
+    overrides them (small lists in tests), None skips the check. With check_files the
+    fingerprint also covers file sizes; without it, only the lists.
+    """
+    if kind not in FORMATS:
+        raise LtstgError(f"unknown split-list data set {kind!r}; known: {', '.join(FORMATS)}.")
+    spec = FORMATS[kind]
+    counts = spec.counts if expected == "standard" else expected
+    root = os.path.abspath(os.path.expanduser(root))
+    lists = {split: _read_list(os.path.join(split_dir, f"{spec.prefix}_{split}.txt"), spec) for split in SPLITS}
+    for split, entries in lists.items():
+        if counts is not None and split in counts and len(entries) != counts[split]:
+            raise LtstgError(
+                f"{spec.prefix}_{split}.txt in {split_dir} has {len(entries):,} lines but the {spec.title} {split} "
+                f"list has {counts[split]:,}; use the standard split lists."
+            )
+    rows = [(split, path, label) for split, entries in lists.items() for path, label in entries]
+    sizes = _file_sizes(root, [path for _, path, _ in rows], spec, report) if check_files else None
+    lines = [f"{split} {label} {path}" + ("" if sizes is None else f" {sizes[i]}") for i, (split, path, label) in enumerate(rows)]
+    return Source(
+        name=kind,
+        class_names=_class_names(lists["train"], spec.num_classes),
+        splits={
+            split: Split(
+                labels=torch.tensor([label for _, label in entries], dtype=torch.int64),  # (N,)
+                paths=tuple(path for path, _ in entries),
+            )
+            for split, entries in lists.items()
+        },
+        root=root,
+        fingerprint=fingerprint([kind, *lines]),
+    )
+
+
+def _read_list(list_path: str, spec: SplitListFormat) -> list[tuple[str, int]]:
+    """(relative path, label) per non-blank line, with the file and line number in every error."""
+    name = os.path.basename(list_path)
+    if not os.path.isfile(list_path):
+        raise LtstgError(
+            f"split list {list_path} not found; pass --split-dir DIR with the {spec.title} lists "
+            f"({spec.prefix}_train.txt, _val.txt, _test.txt)."
+        )
+    entries = []
+    try:
+        with open(list_path, encoding="utf-8") as file:
+            for line_number, line in enumerate(file, start=1):
+                if not line.strip():
+                    continue
+                fields = line.rsplit(maxsplit=1)
+                if len(fields) != 2:
+                    raise LtstgError(
+                        f"{name} line {line_number}: expected 'relative/path label', got {line.strip()!r}."
+                    )
+                path, label_text = fields
+                try:
+                    label = int(label_text)
+                except ValueError:
+                    raise LtstgError(f"{name} line {line_number}: label {label_text!r} is not an integer.") from None
+                if not 0 <= label < spec.num_classes:
+                    raise LtstgError(
+                        f"{name} line {line_number}: label {label} is out of range 0..{spec.num_classes - 1} "
+                        f"for {spec.title}."
+                    )
+                entries.append((path.strip().lstrip("/"), label))  # paths are relative to the image root
+    except UnicodeDecodeError:
+        raise LtstgError(f"split list {list_path} is not UTF-8 text; pass the standard {spec.title} lists.") from None
+    return entries
+
+
+def _file_sizes(root: str, paths: list[str], spec: SplitListFormat, report: Report) -> list[int]:
+    """Size of each listed file, in list order; missing files are one error naming the first five."""
+    if not os.path.isdir(root):
+        raise LtstgError(f"image root {root} does not exist; pass --root with the folder the {spec.title} paths are relative to.")
+
+    def size(path: str) -> int:
+        try:
+            return os.stat(os.path.join(root, path)).st_size
+        except FileNotFoundError:
+            return -1
+
+    sizes = []
+    with ThreadPoolExecutor(max_workers=STAT_THREADS) as pool:
+        for done, file_size in enumerate(pool.map(size, paths), start=1):
+            sizes.append(file_size)
+            if done % REPORT_EVERY == 0 or done == len(paths):
+                report("check image files", done, len(paths))
+    missing = [path for path, file_size in zip(paths, sizes) if file_size < 0]
+    if missing:
+        raise LtstgError(
+            f"{len(missing):,} images listed in the {spec.title} split lists are missing under {root} "
+            f"(first: {', '.join(missing[:5])}); pass --root with the folder the list paths are relative to."
+        )
+    return sizes
+
+
+def _class_names(train: list[tuple[str, int]], num_classes: int) -> tuple[str, ...]:
+    """Each label's train folder name (an ImageNet wnid, a Places category) when that is unambiguous, else "0".."C-1"."""
+    folders: dict[int, set[str]] = {}
+    for path, label in train:
+        folders.setdefault(label, set()).add(os.path.basename(os.path.dirname(path)))
+    names = [next(iter(folders[c])) if len(folders.get(c, ())) == 1 else "" for c in range(num_classes)]
+    if all(names) and len(set(names)) == num_classes:
+        return tuple(names)
+    return tuple(str(c) for c in range(num_classes))

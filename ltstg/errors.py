@@ -1,0 +1,9 @@
+"""The one exception type for problems the user can fix."""
+
+
+class LtstgError(Exception):
+    """A user-fixable problem: bad recipe, missing or corrupt artifact, bad data.
+
+    The message is one sentence naming the thing and, where possible, the fix. Several
+    independent problems (e.g. all recipe validation errors) are one message, one line each.
+    """

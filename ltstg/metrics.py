@@ -1,0 +1,77 @@
+"""Stage-4 metrics: top-1, many/medium/few-shot accuracy, calibration and NLL."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ltstg.errors import LtstgError
+
+
+def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(C, C) counts, rows true class and columns predicted class, in one bincount."""
+    flat = labels.long() * num_classes + preds.long()  # (N,)
+    return torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def per_class_accuracy(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Accuracy of each true class (C,), float; NaN for a class with no samples, so it is not mistaken for 0."""
+    matrix = confusion_matrix(preds, labels, num_classes)
+    totals = matrix.sum(dim=1).double()  # (C,)
+    return matrix.diagonal().double() / totals  # 0/0 gives NaN for empty classes
+
+
+def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
+    """Guo et al.'s ECE: sum over equal-width confidence bins of |accuracy - confidence| weighted by bin size.
+
+    Bin b covers ((b-1)/bins, b/bins], right-closed as in Guo et al.'s code; confidence is the top probability.
+    """
+    confidence, preds = probs.double().max(dim=1)  # (N,)
+    correct = (preds == labels).double()
+    index = (confidence * bins).ceil().long().sub(1).clamp(0, bins - 1)  # (N,)
+    size = torch.bincount(index, minlength=bins).double()  # (bins,)
+    confidence_sum = torch.bincount(index, weights=confidence, minlength=bins)
+    correct_sum = torch.bincount(index, weights=correct, minlength=bins)
+    return float((confidence_sum - correct_sum).abs().sum() / confidence.numel())
+
+
+def classification_metrics(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    train_counts: torch.Tensor,
+    *,
+    many_min: int = 100,
+    few_max: int = 20,
+    ece_bins: int = 15,
+) -> dict[str, float]:
+    """Flat floats for the eval table: overall and per-group accuracy, ECE and NLL.
+
+    "top1" is the plain sample accuracy (the test sets are balanced, so it equals the per-class mean).
+    Groups come from train counts: many > many_min, few < few_max, medium otherwise (paper: >100,
+    20-100, <20). A group's score is the mean accuracy of its classes that have test samples; a group
+    with no such class is left out of the dict rather than reported as NaN.
+    """
+    if logits.dim() != 2 or labels.shape != (logits.shape[0],) or logits.shape[0] == 0:
+        raise LtstgError(
+            f"metrics need (N, C) logits and (N,) labels with N > 0, got {tuple(logits.shape)} and {tuple(labels.shape)}."
+        )
+    if few_max > many_min + 1:
+        raise LtstgError(f"few_max ({few_max}) must not exceed many_min + 1 ({many_min + 1}): the groups would overlap.")
+    num_classes = logits.shape[1]
+    if train_counts.shape != (num_classes,):
+        raise LtstgError(f"train counts must have one entry per class ({num_classes}), got shape {tuple(train_counts.shape)}.")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise LtstgError(f"test labels must lie in [0, {num_classes}), found {labels.min().item()}..{labels.max().item()}.")
+    logits = logits.float()
+    preds = logits.argmax(dim=1)
+    accuracy = per_class_accuracy(preds, labels, num_classes)  # (C,)
+    counts = train_counts.to(accuracy.device)
+    groups = {"many": counts > many_min, "few": counts < few_max}
+    groups["medium"] = ~(groups["many"] | groups["few"])
+    result = {"top1": float((preds == labels).double().mean())}
+    for name in ("many", "medium", "few"):
+        members = accuracy[groups[name] & ~accuracy.isnan()]
+        if members.numel() > 0:
+            result[name] = float(members.mean())
+    result["ece"] = expected_calibration_error(logits.softmax(dim=1), labels, bins=ece_bins)
+    result["nll"] = float(F.cross_entropy(logits, labels))
+    return result

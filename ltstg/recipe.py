@@ -1,0 +1,302 @@
+"""Settings of every stage as pydantic models, loaded from one YAML recipe plus flag overrides.
+
+Fields marked `run_option` (where data sits, how fast to run) are recorded but never hashed into an
+artifact id; everything else defines the result. No torch here.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ltstg.errors import LtstgError
+
+
+def run_option(default: Any = None, **kwargs: Any) -> Any:
+    """A field that changes where or how fast a stage runs, not what it produces: not part of ids."""
+    return Field(default, json_schema_extra={"run_option": True}, **kwargs)
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SyntheticSettings(Settings):
+    num_classes: int = Field(10, ge=2, le=40)
+    train_per_class: int = Field(500, ge=1)
+    test_per_class: int = Field(100, ge=1)
+
+
+class DatasetSettings(Settings):
+    source: Literal["synthetic", "cifar10", "cifar100", "imagefolder", "imagenet-lt", "places-lt"] = "synthetic"
+    root: str | None = run_option(None, description="local copy of the source (image root for split lists)")
+    split_dir: str | None = run_option(None, description="folder holding the ImageNet-LT / Places-LT split lists")
+    download: bool = run_option(False, description="allow torchvision to download CIFAR")
+    imbalance: float = Field(100.0, ge=1, description="n_max / n_min of the training set")
+    profile: Literal["exp", "step"] = "exp"
+    size: int = Field(32, ge=8, le=1024, description="image side for image folders")
+    classes: list[str] | None = Field(None, description="class order for image folders (default: sorted names)")
+    strict: bool = Field(False, description="fail on unreadable images instead of skipping them")
+    many_above: int = Field(100, ge=0, description="a class with more train images is 'many'")
+    few_below: int = Field(20, ge=1, description="a class with fewer train images is 'few'")
+    synthetic: SyntheticSettings = SyntheticSettings()
+
+
+class PretrainSettings(Settings):
+    model: str = "resnet32_cifar"
+    init_weights: str | None = Field(None, description="local weights file to start from (no hub access)")
+    epochs: int = Field(200, ge=1)
+    batch_size: int = Field(128, ge=2)
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    wd: float = Field(2e-4, ge=0)
+    warmup_epochs: int = Field(5, ge=0)
+    schedule: Literal["multistep", "cosine", "constant"] = "multistep"
+    milestones: list[int] = [160, 180]
+    gamma: float = Field(0.1, gt=0, le=1)
+    mixup_alpha: float = Field(1.0, ge=0, description="Beta(alpha, alpha) for mixup; 0 disables it")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    eval_every: int = Field(10, ge=1, description="test the stage-1 classifier every N epochs (and at the end)")
+    feature_views: int = Field(0, ge=0, description="extra augmented views of each training image in the features")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 on a GPU, fp32 on a CPU")
+    channels_last: bool = run_option(True)
+    compile: bool = run_option(False, description="torch.compile the model (GPU)")
+    workers: int = run_option(4, ge=0, description="DataLoader workers for file-based sources")
+
+
+class StgSettings(Settings):
+    head_min_count: int = Field(100, ge=0, description="head class = more train images than this")
+    memory: int = Field(1200, ge=0, description="size m of the FIFO memory dictionary; 0 = mini-batch only")
+    hidden: int = Field(256, ge=1)
+    depth: int = Field(2, ge=1, description="layers of each MLP (Linear-BN-ReLU ... Linear)")
+    token_std: float = Field(0.02, gt=0, description="std of the normal init of the class tokens")
+    var_activation: Literal["softplus", "exp"] = "softplus"
+    smoothing: float = Field(0.9, ge=0, lt=1, description="momentum of each sample's running ground truth")
+    loss: Literal["mse", "kl"] = "mse"
+    mu_weight: float = Field(1.0, ge=0)
+    var_weight: float = Field(1.0, ge=0)
+    lr: float = Field(1e-3, gt=0)
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(128, ge=2)
+    balanced: bool = Field(False, description="class-balanced mini-batches instead of plain shuffling")
+    min_neighbors: int = Field(2, ge=1, description="anchors with fewer same-class samples are masked out")
+    holdout: float = Field(0.1, ge=0, lt=1, description="share of head samples kept out to measure quality")
+
+
+class NoAugment(Settings):
+    name: Literal["none"] = "none"
+
+
+class StgAugment(Settings):
+    name: Literal["stg"] = "stg"
+    lam: float = Field(1.5, ge=0, description="global strength λ")
+    t: float = Field(0.5, gt=0, lt=1, description="a dimension keeps the original value where m > t")
+
+
+class IsdaAugment(Settings):
+    name: Literal["isda"] = "isda"
+    lam: float = Field(0.5, ge=0)
+
+
+class NoiseAugment(Settings):
+    name: Literal["noise"] = "noise"
+    std: float = Field(0.5, ge=0)
+
+
+class DropoutAugment(Settings):
+    name: Literal["dropout"] = "dropout"
+    p: float = Field(0.2, ge=0, lt=1)
+
+
+Augment = Annotated[
+    Union[NoAugment, StgAugment, IsdaAugment, NoiseAugment, DropoutAugment], Field(discriminator="name")
+]
+
+
+class RetrainSettings(Settings):
+    classifier: Literal["crt", "lws", "tau-norm", "none"] = "crt"
+    augment: Augment = NoAugment()
+    tau: float = Field(1.0, ge=0, description="τ of τ-normalisation")
+    sampling: Literal["balanced", "instance"] = "balanced"
+    lr: float = Field(1e-3, gt=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    epochs: int = Field(10, ge=1, description="epochs-equivalent of iterations over the training features")
+    batch_size: int = Field(128, ge=2)
+    wd: float = Field(0.0, ge=0)
+
+
+class EvalSettings(Settings):
+    ece_bins: int = Field(15, ge=1)
+
+
+class Recipe(Settings):
+    seed: int = Field(0, ge=0)
+    dataset: DatasetSettings = DatasetSettings()
+    pretrain: PretrainSettings = PretrainSettings()
+    stg: StgSettings = StgSettings()
+    retrain: RetrainSettings = RetrainSettings()
+    eval: EvalSettings = EvalSettings()
+    methods: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="named retrain variants for `ltstg run`: overrides of `retrain`"
+    )
+
+
+def canonical_json(value: Any) -> str:
+    """The one serialisation that ids are hashed from: sorted keys, no whitespace."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def id_settings(settings: BaseModel) -> dict[str, Any]:
+    """The settings that define a result: the JSON dump minus run options."""
+    out: dict[str, Any] = {}
+    for name, field in type(settings).model_fields.items():
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        if extra.get("run_option"):
+            continue
+        value = getattr(settings, name)
+        out[name] = id_settings(value) if isinstance(value, BaseModel) else _jsonable(value)
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a recipe file safely; syntax errors name their line."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise LtstgError(f"{path}: cannot read the recipe ({error.strerror or error}).") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or "invalid YAML"
+        raise LtstgError(f"{path}:{where}: {problem}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise LtstgError(f"{path}: a recipe must be a mapping of stage names to settings.")
+    return raw
+
+
+def set_path(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `a.b.c` in a nested dict, creating levels as needed."""
+    keys = dotted.split(".")
+    node = raw
+    for key in keys[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+    node[keys[-1]] = value
+
+
+def merge_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Apply `{"stg.memory": 600, ...}` to a raw recipe dict; None means 'flag not given'.
+
+    Choosing another augmenter (`retrain.augment.name`) starts its settings afresh, since the
+    old augmenter's fields do not apply to the new one.
+    """
+    merged = copy.deepcopy(raw)
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        if dotted.endswith("augment.name"):
+            parent = dotted.rsplit(".", 1)[0]
+            current = _get_path(merged, parent)
+            if not isinstance(current, dict) or current.get("name") != value:
+                set_path(merged, parent, {"name": value})
+            continue
+        set_path(merged, dotted, value)
+    return merged
+
+
+def _get_path(raw: dict[str, Any], dotted: str) -> Any:
+    node: Any = raw
+    for key in dotted.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(key)
+    return node
+
+
+def validate(raw: dict[str, Any], source: str) -> Recipe:
+    """Validate once; every problem becomes one line `source: a.b.c: message`."""
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as error:
+        lines = []
+        for problem in error.errors():
+            loc = _loc(problem["loc"])
+            lines.append(f"{source}: {loc or '(top level)'}: {problem['msg']}")
+        raise LtstgError("\n".join(lines)) from None
+    problems = []
+    for method in recipe.methods:
+        try:
+            method_settings(recipe, method)
+        except LtstgError as error:
+            problems.extend(f"{source}: {line}" for line in str(error).splitlines())
+    if problems:
+        raise LtstgError("\n".join(problems))
+    return recipe
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    """A field path as the user wrote it: pydantic adds the union tag (`augment.stg.lam`), we drop it."""
+    parts = [str(part) for i, part in enumerate(loc) if not (i > 0 and loc[i - 1] == "augment" and i < len(loc) - 1)]
+    return ".".join(parts)
+
+
+def load_recipe(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Recipe:
+    """The recipe a command runs with: the YAML file (or the defaults) plus flag overrides."""
+    raw = read_yaml(path) if path is not None else {}
+    merged = merge_overrides(raw, overrides or {})
+    source = str(path) if path is not None else "recipe"
+    return validate(merged, source)
+
+
+def method_settings(recipe: Recipe, method: str) -> RetrainSettings:
+    """The retrain settings of one named method of `recipe.methods`, validated with the same rules."""
+    if method not in recipe.methods:
+        known = ", ".join(sorted(recipe.methods)) or "none"
+        raise LtstgError(f"unknown method {method!r}; the recipe lists: {known}.")
+    base = recipe.retrain.model_dump(mode="json")
+    override = recipe.methods[method]
+    flat = {f"retrain.{k}": v for k, v in _flatten(override).items()}
+    merged = merge_overrides({"retrain": base}, flat)
+    try:
+        return RetrainSettings.model_validate(merged["retrain"])
+    except ValidationError as error:
+        lines = [
+            f"methods.{method}.{_loc(e['loc'])}: {e['msg']}"
+            for e in error.errors()
+        ]
+        raise LtstgError("\n".join(lines)) from None
+
+
+def _flatten(value: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"augment": {"name": "stg", "lam": 1}}` -> `{"augment.name": "stg", "augment.lam": 1}`, name first."""
+    out: dict[str, Any] = {}
+    for key in sorted(value, key=lambda k: (k != "name", k)):
+        item = value[key]
+        dotted = f"{prefix}{key}"
+        if isinstance(item, dict):
+            out.update(_flatten(item, dotted + "."))
+        else:
+            out[dotted] = item
+    return out

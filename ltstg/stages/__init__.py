@@ -1,0 +1,159 @@
+"""The one runner every stage goes through, whether called alone or by `ltstg run`.
+
+It computes the artifact id, reuses an existing artifact or takes the lock, calls the stage with a
+seeded generator and a checkpoint handle, and commits the result to the store.
+"""
+from __future__ import annotations
+
+import datetime
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from pydantic import BaseModel
+
+import ltstg
+from ltstg.errors import LtstgError
+from ltstg.recipe import id_settings
+from ltstg.report import Report, silent
+from ltstg.store import SHORT, Artifact, Store, artifact_id
+
+
+@dataclass(frozen=True)
+class Output:
+    """What a stage returns; the runner adds id, parents and settings."""
+
+    kind: str
+    tensors: dict[str, torch.Tensor]
+    metrics: dict[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    key_metric: str | None = None
+
+
+class Checkpoint:
+    """Resumable state of one in-flight artifact, kept in the store until the artifact commits.
+
+    Every rank loads it (so all resume alike); only the main rank writes it.
+    """
+
+    def __init__(self, store: Store, pending_id: str, writable: bool = True) -> None:
+        self.store = store
+        self.pending_id = pending_id
+        self.writable = writable
+
+    def load(self) -> dict[str, Any] | None:
+        return self.store.load_checkpoint(self.pending_id)
+
+    def save(self, state: dict[str, Any]) -> None:
+        if self.writable:
+            self.store.save_checkpoint(self.pending_id, state)
+
+
+@dataclass(frozen=True)
+class Context:
+    """Run options of one invocation: where, on what, and how to talk. Never part of an id."""
+
+    store: Store
+    device: torch.device = torch.device("cpu")
+    force: bool = False
+    report: Report = silent
+    note: Callable[[str], None] = lambda message: None
+    is_main: bool = True
+    run_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Result:
+    artifact: Artifact
+    reused: bool
+
+
+StageCall = Callable[[torch.Generator, Checkpoint], Output]
+
+
+def stage_id(kind: str, settings: BaseModel | dict[str, Any], seed: int, parents: list[Artifact]) -> str:
+    defining = id_settings(settings) if isinstance(settings, BaseModel) else dict(settings)
+    return artifact_id(kind, {**defining, "seed": seed}, [p.id for p in parents])
+
+
+def run_stage(
+    ctx: Context,
+    kind: str,
+    settings: BaseModel | dict[str, Any],
+    parents: list[Artifact],
+    call: StageCall,
+    *,
+    seed: int,
+    name: str | None = None,
+    record: BaseModel | None = None,
+) -> Result:
+    """Reuse the artifact if it exists, else compute it under the lock and commit it atomically.
+
+    `settings` defines the id; `record` (default: `settings`) is what the metadata shows, for stages
+    whose id needs more than their settings (a source fingerprint) or less (run options).
+    """
+    pending = stage_id(kind, settings, seed, parents)
+    store = ctx.store
+    result = _reuse(ctx, pending, kind)
+    if result is None and not ctx.is_main:  # only rank 0 locks and writes; the others just compute
+        result = _compute(ctx, pending, kind, record or settings, parents, call, seed)
+    if result is None:
+        with store.lock(pending, on_wait=lambda: ctx.note(f"waiting for another run computing {kind} {pending[:SHORT]}")):
+            result = _reuse(ctx, pending, kind)
+            if result is None:
+                result = _compute(ctx, pending, kind, record or settings, parents, call, seed)
+    if name is not None and ctx.is_main:
+        store.set_name(name, pending)
+    return result
+
+
+def _reuse(ctx: Context, pending: str, kind: str) -> Result | None:
+    if ctx.force or not ctx.store.exists(pending):
+        return None
+    artifact = ctx.store.get(pending, kind)
+    ctx.note(f"reused {kind} {pending[:SHORT]} (same settings and parents; --force recomputes)")
+    return Result(artifact, reused=True)
+
+
+def _compute(
+    ctx: Context,
+    pending: str,
+    kind: str,
+    settings: BaseModel | dict[str, Any],
+    parents: list[Artifact],
+    call: StageCall,
+    seed: int,
+) -> Result:
+    if ctx.force:
+        ctx.store.clear_checkpoint(pending)
+    generator = torch.Generator(device=ctx.device).manual_seed(seed)
+    started = time.perf_counter()
+    output = call(generator, Checkpoint(ctx.store, pending, writable=ctx.is_main))
+    if output.kind != kind:
+        raise RuntimeError(f"stage returned a {output.kind} output for a {kind} artifact")
+    wall_clock = time.perf_counter() - started
+    full = settings.model_dump(mode="json") if isinstance(settings, BaseModel) else dict(settings)
+    meta = {
+        "kind": kind,
+        "settings": {**full, "seed": seed},
+        "parents": [p.id for p in parents],
+        "metrics": {k: float(v) for k, v in output.metrics.items()},
+        "key_metric": output.key_metric,
+        "info": output.info,
+        "version": ltstg.__version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "wall_clock": round(wall_clock, 3),
+        "run": ctx.run_options,
+    }
+    if ctx.is_main:
+        ctx.store.put(pending, output.tensors, meta)
+        ctx.store.clear_checkpoint(pending)
+        return Result(ctx.store.get(pending, kind), reused=False)
+    return Result(Artifact(pending, meta, output.tensors), reused=False)
+
+
+def require_kind(artifact: Artifact, kind: str) -> Artifact:
+    if artifact.kind != kind:
+        raise LtstgError(f"artifact {artifact.id[:SHORT]} is a {artifact.kind} artifact, not a {kind}.")
+    return artifact

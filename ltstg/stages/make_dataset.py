@@ -1,0 +1,132 @@
+"""Stage 0: a long-tailed data set artifact from CIFAR, an image folder, split lists or the generator."""
+from __future__ import annotations
+
+import hashlib
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ltstg.data import Source, Split
+from ltstg.data.cifar import load_cifar
+from ltstg.data.imagefolder import decode_images, list_imagefolder
+from ltstg.data.longtail import assign_groups, make_profile, select_long_tail
+from ltstg.data.split_list import read_split_lists
+from ltstg.data.synthetic import make_synthetic
+from ltstg.errors import LtstgError
+from ltstg.recipe import DatasetSettings
+from ltstg.report import Report, silent
+from ltstg.stages import Output
+
+SPLIT_LIST_SOURCES = ("imagenet-lt", "places-lt")
+
+
+def _need_root(settings: DatasetSettings) -> str:
+    if not settings.root:
+        raise LtstgError(f"the {settings.source} source needs --root DIR (dataset.root in the recipe).")
+    return settings.root
+
+
+def _split_lists(settings: DatasetSettings) -> Source:
+    if not settings.split_dir:
+        raise LtstgError(f"the {settings.source} source needs --split-dir DIR holding its *_LT_*.txt lists.")
+    return read_split_lists(settings.source, _need_root(settings), settings.split_dir)
+
+
+LOADERS: dict[str, Callable[[DatasetSettings, int], Source]] = {
+    "synthetic": lambda s, seed: make_synthetic(
+        s.synthetic.num_classes, s.synthetic.train_per_class, s.synthetic.test_per_class, s.size, seed
+    ),
+    "cifar10": lambda s, seed: load_cifar("cifar10", s.root, s.download),
+    "cifar100": lambda s, seed: load_cifar("cifar100", s.root, s.download),
+    "imagefolder": lambda s, seed: list_imagefolder(_need_root(s), s.classes),
+    "imagenet-lt": lambda s, seed: _split_lists(s),
+    "places-lt": lambda s, seed: _split_lists(s),
+}
+
+
+def load_source(settings: DatasetSettings, seed: int) -> Source:
+    """The source before selection: cheap for file sources (a listing), so its fingerprint can join the id."""
+    return LOADERS[settings.source](settings, seed)
+
+
+def encode_strings(items: list[str]) -> torch.Tensor:
+    """Paths as one uint8 tensor of newline-separated UTF-8, so they live in the artifact's tensors."""
+    return torch.frombuffer(bytearray("\n".join(items).encode()), dtype=torch.uint8) if items else torch.zeros(0, dtype=torch.uint8)
+
+
+def decode_strings(tensor: torch.Tensor) -> list[str]:
+    data = bytes(tensor.numpy().tobytes()).decode()
+    return data.split("\n") if data else []
+
+
+def make_dataset(settings: DatasetSettings, source: Source, *, seed: int, report: Report = silent) -> Output:
+    """Select the long-tailed training subset (Cao et al.) and store images or paths with counts and groups."""
+    num_classes = len(source.class_names)
+    train = source.splits["train"]
+    source_counts = np.bincount(train.labels.numpy(), minlength=num_classes)  # (C,)
+    missing = [source.class_names[c] for c in range(num_classes) if source_counts[c] == 0]
+    if missing:
+        raise LtstgError(f"classes without training images: {', '.join(missing[:5])}; remove or fill them.")
+
+    if source.name in SPLIT_LIST_SOURCES or settings.imbalance == 1:
+        protocol = "published split list" if source.name in SPLIT_LIST_SOURCES else "source as is"
+        kept = np.arange(len(train.labels))
+    else:
+        protocol = f"{settings.profile} profile, imbalance {settings.imbalance:g} (Cao et al.)"
+        wanted = make_profile(int(source_counts.max()), num_classes, settings.imbalance, settings.profile)
+        counts = np.minimum(wanted, source_counts)  # an uneven image folder can't give more than it has
+        kept = select_long_tail(train.labels.numpy(), counts.tolist(), seed)
+
+    tensors: dict[str, torch.Tensor] = {"train_index": torch.from_numpy(kept.astype(np.int64))}
+    skipped: list[str] = []
+    splits = {"train": _take(train, kept)} | {k: v for k, v in source.splits.items() if k != "train"}
+    for split_name, split in splits.items():
+        if split.images is None and source.name not in SPLIT_LIST_SOURCES:
+            images, keep, bad = decode_images(
+                source.root or "", split.paths or (), settings.size, strict=settings.strict, report=report
+            )
+            skipped += bad
+            split = Split(labels=split.labels[keep], images=images)
+        tensors[f"{split_name}_labels"] = split.labels.to(torch.int64)
+        if split.images is not None:
+            tensors[f"{split_name}_images"] = split.images
+        else:
+            tensors[f"{split_name}_paths"] = encode_strings(list(split.paths or ()))
+
+    train_counts = torch.bincount(tensors["train_labels"], minlength=num_classes)  # (C,)
+    tensors["class_counts"] = train_counts
+    groups = assign_groups(train_counts.tolist(), settings.many_above, settings.few_below)
+    selected = hashlib.sha256(np.ascontiguousarray(kept.astype(np.int64)).tobytes()).hexdigest()
+    info = {
+        "source": source.name,
+        "root": source.root,
+        "fingerprint": source.fingerprint,
+        "protocol": protocol,
+        "class_names": list(source.class_names),
+        "groups": groups,
+        "splits": sorted(splits),
+        "storage": "paths" if source.name in SPLIT_LIST_SOURCES else "images",
+        "selected_digest": selected,
+        "skipped": skipped[:20],
+        "skipped_count": len(skipped),
+    }
+    counts = train_counts.tolist()
+    metrics = {
+        "train": float(len(tensors["train_labels"])),
+        "test": float(len(tensors["test_labels"])),
+        "classes": float(num_classes),
+        "imbalance": max(counts) / max(min(counts), 1),
+        "many": float(groups.count("many")),
+        "medium": float(groups.count("medium")),
+        "few": float(groups.count("few")),
+    }
+    return Output("dataset", tensors, metrics, info, key_metric="train")
+
+
+def _take(split: Split, index: np.ndarray) -> Split:
+    labels = split.labels[torch.from_numpy(index)]
+    if split.images is not None:
+        return Split(labels=labels, images=split.images[torch.from_numpy(index)])
+    paths = split.paths or ()
+    return Split(labels=labels, paths=tuple(paths[i] for i in index.tolist()))

@@ -1,0 +1,97 @@
+"""Stage-1 training pieces: mixup with soft targets and the per-step learning-rate schedule."""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.optim.lr_scheduler import LambdaLR
+
+from ltstg.errors import LtstgError
+
+SCHEDULES = ("multistep", "cosine", "constant")
+
+
+def _smoothed_one_hot(labels: torch.Tensor, num_classes: int, label_smoothing: float) -> torch.Tensor:
+    """One-hot rows with label smoothing spread uniformly over all classes, as F.cross_entropy does it."""
+    one_hot = F.one_hot(labels, num_classes).float()  # (B, C)
+    return one_hot * (1.0 - label_smoothing) + label_smoothing / num_classes
+
+
+def mixup(
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    alpha: float,
+    rng: np.random.Generator,
+    generator: torch.Generator,
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mix each sample with a permuted partner; lam comes from numpy since torch's Beta takes no generator."""
+    if alpha < 0:
+        raise LtstgError(f"Mixup alpha must be >= 0 (0 turns mixup off), got {alpha}.")
+    targets = _smoothed_one_hot(labels, num_classes, label_smoothing)
+    if alpha == 0:
+        return inputs, targets
+    lam = float(rng.beta(alpha, alpha))
+    perm = torch.randperm(inputs.shape[0], generator=generator, device=inputs.device)  # (B,)
+    mixed = lam * inputs + (1.0 - lam) * inputs[perm]
+    return mixed, lam * targets + (1.0 - lam) * targets[perm]
+
+
+def soft_cross_entropy(logits: torch.Tensor, soft_targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy against soft targets, in float32 so bf16 logits don't lose the small terms."""
+    return -(soft_targets * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
+
+
+def lr_factor(
+    epoch: float,
+    *,
+    epochs: int,
+    warmup_epochs: int,
+    schedule: Literal["multistep", "cosine", "constant"],
+    milestones: Sequence[int] = (),
+    gamma: float = 0.1,
+) -> float:
+    """Multiplier of the base lr at a fractional epoch: linear warm-up, then the chosen decay."""
+    if schedule not in SCHEDULES:
+        raise LtstgError(f"Unknown lr schedule '{schedule}'; use one of {', '.join(SCHEDULES)}.")
+    if epoch < warmup_epochs:
+        return epoch / warmup_epochs
+    if schedule == "multistep":
+        return gamma ** sum(epoch >= milestone for milestone in milestones)
+    if schedule == "cosine":
+        progress = min(1.0, (epoch - warmup_epochs) / max(epochs - warmup_epochs, 1e-12))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer,
+    steps_per_epoch: int,
+    *,
+    epochs: int,
+    warmup_epochs: int,
+    schedule: Literal["multistep", "cosine", "constant"],
+    milestones: Sequence[int] = (),
+    gamma: float = 0.1,
+) -> LambdaLR:
+    """Per-iteration LambdaLR read at each step's midpoint, so warm-up starts near 0 and milestones hit epoch edges."""
+    if schedule not in SCHEDULES:
+        raise LtstgError(f"Unknown lr schedule '{schedule}'; use one of {', '.join(SCHEDULES)}.")
+    milestones = tuple(milestones)
+
+    def factor(step: int) -> float:
+        return lr_factor(
+            (step + 0.5) / steps_per_epoch,
+            epochs=epochs,
+            warmup_epochs=warmup_epochs,
+            schedule=schedule,
+            milestones=milestones,
+            gamma=gamma,
+        )
+
+    return LambdaLR(optimizer, factor)

@@ -1,0 +1,84 @@
+"""build_model: seeded and side-effect free construction, local init weights with a new classifier size."""
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from ltstg.errors import LtstgError
+from ltstg.models import build_model, extract_pooled, feature_dim
+
+
+def _same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_same_seed_same_weights_different_seed_differs():
+    first = build_model("resnet20_cifar", 10, seed=3)
+    assert _same_weights(first, build_model("resnet20_cifar", 10, seed=3))
+    assert not _same_weights(first, build_model("resnet20_cifar", 10, seed=4))
+
+
+def test_global_rng_untouched():
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    build_model("resnet20_cifar", 10, seed=0)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def _save(state, path):
+    if path.suffix == ".safetensors":
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+
+
+@pytest.mark.parametrize("file_name, wrap", [
+    ("weights.safetensors", None), ("weights.pth", "state_dict"), ("weights.pt", "model"), ("raw.pth", None),
+])
+def test_init_weights_drop_classifier_of_other_size(tmp_path, file_name, wrap):
+    source = build_model("resnet20_cifar", 10, seed=0)
+    state = {k: v.contiguous() for k, v in source.state_dict().items()}
+    path = tmp_path / file_name
+    _save({wrap: state} if wrap else state, path)
+    model = build_model("resnet20_cifar", 365, seed=1, init_weights=path)
+    fresh = build_model("resnet20_cifar", 365, seed=1)
+    loaded = model.state_dict()
+    for key, value in loaded.items():
+        expected = fresh.state_dict()[key] if key.startswith("fc.") else state[key]
+        assert torch.equal(value, expected), key
+    assert not torch.equal(loaded["conv1.weight"], fresh.state_dict()["conv1.weight"])
+
+
+def test_init_weights_same_classifier_size_is_loaded(tmp_path):
+    source = build_model("resnet20_cifar", 10, seed=0)
+    path = tmp_path / "w.pth"
+    torch.save(source.state_dict(), path)
+    assert _same_weights(build_model("resnet20_cifar", 10, seed=5, init_weights=path), source)
+
+
+def test_missing_corrupt_and_mismatched_weights_are_user_errors(tmp_path):
+    with pytest.raises(LtstgError, match="does not exist"):
+        build_model("resnet20_cifar", 10, seed=0, init_weights=tmp_path / "nope.pth")
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(LtstgError, match="could not be read"):
+        build_model("resnet20_cifar", 10, seed=0, init_weights=corrupt)
+    corrupt_st = tmp_path / "corrupt.safetensors"
+    corrupt_st.write_bytes(b"\x00" * 16)
+    with pytest.raises(LtstgError, match="could not be read"):
+        build_model("resnet20_cifar", 10, seed=0, init_weights=corrupt_st)
+    other = tmp_path / "resnet32.pth"
+    torch.save(build_model("resnet32_cifar", 10, seed=0).state_dict(), other)
+    with pytest.raises(LtstgError, match="does not fit"):
+        build_model("resnet20_cifar", 10, seed=0, init_weights=other)
+
+
+def test_feature_dim_and_extract_pooled_for_cifar_and_timm_models():
+    images = torch.randn(2, 3, 32, 32)
+    for name, dim in (("resnet20_cifar", 64), ("resnet18", 512)):
+        model = build_model(name, 3, seed=0).eval()
+        assert feature_dim(model) == dim
+        with torch.no_grad():
+            pooled = extract_pooled(model, images)
+            assert pooled.shape == (2, dim)
+            torch.testing.assert_close(model.get_classifier()(pooled), model(images))

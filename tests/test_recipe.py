@@ -1,0 +1,89 @@
+import pytest
+
+from ltstg.errors import LtstgError
+from ltstg.recipe import (
+    Recipe,
+    StgAugment,
+    canonical_json,
+    id_settings,
+    load_recipe,
+    method_settings,
+)
+
+
+def write(tmp_path, text):
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_the_paper_cifar_recipe():
+    recipe = load_recipe()
+    assert recipe.pretrain.lr == 0.1 and recipe.pretrain.epochs == 200 and recipe.pretrain.milestones == [160, 180]
+    assert recipe.pretrain.wd == 2e-4 and recipe.pretrain.mixup_alpha == 1.0 and recipe.stg.lr == 1e-3
+
+
+def test_unknown_field_names_path_and_file(tmp_path):
+    path = write(tmp_path, "stg:\n  memroy: 600\n")
+    with pytest.raises(LtstgError) as error:
+        load_recipe(path)
+    assert str(error.value) == f"{path}: stg.memroy: Extra inputs are not permitted"
+
+
+def test_every_problem_is_one_line(tmp_path):
+    path = write(tmp_path, "stg:\n  memory: -1\ndataset:\n  imbalance: lots\nretrain:\n  augment: {name: stg, t: 1.5}\n")
+    with pytest.raises(LtstgError) as error:
+        load_recipe(path)
+    lines = str(error.value).splitlines()
+    assert len(lines) == 3
+    assert f"{path}: stg.memory: Input should be greater than or equal to 0" in lines
+    assert any(line.startswith(f"{path}: dataset.imbalance: Input should be a valid number") for line in lines)
+    assert f"{path}: retrain.augment.t: Input should be less than 1" in lines
+
+
+def test_yaml_syntax_error_names_line(tmp_path):
+    path = write(tmp_path, "stg:\n  memory: 600\n  epochs: [1, 2\n")
+    with pytest.raises(LtstgError, match=rf"{path}: line \d+"):
+        load_recipe(path)
+
+
+def test_missing_file_and_non_mapping(tmp_path):
+    with pytest.raises(LtstgError, match="cannot read the recipe"):
+        load_recipe(tmp_path / "nope.yaml")
+    with pytest.raises(LtstgError, match="must be a mapping"):
+        load_recipe(write(tmp_path, "- 1\n- 2\n"))
+
+
+def test_overrides_apply_and_validate(tmp_path):
+    path = write(tmp_path, "stg:\n  memory: 600\n")
+    assert load_recipe(path, {"stg.memory": 1200}).stg.memory == 1200
+    assert load_recipe(path, {"stg.memory": None}).stg.memory == 600
+    with pytest.raises(LtstgError, match="recipe: stg.memory"):
+        load_recipe(None, {"stg.memory": -5})
+
+
+def test_switching_augmenter_drops_the_old_augmenters_fields(tmp_path):
+    path = write(tmp_path, "retrain:\n  augment: {name: noise, std: 0.1}\n")
+    recipe = load_recipe(path, {"retrain.augment.name": "stg", "retrain.augment.lam": 1.0})
+    assert recipe.retrain.augment == StgAugment(lam=1.0)
+    same = load_recipe(path, {"retrain.augment.name": "noise"})
+    assert same.retrain.augment.std == 0.1
+
+
+def test_id_settings_drop_run_options_only():
+    recipe = Recipe.model_validate({"dataset": {"root": "/somewhere", "download": True}, "pretrain": {"workers": 9}})
+    ids = id_settings(recipe)
+    assert "root" not in ids["dataset"] and "download" not in ids["dataset"] and "workers" not in ids["pretrain"]
+    assert ids["dataset"]["imbalance"] == 100 and ids["pretrain"]["epochs"] == 200
+    assert canonical_json(id_settings(Recipe())) == canonical_json(ids)
+
+
+def test_methods_validate_and_merge(tmp_path):
+    path = write(tmp_path, "methods:\n  stg: {augment: {name: stg, lam: 1.0}}\n  bad: {augment: {name: noise, p: 0.3}}\n")
+    with pytest.raises(LtstgError, match=r"methods\.bad\.augment\.p: Extra inputs are not permitted"):
+        load_recipe(path)
+    good = load_recipe(write(tmp_path, "retrain: {lr: 0.01}\nmethods:\n  stg: {augment: {name: stg, lam: 1.0}}\n"))
+    settings = method_settings(good, "stg")
+    assert settings.augment == StgAugment(lam=1.0) and settings.lr == 0.01
+    with pytest.raises(LtstgError, match="unknown method 'nope'"):
+        method_settings(good, "nope")

@@ -1,0 +1,145 @@
+import os
+import struct
+
+import pytest
+import torch
+
+from ltstg.errors import LtstgError
+from ltstg.store import Store, artifact_id, atomic_write
+
+
+def put(store, kind="dataset", settings=None, parents=(), created="2026-01-01T00:00:00", value=1.0):
+    aid = artifact_id(kind, settings or {"x": value}, list(parents))
+    store.put(aid, {"t": torch.full((3, 2), value)}, {"kind": kind, "parents": list(parents), "created": created})
+    return aid
+
+
+def test_id_is_deterministic_and_depends_on_what_defines_the_result():
+    a = artifact_id("stg", {"memory": 600, "lr": 1e-3}, ["p1"])
+    assert a == artifact_id("stg", {"lr": 1e-3, "memory": 600}, ["p1"])
+    assert a != artifact_id("stg", {"memory": 1200, "lr": 1e-3}, ["p1"])
+    assert a != artifact_id("stg", {"memory": 600, "lr": 1e-3}, ["p2"])
+    assert a != artifact_id("features", {"memory": 600, "lr": 1e-3}, ["p1"])
+    assert len(a) == 64
+
+
+def test_put_get_round_trip(tmp_path):
+    store = Store(tmp_path)
+    aid = put(store)
+    artifact = store.get(aid, "dataset")
+    assert torch.equal(artifact["t"], torch.ones(3, 2))
+    assert artifact.meta["id"] == aid and artifact.kind == "dataset"
+    with pytest.raises(LtstgError, match="not a features"):
+        store.get(aid, "features")
+    with pytest.raises(LtstgError, match="has no tensor 'nope'"):
+        artifact["nope"]
+
+
+@pytest.mark.parametrize("where", ["data", "header", "metadata"])
+def test_flipped_byte_is_a_clear_error(tmp_path, where):
+    store = Store(tmp_path)
+    aid = put(store)
+    path = store.path(aid)
+    data = bytearray(path.read_bytes())
+    (length,) = struct.unpack("<Q", data[:8])
+    header = data[8 : 8 + length].decode()
+    offset = {
+        "data": len(data) - 3,
+        "header": 8 + header.index('"shape"') + 10,
+        "metadata": 8 + header.index("2026-01-01") + 3,
+    }[where]
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(LtstgError, match=aid[:12]):
+        store.get(aid)
+    problems = [p for _, p in store.verify() if p]
+    assert len(problems) == 1 and aid[:12] in problems[0]
+
+
+def test_truncated_file_is_a_clear_error(tmp_path):
+    store = Store(tmp_path)
+    aid = put(store)
+    store.path(aid).write_bytes(store.path(aid).read_bytes()[:5])
+    with pytest.raises(LtstgError, match="corrupt"):
+        store.get(aid)
+
+
+def test_interrupted_write_leaves_no_visible_artifact(tmp_path, monkeypatch):
+    store = Store(tmp_path)
+
+    def crash(src, dst):
+        raise KeyboardInterrupt("killed between write and rename")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        put(store)
+    monkeypatch.undo()
+    assert store.ids() == [] and store.list() == []
+    assert list((tmp_path / "objects").iterdir()) == []
+
+
+def test_atomic_write_replaces_whole_file(tmp_path):
+    path = tmp_path / "f"
+    atomic_write(path, [b"abc"])
+    atomic_write(path, [b"de", b"f"])
+    assert path.read_bytes() == b"def"
+
+
+def test_resolve_prefix_name_newest_and_errors(tmp_path):
+    store = Store(tmp_path)
+    with pytest.raises(LtstgError, match="no dataset artifact"):
+        store.resolve(None, "dataset")
+    old = put(store, created="2026-01-01T00:00:00", value=1.0)
+    new = put(store, created="2026-01-02T00:00:00", value=2.0)
+    other = put(store, kind="features", parents=[new], created="2026-01-03T00:00:00")
+    assert store.resolve(None, "dataset") == new
+    assert store.resolve(old[:10], "dataset") == old
+    store.set_name("baseline", old)
+    assert store.resolve("baseline", "dataset") == old
+    with pytest.raises(LtstgError, match="not a features"):
+        store.resolve("baseline", "features")
+    with pytest.raises(LtstgError, match="no artifact or name 'zz'"):
+        store.resolve("zz", "dataset")
+    with pytest.raises(LtstgError, match="not a dataset"):
+        store.resolve(other[:12], "dataset")
+    # a prefix shared by two ids of the kind is ambiguous and lists the candidates
+    shared = os.path.commonprefix([old, new])
+    if shared:
+        with pytest.raises(LtstgError, match="ambiguous"):
+            store.resolve(shared, "dataset")
+    with pytest.raises(LtstgError, match="ambiguous"):
+        for i in range(40):  # make two ids of one kind share a first character
+            put(store, value=10.0 + i)
+        ids = store.ids()
+        first = next(c for c in "0123456789abcdef" if sum(i.startswith(c) and store.info(i).kind == "dataset" for i in ids) > 1)
+        store.resolve(first, "dataset")
+    with pytest.raises(LtstgError, match="invalid name"):
+        store.set_name("../x", old)
+
+
+def test_lineage_and_names(tmp_path):
+    store = Store(tmp_path)
+    root = put(store)
+    child = put(store, kind="features", parents=[root])
+    grandchild = put(store, kind="stg", parents=[child])
+    tree = store.lineage(grandchild)
+    assert tree["info"].kind == "stg"
+    assert tree["parents"][0]["info"].id == child
+    assert tree["parents"][0]["parents"][0]["info"].id == root
+    store.set_name("a", root)
+    store.set_name("b", root)
+    assert store.names() == {root: ["a", "b"]}
+
+
+def test_checkpoints_round_trip_and_clear(tmp_path):
+    store = Store(tmp_path)
+    assert store.load_checkpoint("x" * 64) is None
+    state = {"epoch": 3, "weights": torch.arange(4.0), "nested": {"a": [1, 2]}, "text": "{}"}
+    store.save_checkpoint("x" * 64, state)
+    loaded = store.load_checkpoint("x" * 64)
+    assert loaded["epoch"] == 3 and torch.equal(loaded["weights"], torch.arange(4.0)) and loaded["nested"] == {"a": [1, 2]}
+    store.checkpoint_path("x" * 64).write_bytes(b"garbage")
+    with pytest.raises(LtstgError, match="unreadable"):
+        store.load_checkpoint("x" * 64)
+    store.clear_checkpoint("x" * 64)
+    assert not store.checkpoint_path("x" * 64).exists()

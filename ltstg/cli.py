@@ -9,6 +9,7 @@ import functools
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
@@ -31,7 +32,8 @@ inspect_app = typer.Typer(help="Look inside the store, the data and what the STG
 app.add_typer(inspect_app, name="inspect")
 
 stdout = Console(soft_wrap=True)
-stderr = Console(stderr=True)
+PLAIN_EVERY = 30.0
+stderr = Console(stderr=True, soft_wrap=True)
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,9 @@ class RichReport:
             transient=False,
         )
         self.tasks: dict[str, Any] = {}
+        self.enabled = enabled
+        self.plain = enabled and not stderr.is_terminal  # a log file gets a line every PLAIN_EVERY seconds
+        self.last_line: dict[str, float] = {}
 
     def __enter__(self) -> "RichReport":
         self.progress.start()
@@ -100,12 +105,19 @@ class RichReport:
         if task not in self.tasks:
             self.tasks[task] = self.progress.add_task(task, total=total, metrics=shown)
         self.progress.update(self.tasks[task], completed=done, total=total, metrics=shown)
+        if self.plain:
+            now = time.monotonic()
+            if done >= total or now - self.last_line.get(task, 0.0) >= PLAIN_EVERY:
+                self.last_line[task] = now
+                stderr.print(f"{task} {done}/{total}  {shown}", highlight=False)
 
     def note(self, message: str) -> None:
         self.progress.console.print(f"[dim]{message}[/dim]", highlight=False)
 
 
 def _fmt(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e12:
+        return str(int(value))
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
@@ -208,7 +220,7 @@ def show_results(options: Options, results: list[Any], title: str) -> None:
         payload = payload["artifacts"][0]
     table = Table(title=title, title_justify="left")
     for column in ("kind", "id", "status", "metrics", "seconds"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column != "metrics")
     for r in results:
         a = r.artifact
         metrics = "  ".join(f"{k} {_fmt(v)}" for k, v in a.metrics.items())
@@ -323,6 +335,233 @@ def pretrain_command(
     show_results(options, [backbone, features], "pretrain")
 
 
+# -- fit-stg -------------------------------------------------------------------------------------
+@app.command("fit-stg")
+@guarded
+def fit_stg_command(
+    ctx: typer.Context,
+    recipe: RecipeOption = None,
+    features: Annotated[Optional[str], typer.Option(help="Features artifact (id prefix or name; default newest).")] = None,
+    memory: Annotated[Optional[int], typer.Option(help="Size m of the memory dictionary (0 = mini-batch only).")] = None,
+    epochs: Annotated[Optional[int], typer.Option()] = None,
+    batch_size: Annotated[Optional[int], typer.Option()] = None,
+    lr: Annotated[Optional[float], typer.Option()] = None,
+    loss: Annotated[Optional[str], typer.Option(help="mse | kl")] = None,
+    head_min_count: Annotated[Optional[int], typer.Option(help="Head class = more train images than this.")] = None,
+    smoothing: Annotated[Optional[float], typer.Option(help="Momentum of each sample's running ground truth.")] = None,
+    name: NameOption = None,
+    force: ForceOption = False,
+) -> None:
+    """Stage 2: learn the Semantic Transformation Generator on head-class features."""
+    from ltstg.stages import steps
+
+    options = _options(ctx)
+    settings = _recipe(
+        options,
+        recipe,
+        {
+            "stg.memory": memory,
+            "stg.epochs": epochs,
+            "stg.batch_size": batch_size,
+            "stg.lr": lr,
+            "stg.loss": loss,
+            "stg.head_min_count": head_min_count,
+            "stg.smoothing": smoothing,
+        },
+    )
+    with RichReport(not options.json) as report:
+        run = _context(options, report, force)
+        parent = run.store.get(run.store.resolve(features, "features"), "features")
+        result = steps.fit_stg_step(run, settings, parent, name=name)
+    show_results(options, [result], "fit-stg")
+
+
+# -- retrain ---------------------------------------------------------------------------------------
+@app.command("retrain")
+@guarded
+def retrain_command(
+    ctx: typer.Context,
+    recipe: RecipeOption = None,
+    method: Annotated[Optional[str], typer.Option(help="A named method of the recipe's `methods`.")] = None,
+    features: Annotated[Optional[str], typer.Option(help="Features artifact (default newest).")] = None,
+    stg: Annotated[Optional[str], typer.Option(help="STG artifact for --augmenter stg (default newest).")] = None,
+    classifier: Annotated[Optional[str], typer.Option(help="crt | lws | tau-norm | none")] = None,
+    augmenter: Annotated[Optional[str], typer.Option(help="none | stg | isda | noise | dropout")] = None,
+    lam: Annotated[Optional[float], typer.Option(help="λ of stg / isda.")] = None,
+    t: Annotated[Optional[float], typer.Option(help="Threshold t of the stg mask.")] = None,
+    std: Annotated[Optional[float], typer.Option(help="std of the noise augmenter.")] = None,
+    p: Annotated[Optional[float], typer.Option(help="p of the dropout augmenter.")] = None,
+    tau: Annotated[Optional[float], typer.Option(help="τ of τ-normalisation.")] = None,
+    sampling: Annotated[Optional[str], typer.Option(help="balanced | instance")] = None,
+    epochs: Annotated[Optional[int], typer.Option()] = None,
+    lr: Annotated[Optional[float], typer.Option()] = None,
+    batch_size: Annotated[Optional[int], typer.Option()] = None,
+    name: NameOption = None,
+    force: ForceOption = False,
+) -> None:
+    """Stage 3: re-train the classifier on frozen features, with a feature augmenter."""
+    from ltstg.recipe import method_settings
+    from ltstg.stages import steps
+
+    options = _options(ctx)
+    flags = {
+        "retrain.classifier": classifier,
+        "retrain.augment.name": augmenter,
+        "retrain.augment.lam": lam,
+        "retrain.augment.t": t,
+        "retrain.augment.std": std,
+        "retrain.augment.p": p,
+        "retrain.tau": tau,
+        "retrain.sampling": sampling,
+        "retrain.epochs": epochs,
+        "retrain.lr": lr,
+        "retrain.batch_size": batch_size,
+    }
+    loaded = _recipe(options, recipe, {})
+    if method is not None:
+        base = method_settings(loaded, method).model_dump(mode="json")
+        loaded = _recipe(options, recipe, {"retrain": base})
+    settings = _recipe_from(loaded, flags)
+    with RichReport(not options.json) as report:
+        run = _context(options, report, force)
+        parent = run.store.get(run.store.resolve(features, "features"), "features")
+        stg_artifact = None
+        if settings.retrain.augment.name == "stg":
+            stg_artifact = run.store.get(run.store.resolve(stg, "stg"), "stg")
+        result = steps.retrain_step(run, settings, settings.retrain, parent, stg_artifact, name=name)
+    show_results(options, [result], "retrain")
+
+
+def _recipe_from(recipe: Any, overrides: dict[str, Any]):
+    """Apply flag overrides on top of an already loaded recipe, validating once more."""
+    from ltstg.recipe import merge_overrides, validate
+
+    return validate(merge_overrides(recipe.model_dump(mode="json"), overrides), "flags")
+
+
+# -- eval --------------------------------------------------------------------------------------------
+@app.command("eval")
+@guarded
+def eval_command(
+    ctx: typer.Context,
+    classifiers: Annotated[Optional[list[str]], typer.Argument(help="Classifier artifacts (default newest).")] = None,
+    compare: Annotated[
+        Optional[list[str]], typer.Option("--compare", help="Classifiers to compare side by side (repeatable).")
+    ] = None,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print the comparison as a Markdown table.")] = False,
+    recipe: RecipeOption = None,
+    name: NameOption = None,
+    force: ForceOption = False,
+) -> None:
+    """Stage 4: top-1, many/medium/few, ECE and NLL on the test split; --compare for a table of methods."""
+    from ltstg.stages import steps
+    from ltstg.stages.evaluate import compare_rows, markdown_table
+
+    options = _options(ctx)
+    settings = _recipe(options, recipe, {})
+    refs = list(classifiers or []) + list(compare or [])
+    with RichReport(not options.json) as report:
+        run = _context(options, report, force)
+        ids = [run.store.resolve(ref, "classifier") for ref in refs] or [run.store.resolve(None, "classifier")]
+        results = []
+        for artifact_id in ids:
+            classifier = run.store.get(artifact_id, "classifier")
+            features = run.store.get(classifier.parents[0], "features")
+            results.append(steps.eval_step(run, settings, classifier, features, name=name if len(ids) == 1 else None))
+    rows = compare_rows([r.artifact for r in results])
+    if markdown:
+        sys.stdout.write(markdown_table(rows) + "\n")
+        return
+    if len(results) == 1 and not compare:
+        show_results(options, results, "eval")
+        return
+    emit(options, {"rows": rows}, comparison_table(rows, "comparison"))
+
+
+def parse_assignments(items: list[str]) -> dict[str, Any]:
+    """`a.b=value` pairs; values are read as YAML scalars, so numbers and booleans keep their type."""
+    import yaml
+
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise LtstgError(f"--set {item!r}: expected FIELD=VALUE, e.g. --set stg.memory=600.")
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise LtstgError(f"--set {item!r}: the value is not valid YAML.") from None
+    return overrides
+
+
+def comparison_table(rows: list[dict[str, Any]], title: str) -> Table:
+    """Methods as rows; all / many / medium / few / ECE as columns (percent), ± std where seeds vary."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("method", no_wrap=True)
+    columns = [("top1", "all"), ("many", "many"), ("medium", "medium"), ("few", "few"), ("ece", "ECE"), ("nll", "NLL")]
+    for _, label in columns:
+        table.add_column(label, justify="right")
+    for row in rows:
+        cells = []
+        for key, _ in columns:
+            value = row.get(key)
+            if value is None:
+                cells.append("–")
+                continue
+            scale = 1 if key == "nll" else 100
+            text = f"{value * scale:.2f}" if key == "nll" else f"{value * scale:.1f}"
+            if row.get(f"{key}_std"):
+                text += f" ± {row[f'{key}_std'] * scale:.1f}"
+            cells.append(text)
+        table.add_row(row["method"], *cells)
+    return table
+
+
+# -- run -------------------------------------------------------------------------------------------
+@app.command("run")
+@guarded
+def run_command(
+    ctx: typer.Context,
+    recipe: Annotated[Path, typer.Argument(help="YAML recipe (see recipes/).")],
+    seeds: Annotated[Optional[list[int]], typer.Option("--seeds", help="Seeds to run (repeatable).")] = None,
+    until: Annotated[str, typer.Option(help="Last stage: dataset | pretrain | fit-stg | retrain | eval.")] = "eval",
+    methods: Annotated[Optional[list[str]], typer.Option("--methods", help="Only these recipe methods.")] = None,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print the final table as Markdown.")] = False,
+    assignments: Annotated[
+        Optional[list[str]], typer.Option("--set", help="Override a recipe field: --set stg.memory=600 (repeatable).")
+    ] = None,
+    force: ForceOption = False,
+) -> None:
+    """A whole recipe: make-dataset → pretrain → fit-stg → retrain (each method) → eval, then one table."""
+    from ltstg.stages.evaluate import markdown_table
+    from ltstg.stages.pipeline import aggregate, run_recipe
+
+    options = _options(ctx)
+    settings = _recipe(options, recipe, parse_assignments(assignments or []))
+    chosen_seeds = list(seeds) if seeds else [settings.seed]
+    started = time.perf_counter()
+    with RichReport(not options.json) as report:
+        run = _context(options, report, force)
+        runs, results = run_recipe(run, settings, seeds=chosen_seeds, until=until, methods=methods)
+    rows = aggregate(runs)
+    elapsed = time.perf_counter() - started
+    if markdown:
+        sys.stdout.write(markdown_table(rows) + "\n")
+        return
+    payload = {
+        "recipe": str(recipe),
+        "seeds": chosen_seeds,
+        "rows": rows,
+        "artifacts": [artifact_summary(r) for r in results],
+        "wall_clock": elapsed,
+    }
+    table = comparison_table(rows, f"{recipe} · seeds {' '.join(map(str, chosen_seeds))} · {elapsed:.0f} s") if rows else None
+    if table is None:
+        show_results(options, results, f"run {recipe} (until {until})")
+        return
+    emit(options, payload, table)
+
+
 # -- inspect: the store --------------------------------------------------------------------------
 @inspect_app.command("artifacts")
 @guarded
@@ -339,7 +578,7 @@ def inspect_artifacts(
     infos = store.list(kind)
     table = Table(title=f"artifacts in {store.root}", title_justify="left")
     for column in ("id", "kind", "name", "created", "parents", "size", "key metric"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column in ("id", "kind", "size"))
     rows = []
     for info in infos:
         key = info.meta.get("key_metric")
@@ -437,7 +676,7 @@ def inspect_verify(ctx: typer.Context) -> None:
     results = store.verify()
     table = Table(title=f"verify {store.root}", title_justify="left")
     for column in ("id", "kind", "status"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column != "status")
     for info, problem in results:
         table.add_row(info.id[:SHORT], info.kind, "[green]ok[/green]" if problem is None else f"[red]{problem}[/red]")
     bad = [(info, problem) for info, problem in results if problem]
@@ -448,6 +687,58 @@ def inspect_verify(ctx: typer.Context) -> None:
     )
     if bad:
         raise LtstgError(f"{len(bad)} of {len(results)} artifacts failed verification.")
+
+
+@inspect_app.command("dataset")
+@guarded
+def inspect_dataset(
+    ctx: typer.Context,
+    ref: Annotated[Optional[str], typer.Argument(help="Dataset artifact (id prefix or name; default newest).")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Write the class-count curve to this PNG.")] = None,
+) -> None:
+    """Classes of a data set: train count, shot group and a bar, plus the class-count curve."""
+    from ltstg.store import SHORT, Store
+
+    options = _options(ctx)
+    store = Store(options.store)
+    dataset = store.get(store.resolve(ref, "dataset"), "dataset")
+    names, groups = dataset.info["class_names"], dataset.info["groups"]
+    counts = dataset["class_counts"].tolist()
+    test_counts = torch_bincount(dataset["test_labels"], len(names))
+    table = Table(title=f"dataset {dataset.id[:SHORT]}: {dataset.info['source']}, {dataset.info['protocol']}", title_justify="left")
+    for column in ("class", "name", "train", "test", "group", ""):
+        table.add_column(column, justify="right" if column in ("class", "train", "test") else "left")
+    widest = max(counts) or 1
+    colour = {"many": "blue", "medium": "yellow", "few": "red"}
+    for index, (name, count, group) in enumerate(zip(names, counts, groups)):
+        bar = "█" * max(1, round(24 * count / widest))
+        table.add_row(str(index), name, str(count), str(test_counts[index]), group, f"[{colour[group]}]{bar}[/]")
+    if plot is not None:
+        from ltstg.inspect.plots import plot_class_counts
+
+        plot_class_counts(counts, groups, plot, title=f"{dataset.info['source']} ({dataset.info['protocol']})")
+        _note(options, f"wrote {plot}")
+    payload = {
+        "id": dataset.id,
+        "source": dataset.info["source"],
+        "protocol": dataset.info["protocol"],
+        "classes": [
+            {"index": i, "name": n, "train": c, "test": test_counts[i], "group": g}
+            for i, (n, c, g) in enumerate(zip(names, counts, groups))
+        ],
+        "skipped": dataset.info.get("skipped_count", 0),
+    }
+    emit(options, payload, table)
+
+
+def torch_bincount(labels: Any, size: int) -> list[int]:
+    import torch
+
+    return torch.bincount(labels, minlength=size).tolist()
+
+
+def _note(options: Options, message: str) -> None:
+    stderr.print(f"[dim]{message}[/dim]", highlight=False)
 
 
 def main() -> None:

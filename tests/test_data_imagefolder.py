@@ -57,7 +57,8 @@ def test_listing_is_sorted_and_labelled(tree):
     assert source.splits["val"].labels.tolist() == [0]
     assert list_imagefolder(str(tree)).fingerprint == source.fingerprint
     reordered = list_imagefolder(str(tree), classes=["dog", "cat"])
-    assert reordered.class_names == ("dog", "cat") and reordered.splits["test"].paths == ("test/dog/y.png", "test/cat/x.png")
+    assert reordered.class_names == ("dog", "cat")
+    assert reordered.splits["test"].paths == ("test/dog/y.png", "test/cat/x.png")
     assert reordered.splits["test"].labels.tolist() == [0, 1] and reordered.fingerprint != source.fingerprint
     (tree / "train/cat/a_gray.png").write_bytes(b"changed size")
     assert list_imagefolder(str(tree)).fingerprint != source.fingerprint

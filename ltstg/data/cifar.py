@@ -44,7 +44,8 @@ def load_cifar(name: Literal["cifar10", "cifar100"], root: str | None, download:
             f"{title} at {where} is incomplete or corrupted (md5 check failed); delete that folder and "
             "rerun with --download, or point --root at a good copy."
         ) from None
-    files = dataset_class.train_list + dataset_class.test_list + [[dataset_class.meta["filename"], dataset_class.meta["md5"]]]
+    meta = dataset_class.meta
+    files = dataset_class.train_list + dataset_class.test_list + [[meta["filename"], meta["md5"]]]
     return Source(
         name=name,
         class_names=tuple(str(class_name) for class_name in train.classes),

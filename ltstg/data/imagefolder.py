@@ -35,7 +35,9 @@ def list_imagefolder(root: str, classes: Sequence[str] | None = None) -> Source:
             )
     found = {split: _class_folders(root, split) for split in SPLITS if os.path.isdir(os.path.join(root, split))}
     if not found["train"]:
-        raise LtstgError(f"{os.path.join(root, 'train')} has no class folders; put each class's images in train/<class>/.")
+        raise LtstgError(
+            f"{os.path.join(root, 'train')} has no class folders; put each class's images in train/<class>/."
+        )
     if classes is None:
         class_names = tuple(found["train"])
     else:

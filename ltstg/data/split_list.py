@@ -29,7 +29,9 @@ class SplitListFormat:
 
 
 FORMATS = {
-    "imagenet-lt": SplitListFormat("ImageNet-LT", "ImageNet_LT", 1000, {"train": 115_846, "val": 20_000, "test": 50_000}),
+    "imagenet-lt": SplitListFormat(
+        "ImageNet-LT", "ImageNet_LT", 1000, {"train": 115_846, "val": 20_000, "test": 50_000}
+    ),
     "places-lt": SplitListFormat("Places-LT", "Places_LT", 365, {"train": 62_500, "val": 7_300, "test": 36_500}),
 }
 
@@ -54,6 +56,7 @@ def read_split_lists(
     spec = FORMATS[kind]
     counts = spec.counts if expected == "standard" else expected
     root = os.path.abspath(os.path.expanduser(root))
+    split_dir = os.path.expanduser(split_dir)
     lists = {split: _read_list(os.path.join(split_dir, f"{spec.prefix}_{split}.txt"), spec) for split in SPLITS}
     for split, entries in lists.items():
         if counts is not None and split in counts and len(entries) != counts[split]:
@@ -63,7 +66,10 @@ def read_split_lists(
             )
     rows = [(split, path, label) for split, entries in lists.items() for path, label in entries]
     sizes = _file_sizes(root, [path for _, path, _ in rows], spec, report) if check_files else None
-    lines = [f"{split} {label} {path}" + ("" if sizes is None else f" {sizes[i]}") for i, (split, path, label) in enumerate(rows)]
+    lines = [
+        f"{split} {label} {path}" + ("" if sizes is None else f" {sizes[i]}")
+        for i, (split, path, label) in enumerate(rows)
+    ]
     return Source(
         name=kind,
         class_names=_class_names(lists["train"], spec.num_classes),
@@ -117,7 +123,9 @@ def _read_list(list_path: str, spec: SplitListFormat) -> list[tuple[str, int]]:
 def _file_sizes(root: str, paths: list[str], spec: SplitListFormat, report: Report) -> list[int]:
     """Size of each listed file, in list order; missing files are one error naming the first five."""
     if not os.path.isdir(root):
-        raise LtstgError(f"image root {root} does not exist; pass --root with the folder the {spec.title} paths are relative to.")
+        raise LtstgError(
+            f"image root {root} does not exist; pass --root with the folder the {spec.title} paths are relative to."
+        )
 
     def size(path: str) -> int:
         try:
@@ -141,7 +149,7 @@ def _file_sizes(root: str, paths: list[str], spec: SplitListFormat, report: Repo
 
 
 def _class_names(train: list[tuple[str, int]], num_classes: int) -> tuple[str, ...]:
-    """Each label's train folder name (an ImageNet wnid, a Places category) when that is unambiguous, else "0".."C-1"."""
+    """Each label's train folder name (an ImageNet wnid, a Places category) if unambiguous, else "0".."C-1"."""
     folders: dict[int, set[str]] = {}
     for path, label in train:
         folders.setdefault(label, set()).add(os.path.basename(os.path.dirname(path)))

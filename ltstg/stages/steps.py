@@ -1,7 +1,8 @@
 """How each stage is wired to its parents; shared by the single commands and `ltstg run`."""
 from __future__ import annotations
 
-from ltstg.recipe import Recipe, id_settings
+from ltstg.errors import LtstgError
+from ltstg.recipe import Recipe, RetrainSettings, id_settings
 from ltstg.stages import Context, Result, run_stage
 from ltstg.store import Artifact
 
@@ -60,6 +61,68 @@ def features_step(ctx: Context, recipe: Recipe, backbone: Artifact, dataset: Art
             backbone, dataset, feature_views=settings.feature_views, precision=precision,
             device=ctx.device, generator=generator, workers=settings.workers, report=ctx.report,
         ),
+        seed=recipe.seed,
+        name=name,
+    )
+
+
+def fit_stg_step(ctx: Context, recipe: Recipe, features: Artifact, *, name: str | None = None) -> Result:
+    from ltstg.stages.fit_stg import fit_stg
+
+    settings = recipe.stg
+    return run_stage(
+        ctx,
+        "stg",
+        settings,
+        [features],
+        lambda generator, checkpoint: fit_stg(
+            settings, features, seed=recipe.seed, device=ctx.device, generator=generator,
+            report=ctx.report, checkpoint=checkpoint,
+        ),
+        seed=recipe.seed,
+        name=name,
+    )
+
+
+def retrain_step(
+    ctx: Context,
+    recipe: Recipe,
+    settings: RetrainSettings,
+    features: Artifact,
+    stg: Artifact | None,
+    *,
+    name: str | None = None,
+) -> Result:
+    """Only the STG augmenter makes the STG a parent, so baselines don't change when the STG does."""
+    from ltstg.stages.retrain import retrain
+
+    uses_stg = settings.augment.name == "stg"
+    if uses_stg and stg is None:
+        raise LtstgError("the stg augmenter needs an STG artifact: run `ltstg fit-stg` first or pass --stg ID.")
+    parents = [features, stg] if uses_stg and stg is not None else [features]
+    return run_stage(
+        ctx,
+        "classifier",
+        settings,
+        parents,
+        lambda generator, checkpoint: retrain(
+            settings, features, stg if uses_stg else None, seed=recipe.seed, device=ctx.device,
+            generator=generator, report=ctx.report, checkpoint=checkpoint,
+        ),
+        seed=recipe.seed,
+        name=name,
+    )
+
+
+def eval_step(ctx: Context, recipe: Recipe, classifier: Artifact, features: Artifact, *, name: str | None = None) -> Result:
+    from ltstg.stages.evaluate import evaluate
+
+    return run_stage(
+        ctx,
+        "report",
+        recipe.eval,
+        [classifier, features],
+        lambda generator, checkpoint: evaluate(classifier, features, recipe.eval),
         seed=recipe.seed,
         name=name,
     )

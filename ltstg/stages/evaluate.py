@@ -1,0 +1,126 @@
+"""Stage 4: score a linear classifier on frozen features, and put several scores side by side.
+
+Evaluation only ever sees the effective linear classifier (weight, bias): the STG and the class
+tokens are training-time tools and never touch a test feature.
+"""
+from __future__ import annotations
+
+import torch
+
+from ltstg.data.longtail import assign_groups
+from ltstg.errors import LtstgError
+from ltstg.metrics import classification_metrics, confusion_matrix, per_class_accuracy
+from ltstg.recipe import EvalSettings
+from ltstg.stages import Output, require_kind
+from ltstg.store import SHORT, Artifact
+
+SPLITS = ("test", "val", "train")
+
+
+def split_tensors(features: Artifact, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (features, labels) of one split, or one error listing the splits this artifact has."""
+    present = [name for name in SPLITS if f"{name}_features" in features.tensors and f"{name}_labels" in features.tensors]
+    if split not in present:
+        raise LtstgError(
+            f"features artifact {features.id[:SHORT]} has no {split!r} split; it has: {', '.join(present) or 'none'}."
+        )
+    return features[f"{split}_features"], features[f"{split}_labels"]
+
+
+def score(
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    features: Artifact,
+    settings: EvalSettings,
+    *,
+    split: str = "test",
+) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """Metrics and per-class tensors of logits = a @ W.T + b on one split; shared by eval and retrain."""
+    inputs, labels = split_tensors(features, split)
+    counts = features["class_counts"]
+    num_classes = counts.numel()
+    if inputs.dim() != 2 or weight.shape != (num_classes, inputs.shape[1]) or bias.shape != (num_classes,):
+        raise LtstgError(
+            f"the classifier ({tuple(weight.shape)} weight, {tuple(bias.shape)} bias) does not fit features "
+            f"{features.id[:SHORT]} ({num_classes} classes, {split} features {tuple(inputs.shape)}); "
+            "evaluate it on the features it was trained on."
+        )
+    logits = inputs.float() @ weight.float().T + bias.float()  # (M, C)
+    labels = labels.long()
+    metrics = classification_metrics(
+        logits,
+        labels,
+        counts,
+        many_min=int(features.info.get("many_above", 100)),
+        few_max=int(features.info.get("few_below", 20)),
+        ece_bins=settings.ece_bins,
+    )
+    preds = logits.argmax(dim=1)  # (M,)
+    tensors = {
+        "per_class_accuracy": per_class_accuracy(preds, labels, num_classes).float(),  # (C,), NaN: no samples
+        "confusion": confusion_matrix(preds, labels, num_classes).long(),  # (C, C), rows true, columns predicted
+    }
+    return metrics, tensors
+
+
+def evaluate(classifier: Artifact, features: Artifact, settings: EvalSettings, *, split: str = "test") -> Output:
+    """Top-1, many/medium/few, ECE and NLL of one classifier, so every method is scored by one code path."""
+    require_kind(classifier, "classifier")
+    require_kind(features, "features")
+    metrics, tensors = score(classifier["weight"], classifier["bias"], features, settings, split=split)
+    counts = features["class_counts"]
+    info = {
+        "method": classifier.info.get("method", classifier.info.get("classifier", "?")),
+        "split": split,
+        "class_names": features.info.get("class_names") or [str(c) for c in range(counts.numel())],
+        "groups": features.info.get("groups")
+        or assign_groups(counts.tolist(), features.info.get("many_above", 100), features.info.get("few_below", 20)),
+    }
+    return Output("report", tensors, metrics, info, key_metric="top1")
+
+
+def compare_rows(reports: list[Artifact]) -> list[dict]:
+    """One flat row per report (fractions, None for an empty group), ready for a table or JSON."""
+    rows = []
+    for report in reports:
+        require_kind(report, "report")
+        metrics = report.metrics
+        rows.append(
+            {
+                "method": report.info.get("method", "?"),
+                "all": metrics.get("top1"),
+                "many": metrics.get("many"),
+                "medium": metrics.get("medium"),
+                "few": metrics.get("few"),
+                "ece": metrics.get("ece"),
+                "nll": metrics.get("nll"),
+                "id": report.id[:SHORT],
+            }
+        )
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """A README-ready table: accuracies and ECE in percent with one decimal (as the paper prints them), NLL with 3."""
+
+    def percent(value: float | None) -> str:
+        return "–" if value is None else f"{100 * value:.1f}"
+
+    lines = [
+        "| Method | All | Many | Medium | Few | ECE | NLL | id |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in rows:
+        nll = "–" if row.get("nll") is None else f"{row['nll']:.3f}"
+        cells = [
+            str(row["method"]),
+            percent(row.get("all")),
+            percent(row.get("many")),
+            percent(row.get("medium")),
+            percent(row.get("few")),
+            percent(row.get("ece")),
+            nll,
+            f"`{row['id']}`",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,306 @@
+"""Stage 2: learn the Semantic Transformation Generator on frozen head-class features (paper Sec. 3.3).
+
+Each step takes a mini-batch of head features, builds per-sample ground truth (μ_i, diag Σ_i) from
+the other same-class features in the batch and in a FIFO memory of recent features (Eq. 1), smooths
+it per sample across iterations, and regresses s(a_i + p_{y_i}) onto it (Eq. 2). Tail classes never
+take part. Each epoch ends with a checkpoint, so a killed run continues where it stopped.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from ltstg.data.balanced import class_balanced_indices
+from ltstg.errors import LtstgError
+from ltstg.models.memory_bank import MemoryBank
+from ltstg.models.prototypes import class_means
+from ltstg.models.stg import SemanticTransformationGenerator
+from ltstg.models.stg_targets import SmoothedTargets, stg_loss, transformation_targets
+from ltstg.recipe import StgSettings
+from ltstg.report import Report, silent
+from ltstg.stages import Checkpoint, Output, require_kind
+from ltstg.store import SHORT, Artifact
+
+REPORT_EVERY = 10  # steps between progress reports (each one reads the loss back from the device)
+
+
+def fit_stg(
+    settings: StgSettings,
+    features: Artifact,
+    *,
+    seed: int,
+    device: torch.device,
+    generator: torch.Generator,
+    report: Report = silent,
+    checkpoint: Checkpoint | None = None,
+) -> Output:
+    """Learn per-sample shift distributions on head classes only, so tail samples can borrow them later."""
+    train_features, train_labels, class_counts = _checked_inputs(features)
+    num_features = train_features.shape[1]
+    head = select_head_classes(class_counts, settings.head_min_count)  # (H,)
+    num_tokens = head.numel()
+    token_of_class = torch.full((class_counts.numel(),), -1, dtype=torch.long)  # (C,)
+    token_of_class[head] = torch.arange(num_tokens)
+    head_rows = torch.nonzero(token_of_class[train_labels] >= 0).flatten()  # (N_head,), ascending
+    # only head rows ever leave this point: tail features (whatever they hold) cannot reach the STG
+    head_features = train_features[head_rows].to(device=device, dtype=torch.float32)  # (N_head, D)
+    head_tokens = token_of_class[train_labels[head_rows]].to(device)  # (N_head,)
+    if not bool(torch.isfinite(head_features).all()):
+        raise LtstgError("the features artifact has NaN or infinite head-class training features; re-extract the features.")
+    class_names = list(features.info.get("class_names") or [str(c) for c in range(class_counts.numel())])
+    head_names = [str(class_names[c]) for c in head.tolist()]
+    held_out = _holdout_mask(head_tokens, num_tokens, settings, generator, head_names)
+    train_x, train_t = head_features[~held_out], head_tokens[~held_out]  # (N_train, D), (N_train,)
+    held_x, held_t = head_features[held_out], head_tokens[held_out]  # (N_held, D), (N_held,)
+    num_train = train_x.shape[0]
+    sample_ids = torch.arange(num_train, device=device)  # (N_train,): an id is a row of the training set
+
+    model = build_stg(
+        num_features, num_tokens, hidden=settings.hidden, depth=settings.depth, token_std=settings.token_std,
+        var_activation=settings.var_activation, seed=seed,
+    ).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    memory = MemoryBank(settings.memory, num_features).to(device)
+    smoothed = SmoothedTargets(num_train, num_features, settings.smoothing, device)
+    curve: list[float] = []
+    start_epoch = 0
+    state = checkpoint.load() if checkpoint is not None else None
+    if state is not None:
+        model.load_state_dict(state["stg"])
+        optimizer.load_state_dict(state["optimizer"])
+        memory.load_state_dict(state["memory"])
+        smoothed.load_state_dict(state["targets"])
+        generator.set_state(state["generator"])
+        curve = [float(x) for x in state["curve"]]
+        start_epoch = int(state["epoch"]) + 1
+
+    steps_per_epoch = math.ceil(num_train / settings.batch_size)
+    total_steps = settings.epochs * steps_per_epoch
+    for epoch in range(start_epoch, settings.epochs):
+        model.train()
+        order = _epoch_order(train_t, settings.balanced, generator).to(device)  # (N_train,)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        anchors = 0
+        for step in range(steps_per_epoch):
+            batch = order[step * settings.batch_size : (step + 1) * settings.batch_size]  # (B,)
+            # paper is silent on a last batch of one sample; BatchNorm can't train on it, so it is skipped
+            if batch.numel() < 2:
+                continue
+            batch_x, batch_t, batch_ids = train_x[batch], train_t[batch], sample_ids[batch]
+            memory_x, memory_t, memory_ids = memory.contents()
+            target_mu, target_var, valid = transformation_targets(
+                batch_x, batch_t, batch_ids,
+                torch.cat([batch_x, memory_x]), torch.cat([batch_t, memory_t]), torch.cat([batch_ids, memory_ids]),
+                min_neighbors=settings.min_neighbors,
+            )  # (B, D), (B, D), (B,)
+            target_mu, target_var = smoothed.update(batch_ids, target_mu, target_var, valid)
+            num_valid = int(valid.sum())
+            # a batch where no anchor has enough same-class neighbours carries no signal: no step
+            if num_valid:
+                pred_mu, pred_var = model(batch_x, batch_t)  # (B, D) each
+                loss = stg_loss(
+                    pred_mu, pred_var, target_mu, target_var, valid,
+                    kind=settings.loss, mu_weight=settings.mu_weight, var_weight=settings.var_weight,
+                )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += loss.detach().double() * num_valid
+                anchors += num_valid
+            # pushed after the step, so the batch never sees itself twice in one pool
+            memory.push(batch_x, batch_t, batch_ids)
+            if step % REPORT_EVERY == 0:
+                running = float(loss_sum) / anchors if anchors else float("nan")
+                report("fit-stg", epoch * steps_per_epoch + step + 1, total_steps, epoch=epoch + 1, loss=running)
+        if anchors == 0:
+            raise LtstgError(
+                f"no training sample of epoch {epoch + 1} found {settings.min_neighbors} same-class neighbours in "
+                "its mini-batch and memory; raise stg.batch_size or stg.memory, or lower stg.min_neighbors."
+            )
+        curve.append(float(loss_sum) / anchors)
+        if checkpoint is not None:
+            checkpoint.save(
+                {
+                    "stg": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "memory": memory.state_dict(),
+                    "targets": smoothed.state_dict(),
+                    "generator": generator.get_state(),
+                    "epoch": epoch,
+                    "curve": curve,
+                }
+            )
+        report("fit-stg", (epoch + 1) * steps_per_epoch, total_steps, epoch=epoch + 1, loss=curve[-1])
+
+    model.eval()
+    quality = heldout_quality(model, train_x, train_t, held_x, held_t, num_tokens, settings.min_neighbors)
+    # prototypes from every training image of the class, held-out ones included: they serve stage 3's lookup
+    prototypes = class_means(head_features, head_tokens, torch.arange(num_tokens))  # (H, D)
+    tensors = {f"stg.{name}": value.detach().cpu().clone() for name, value in model.state_dict().items()}
+    tensors["head_classes"] = head.clone()
+    tensors["head_prototypes"] = prototypes.cpu()
+    tensors["curve.loss"] = torch.tensor(curve, dtype=torch.float32)  # (epochs,)
+    info: dict[str, Any] = {
+        "head_classes": head.tolist(),
+        "head_class_names": head_names,
+        "num_classes": int(class_counts.numel()),
+        "num_features": num_features,
+        "num_tokens": num_tokens,
+        "hidden": settings.hidden,
+        "depth": settings.depth,
+        "var_activation": settings.var_activation,
+        "token_std": settings.token_std,
+        "num_train": num_train,
+        "num_heldout": int(held_x.shape[0]),
+    }
+    metrics = {"train_loss": curve[-1], "num_head_classes": float(num_tokens), **quality}
+    return Output("stg", tensors, metrics, info, key_metric="heldout_gain" if quality else "train_loss")
+
+
+def select_head_classes(class_counts: torch.Tensor, head_min_count: int) -> torch.Tensor:
+    """Classes with more than `head_min_count` train images, else the top half by count, ascending."""
+    head = torch.nonzero(class_counts > head_min_count).flatten()
+    if head.numel() < 2:
+        # DESIGN: too few head classes -> the top half by count; stable sort keeps lower indices first on ties
+        order = torch.sort(-class_counts, stable=True).indices
+        head = torch.sort(order[: class_counts.numel() // 2]).values
+    return head.long()
+
+
+def build_stg(
+    num_features: int, num_tokens: int, *, hidden: int, depth: int, token_std: float, var_activation: str, seed: int
+) -> SemanticTransformationGenerator:
+    """Build on the CPU from a private seed, so the global RNG is untouched and every device starts alike."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        return SemanticTransformationGenerator(
+            num_features, num_tokens, hidden=hidden, depth=depth, token_std=token_std, var_activation=var_activation
+        )
+
+
+@torch.no_grad()
+def heldout_quality(
+    model: SemanticTransformationGenerator,
+    train_x: torch.Tensor,
+    train_t: torch.Tensor,
+    held_x: torch.Tensor,
+    held_t: torch.Tensor,
+    num_tokens: int,
+    min_neighbors: int,
+) -> dict[str, float]:
+    """MSE of the STG's (μ, Σ) on held-out head samples against full-class ground truth, next to a class-level guess.
+
+    Ground truth of a held-out sample uses every training feature of its class (no smoothing). The trivial
+    predictor gives each sample of class c the average full-class ground truth of c's training samples.
+    """
+    if held_x.shape[0] == 0:
+        return {}
+    pred_mu, pred_var = model(held_x, held_t)  # (N_held, D) each
+    sums = torch.zeros(4, dtype=torch.float64, device=held_x.device)  # stg μ, stg Σ, trivial μ, trivial Σ
+    count = 0
+    for token in range(num_tokens):
+        train_rows = torch.nonzero(train_t == token).flatten()
+        held_rows = torch.nonzero(held_t == token).flatten()
+        if held_rows.numel() == 0:
+            continue
+        pool_x, pool_t = train_x[train_rows], train_t[train_rows]  # (n, D), (n,)
+        pool_ids = torch.arange(train_rows.numel(), device=held_x.device)
+        # each training sample's own full-class ground truth (itself excluded), averaged: the class-level guess
+        own_mu, own_var, own_valid = transformation_targets(
+            pool_x, pool_t, pool_ids, pool_x, pool_t, pool_ids, min_neighbors=min_neighbors
+        )
+        class_mu = own_mu[own_valid].double().mean(dim=0)  # (D,)
+        class_var = own_var[own_valid].double().mean(dim=0)  # (D,)
+        held_ids = train_rows.numel() + torch.arange(held_rows.numel(), device=held_x.device)  # never in the pool
+        target_mu, target_var, valid = transformation_targets(
+            held_x[held_rows], held_t[held_rows], held_ids, pool_x, pool_t, pool_ids, min_neighbors=min_neighbors
+        )
+        target_mu, target_var = target_mu[valid].double(), target_var[valid].double()  # (k, D)
+        rows = held_rows[valid]
+        sums[0] += (pred_mu[rows].double() - target_mu).square().sum()
+        sums[1] += (pred_var[rows].double() - target_var).square().sum()
+        sums[2] += (class_mu - target_mu).square().sum()
+        sums[3] += (class_var - target_var).square().sum()
+        count += target_mu.numel()
+    if count == 0:
+        return {}
+    stg_mu, stg_var, trivial_mu, trivial_var = (sums / count).tolist()
+    stg_total = stg_mu + stg_var
+    return {
+        "heldout_mu_mse": stg_mu,
+        "heldout_var_mse": stg_var,
+        "trivial_mu_mse": trivial_mu,
+        "trivial_var_mse": trivial_var,
+        "heldout_gain": (trivial_mu + trivial_var) / stg_total if stg_total > 0 else float("inf"),
+    }
+
+
+def load_stg(stg: Artifact, device: torch.device | str) -> SemanticTransformationGenerator:
+    """Rebuild the trained STG from an stg artifact (eval mode, on `device`) for retrain and inspect."""
+    require_kind(stg, "stg")
+    info = stg.info
+    model = build_stg(
+        info["num_features"], info["num_tokens"], hidden=info["hidden"], depth=info["depth"],
+        token_std=info["token_std"], var_activation=info["var_activation"], seed=0,
+    )
+    state = {name[len("stg."):]: value for name, value in stg.tensors.items() if name.startswith("stg.")}
+    model.load_state_dict(state)
+    return model.to(device).eval()
+
+
+def _checked_inputs(features: Artifact) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Shapes, label range and counts, checked before any training, so bad input fails early."""
+    require_kind(features, "features")
+    train_features = features["train_features"]
+    train_labels = features["train_labels"]
+    class_counts = features["class_counts"]
+    label = f"features artifact {features.id[:SHORT]}"
+    if train_features.dim() != 2 or train_features.shape[0] == 0:
+        raise LtstgError(f"{label}: train_features must be a non-empty (N, D) matrix, got {tuple(train_features.shape)}.")
+    if train_labels.shape != (train_features.shape[0],):
+        raise LtstgError(
+            f"{label}: train_labels has shape {tuple(train_labels.shape)}, expected ({train_features.shape[0]},)."
+        )
+    if class_counts.dim() != 1 or class_counts.numel() < 2:
+        raise LtstgError(f"{label}: fit-stg needs at least 2 classes, got {class_counts.numel()}.")
+    train_labels, class_counts = train_labels.long(), class_counts.long()
+    if train_labels.min() < 0 or train_labels.max() >= class_counts.numel():
+        raise LtstgError(f"{label}: train_labels lie outside [0, {class_counts.numel()}).")
+    if not torch.equal(torch.bincount(train_labels, minlength=class_counts.numel()), class_counts):
+        raise LtstgError(f"{label}: class_counts disagrees with train_labels; re-extract the features.")
+    return train_features, train_labels, class_counts
+
+
+def _holdout_mask(
+    tokens: torch.Tensor, num_tokens: int, settings: StgSettings, generator: torch.Generator, names: list[str]
+) -> torch.Tensor:
+    """Seeded per-class choice of held-out samples; every head class must keep enough to form an anchor."""
+    held_out = torch.zeros(tokens.numel(), dtype=torch.bool, device=tokens.device)  # (N_head,)
+    for token in range(num_tokens):
+        members = torch.nonzero(tokens == token).flatten()
+        count = members.numel()
+        # paper has no held-out set; it only serves the quality report (stg.holdout)
+        take = math.floor(settings.holdout * count + 1e-9)
+        if settings.holdout > 0 and count >= 3:
+            take = max(take, 1)
+        if count - take < settings.min_neighbors + 1:
+            raise LtstgError(
+                f"head class {names[token]} keeps {count - take} training samples after the hold-out, too few for any "
+                f"sample to have stg.min_neighbors={settings.min_neighbors} same-class neighbours; lower "
+                "stg.min_neighbors or stg.holdout, or raise stg.head_min_count."
+            )
+        if take:
+            pick = torch.randperm(count, generator=generator, device=generator.device)[:take].to(members.device)
+            held_out[members[pick]] = True
+    return held_out
+
+
+def _epoch_order(train_t: torch.Tensor, balanced: bool, generator: torch.Generator) -> torch.Tensor:
+    """One epoch's sample order: a plain seeded shuffle, or class-balanced draws of the same length."""
+    num_train = train_t.numel()
+    if balanced:
+        # paper samples plainly; class-balanced batches are our option (stg.balanced)
+        return class_balanced_indices(train_t.to(generator.device), num_train, generator=generator)
+    return torch.randperm(num_train, generator=generator, device=generator.device)

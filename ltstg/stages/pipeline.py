@@ -1,0 +1,120 @@
+"""`ltstg run`: a whole recipe, stage after stage, reusing every artifact that already exists.
+
+Each step goes through the same runner as the single commands, so a killed run started again
+skips what was committed and resumes the stage that was in flight from its checkpoint.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ltstg.errors import LtstgError
+from ltstg.recipe import Recipe, RetrainSettings, method_settings, validate
+from ltstg.stages import Context, Result
+from ltstg.stages import steps
+from ltstg.store import Artifact
+
+STAGES = ("dataset", "pretrain", "fit-stg", "retrain", "eval")
+COLUMNS = ("top1", "many", "medium", "few", "ece", "nll")
+
+
+@dataclass(frozen=True)
+class MethodRun:
+    seed: int
+    method: str
+    report: Artifact
+
+
+def methods_of(recipe: Recipe, chosen: list[str] | None) -> dict[str, RetrainSettings]:
+    """The recipe's named methods (or its one `retrain` section), optionally narrowed to `chosen`."""
+    available = {name: method_settings(recipe, name) for name in recipe.methods} or {"default": recipe.retrain}
+    if not chosen:
+        return available
+    unknown = [name for name in chosen if name not in available]
+    if unknown:
+        raise LtstgError(f"unknown method(s) {', '.join(unknown)}; the recipe lists: {', '.join(available)}.")
+    return {name: available[name] for name in chosen}
+
+
+def with_seed(recipe: Recipe, seed: int) -> Recipe:
+    return validate({**recipe.model_dump(mode="json"), "seed": seed}, f"seed {seed}")
+
+
+def run_recipe(
+    ctx: Context,
+    recipe: Recipe,
+    *,
+    seeds: list[int],
+    until: str = "eval",
+    methods: list[str] | None = None,
+) -> tuple[list[MethodRun], list[Result]]:
+    """Run every stage up to `until` for each seed and method; returns the eval reports and every step."""
+    if until not in STAGES:
+        raise LtstgError(f"unknown stage {until!r} for --until; use one of {', '.join(STAGES)}.")
+    chosen = methods_of(recipe, methods)
+    last = STAGES.index(until)
+    needs_stg = any(s.augment.name == "stg" for s in chosen.values()) or until == "fit-stg"
+    per_seed = 1 + (last >= 1) * 2 + (last >= 2 and needs_stg) + (last >= 3) * len(chosen) * (1 + (last >= 4))
+    total, done = per_seed * len(seeds), 0
+    runs: list[MethodRun] = []
+    results: list[Result] = []
+
+    def step(result: Result) -> Result:
+        nonlocal done
+        done += 1
+        results.append(result)
+        ctx.report("run", done, total)
+        return result
+
+    for seed in seeds:
+        seeded = with_seed(recipe, seed)
+        dataset = step(steps.dataset_step(ctx, seeded)).artifact
+        if last < 1:
+            continue
+        backbone = step(steps.pretrain_step(ctx, seeded, dataset)).artifact
+        features = step(steps.features_step(ctx, seeded, backbone, dataset)).artifact
+        if last < 2:
+            continue
+        stg = step(steps.fit_stg_step(ctx, seeded, features)).artifact if needs_stg else None
+        if last < 3:
+            continue
+        for method, settings in chosen.items():
+            classifier = step(steps.retrain_step(ctx, seeded, settings, features, stg)).artifact
+            if last >= 4:
+                report = step(steps.eval_step(ctx, seeded, classifier, features)).artifact
+                runs.append(MethodRun(seed, method, report))
+    return runs, results
+
+
+def aggregate(runs: list[MethodRun]) -> list[dict[str, Any]]:
+    """One row per method: mean and sample std over seeds of every column, in recipe order."""
+    order: list[str] = []
+    by_method: dict[str, list[MethodRun]] = {}
+    for run in runs:
+        if run.method not in by_method:
+            order.append(run.method)
+        by_method.setdefault(run.method, []).append(run)
+    rows = []
+    for method in order:
+        group = by_method[method]
+        row: dict[str, Any] = {"method": method, "seeds": [r.seed for r in group], "reports": [r.report.id for r in group]}
+        for column in COLUMNS:
+            values = [r.report.metrics[column] for r in group if column in r.report.metrics]
+            if values:
+                row[column] = mean(values)
+                row[f"{column}_std"] = std(values)
+        rows.append(row)
+    return rows
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def std(values: list[float]) -> float:
+    """Sample standard deviation (n − 1); 0 for a single seed."""
+    if len(values) < 2:
+        return 0.0
+    centre = mean(values)
+    return math.sqrt(sum((v - centre) ** 2 for v in values) / (len(values) - 1))

@@ -1,0 +1,379 @@
+"""Stage 3: re-balance the classifier on frozen features (cRT, LWS, τ-norm), optionally augmenting them.
+
+The trained classifiers (cRT, LWS) see class-balanced (or plain) mini-batches whose features went
+through one augmenter first: STG (paper Sec. 3.4), ISDA-style class Gaussians, noise, dropout or none.
+τ-norm and the stage-1 classifier need no training. Every result is handed on as one effective
+linear classifier (weight, bias), so evaluation has a single code path. Each epoch ends with a
+checkpoint, so a killed run continues where it stopped.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ltstg.augment import StgAugmenter, get_augmenter
+from ltstg.data.balanced import class_balanced_indices
+from ltstg.errors import LtstgError
+from ltstg.models.classifiers import LinearClassifier, LwsClassifier, tau_normalize
+from ltstg.recipe import EvalSettings, RetrainSettings
+from ltstg.report import Report, silent
+from ltstg.stages import Checkpoint, Output, require_kind
+from ltstg.stages.evaluate import score
+from ltstg.stages.fit_stg import load_stg
+from ltstg.store import SHORT, Artifact
+from ltstg.training import make_scheduler
+
+CLASSIFIER_LABELS = {"crt": "cRT", "lws": "LWS", "tau-norm": "τ-norm", "none": "CE (stage 1)"}
+AUGMENT_LABELS = {"none": "", "stg": "STG", "isda": "ISDA", "noise": "Noise", "dropout": "Dropout"}
+BORROW_CHUNK = 8192  # rows per nearest-prototype lookup, so (N, H) similarities never sit in memory at once
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The checked training data of one retrain run, on the compute device."""
+
+    features: torch.Tensor  # (N, D)
+    labels: torch.Tensor  # (N,)
+    views: torch.Tensor | None  # (K, N, D) extra augmented views, or None
+    class_counts: torch.Tensor  # (C,)
+    weight: torch.Tensor  # (C, D) stage-1 classifier
+    bias: torch.Tensor  # (C,)
+
+    @property
+    def num_classes(self) -> int:
+        return self.class_counts.numel()
+
+    @property
+    def dim(self) -> int:
+        return self.features.shape[1]
+
+
+def method_label(settings: RetrainSettings) -> str:
+    """The name a comparison table shows for these settings, e.g. "cRT+STG" or "τ-norm"."""
+    augment = AUGMENT_LABELS[settings.augment.name]
+    base = CLASSIFIER_LABELS[settings.classifier]
+    return f"{base}+{augment}" if augment else base
+
+
+def retrain(
+    settings: RetrainSettings,
+    features: Artifact,
+    stg: Artifact | None,
+    *,
+    seed: int,
+    device: torch.device | str,
+    generator: torch.Generator,
+    report: Report = silent,
+    checkpoint: Checkpoint | None = None,
+) -> Output:
+    """Re-train (or post-hoc adjust) the classifier on frozen features so tail classes get fair boundaries."""
+    device = torch.device(device)
+    check_inputs(settings, features, stg)
+    stage1_weight = features["classifier.weight"].float()
+    stage1_bias = features["classifier.bias"].float()
+    tensors: dict[str, torch.Tensor] = {}
+    metrics: dict[str, float] = {}
+    if settings.classifier in POST_HOC:
+        weight, bias = POST_HOC[settings.classifier](stage1_weight, stage1_bias, settings)
+        tensors["curve.loss"] = torch.zeros(0)  # no training, no curve
+    else:
+        views = features.tensors.get("train_views")
+        inputs = Inputs(
+            features=features["train_features"].to(device, torch.float32),
+            labels=features["train_labels"].to(device, torch.long),
+            views=views.to(device, torch.float32) if views is not None else None,
+            class_counts=features["class_counts"].to(device, torch.long),
+            weight=stage1_weight.to(device),
+            bias=stage1_bias.to(device),
+        )
+        augmenter = build_augmenter(settings, inputs, stg, device)
+        build, fold = TRAINABLE[settings.classifier]
+        model = build(inputs, seed).to(device)
+        curve = train(settings, model, augmenter, inputs, generator=generator, report=report, checkpoint=checkpoint)
+        weight, bias = (value.detach().cpu() for value in fold(model))
+        tensors["curve.loss"] = torch.tensor(curve, dtype=torch.float32)  # (epochs,)
+        metrics["train_loss"] = curve[-1]
+        if isinstance(augmenter, StgAugmenter):
+            tensors["borrowed_head"], tensors["borrowed_cosine"] = borrowed(augmenter, inputs)
+    tensors["weight"] = weight.contiguous()  # (C, D)
+    tensors["bias"] = bias.contiguous()  # (C,)
+    test_metrics, _ = score(tensors["weight"], tensors["bias"], features, EvalSettings())
+    metrics["top1"] = test_metrics["top1"]
+    info = {
+        "classifier": settings.classifier,
+        "augment": settings.augment.name,
+        "method": method_label(settings),
+        "feature_dim": int(tensors["weight"].shape[1]),
+        "num_classes": int(tensors["weight"].shape[0]),
+    }
+    return Output("classifier", tensors, metrics, info, key_metric="top1")
+
+
+def train(
+    settings: RetrainSettings,
+    model: nn.Module,
+    augmenter: Any,
+    inputs: Inputs,
+    *,
+    generator: torch.Generator,
+    report: Report = silent,
+    checkpoint: Checkpoint | None = None,
+) -> list[float]:
+    """Adam + cross-entropy on augmented mini-batches for `epochs` × ceil(N / batch) steps; the per-epoch mean loss."""
+    num_train = inputs.labels.numel()
+    steps_per_epoch = math.ceil(num_train / settings.batch_size)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.wd)
+    # paper: "cosine learning rate that decays from 0.001 to 0" (ImageNet-LT/Places); CIFAR is silent (retrain.schedule)
+    scheduler = make_scheduler(
+        optimizer, steps_per_epoch, epochs=settings.epochs, warmup_epochs=0, schedule=settings.schedule
+    )
+    augmenter_state = getattr(augmenter, "state_dict", None)  # only ISDA keeps running statistics
+    curve: list[float] = []
+    start_epoch = 0
+    state = checkpoint.load() if checkpoint is not None else None
+    if state is not None:
+        model.load_state_dict(state["classifier"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if augmenter_state is not None:
+            augmenter.load_state_dict(state["augmenter"])
+        generator.set_state(state["generator"])
+        curve = [float(x) for x in state["curve"]]
+        start_epoch = int(state["epoch"]) + 1
+
+    model.train()
+    for epoch in range(start_epoch, settings.epochs):
+        order = epoch_order(inputs.labels, settings.sampling, generator)  # (N,)
+        view = draw_views(inputs, generator)  # (N,) 0 = original, k = view k-1; None without views
+        loss_sum = torch.zeros((), dtype=torch.float64, device=inputs.labels.device)
+        for step in range(steps_per_epoch):
+            start, stop = step * settings.batch_size, (step + 1) * settings.batch_size
+            batch = order[start:stop]  # (B,)
+            labels = inputs.labels[batch]  # (B,)
+            batch_features = pick_features(inputs, batch, None if view is None else view[start:stop])
+            augmented = augmenter.augment(batch_features, labels, generator=generator)  # (B, D)
+            loss = F.cross_entropy(model(augmented), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.detach().double() * batch.numel()
+        curve.append(float(loss_sum) / num_train)
+        if checkpoint is not None and epoch + 1 < settings.epochs:
+            checkpoint.save(
+                {
+                    "classifier": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "augmenter": augmenter_state() if augmenter_state is not None else {},
+                    "generator": generator.get_state(),
+                    "epoch": epoch,
+                    "curve": torch.tensor(curve, dtype=torch.float64),
+                }
+            )
+        total_steps = settings.epochs * steps_per_epoch
+        report("retrain", (epoch + 1) * steps_per_epoch, total_steps, epoch=epoch + 1, loss=curve[-1])
+    return curve
+
+
+def epoch_order(labels: torch.Tensor, sampling: str, generator: torch.Generator) -> torch.Tensor:
+    """N draws per epoch: class-balanced (with replacement, cRT) or a plain shuffle (instance).
+
+    paper is silent on what an epoch of balanced sampling is; we take N draws (retrain.epochs counts them).
+    """
+    num_train = labels.numel()
+    if sampling == "balanced":
+        return class_balanced_indices(labels, num_train, generator=generator)
+    return torch.randperm(num_train, generator=generator, device=labels.device)
+
+
+def draw_views(inputs: Inputs, generator: torch.Generator) -> torch.Tensor | None:
+    """Which copy each of the epoch's N draws uses: the original or one of the K views, uniformly.
+
+    paper is silent on extra views (pretrain.feature_views); we treat the original as one more view.
+    """
+    if inputs.views is None:
+        return None
+    num_copies = inputs.views.shape[0] + 1
+    return torch.randint(num_copies, (inputs.labels.numel(),), generator=generator, device=inputs.labels.device)
+
+
+def pick_features(inputs: Inputs, batch: torch.Tensor, view: torch.Tensor | None) -> torch.Tensor:
+    """The batch's rows, each from the copy its draw chose; without views, the original rows."""
+    rows = inputs.features[batch]  # (B, D)
+    if view is None:
+        return rows
+    from_view = torch.nonzero(view > 0).flatten()  # (V,)
+    rows[from_view] = inputs.views[view[from_view] - 1, batch[from_view]]
+    return rows
+
+
+def borrowed(augmenter: StgAugmenter, inputs: Inputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """The head class each training sample borrows and its cosine; -1 and NaN for head samples (they borrow nothing)."""
+    heads, cosines = [], []
+    with torch.no_grad():
+        for chunk in torch.split(inputs.features, BORROW_CHUNK):
+            head, cosine = augmenter.borrowed(chunk)
+            heads.append(head)
+            cosines.append(cosine)
+    tail = augmenter.is_tail.to(inputs.labels.device)[inputs.labels]  # (N,)
+    head = torch.where(tail, torch.cat(heads), torch.full_like(tail, -1, dtype=torch.long))  # (N,)
+    cosine = torch.where(tail, torch.cat(cosines), torch.full_like(tail, float("nan"), dtype=torch.float32))  # (N,)
+    return head.cpu(), cosine.cpu()
+
+
+# -- classifiers -------------------------------------------------------------------------------------
+
+
+def _new_linear(inputs: Inputs, seed: int) -> nn.Module:
+    """cRT re-initialises the classifier (DESIGN default), from a private seed so outside RNG state is untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LinearClassifier(inputs.dim, inputs.num_classes)
+
+
+def _lws_on_stage1(inputs: Inputs, seed: int) -> nn.Module:
+    """LWS starts from the stage-1 weights with unit scales: nothing random to seed."""
+    return LwsClassifier(inputs.weight, inputs.bias)
+
+
+def _fold_lws(model: LwsClassifier) -> tuple[torch.Tensor, torch.Tensor]:
+    """scale_c · (w_c · a + b_c) is the linear classifier (scale_c · w_c, scale_c · b_c)."""
+    return model.weight * model.scales.unsqueeze(1), model.bias * model.scales
+
+
+# name -> (build a trainable module, fold it into an effective (weight, bias))
+TRAINABLE: dict[str, tuple[Callable[[Inputs, int], nn.Module], Callable[[Any], tuple[torch.Tensor, torch.Tensor]]]] = {
+    "crt": (_new_linear, lambda model: (model.weight, model.bias)),
+    "lws": (_lws_on_stage1, _fold_lws),
+}
+
+# name -> (stage-1 weight, bias, settings) -> effective (weight, bias), no training
+POST_HOC: dict[str, Callable[[torch.Tensor, torch.Tensor, RetrainSettings], tuple[torch.Tensor, torch.Tensor]]] = {
+    "tau-norm": lambda weight, bias, settings: tau_normalize(weight, bias, settings.tau),
+    "none": lambda weight, bias, settings: (weight.clone(), bias.clone()),
+}
+
+
+# -- augmenters --------------------------------------------------------------------------------------
+
+
+def _stg_arguments(augment: Any, inputs: Inputs, stg: Artifact | None, device: torch.device) -> dict[str, Any]:
+    """The trained STG (eval mode) with the head classes and prototypes it was fit on; check_inputs vetted them."""
+    return {
+        "predict": load_stg(stg, device),
+        "prototypes": stg["head_prototypes"].to(device, torch.float32),
+        "head_classes": stg["head_classes"].to(device, torch.long),
+        "class_counts": inputs.class_counts,
+        "lam": augment.lam,
+        "t": augment.t,
+    }
+
+
+# augmenter name -> its constructor arguments; the classes come from the AUGMENTERS registry
+AUGMENTER_ARGUMENTS: dict[str, Callable[[Any, Inputs, Artifact | None, torch.device], dict[str, Any]]] = {
+    "none": lambda augment, inputs, stg, device: {},
+    "stg": _stg_arguments,
+    "isda": lambda augment, inputs, stg, device: {
+        "num_classes": inputs.num_classes, "dim": inputs.dim, "lam": augment.lam, "device": device,
+    },
+    "noise": lambda augment, inputs, stg, device: {"std": augment.std},
+    "dropout": lambda augment, inputs, stg, device: {"p": augment.p},
+}
+
+
+def build_augmenter(settings: RetrainSettings, inputs: Inputs, stg: Artifact | None, device: torch.device) -> Any:
+    """The augmenter the recipe names, built through the registry with the parts it needs."""
+    name = settings.augment.name
+    return get_augmenter(name)(**AUGMENTER_ARGUMENTS[name](settings.augment, inputs, stg, device))
+
+
+# -- input checks ------------------------------------------------------------------------------------
+
+
+def check_inputs(settings: RetrainSettings, features: Artifact, stg: Artifact | None) -> None:
+    """Every problem with the settings and artifacts, as one error, before any heavy step."""
+    require_kind(features, "features")
+    label = f"features artifact {features.id[:SHORT]}"
+    names = ("train_features", "train_labels", "test_features", "test_labels", "class_counts",
+             "classifier.weight", "classifier.bias")
+    missing = [name for name in names if name not in features.tensors]
+    if missing:
+        raise LtstgError(f"{label} lacks {', '.join(missing)}; re-extract the features with this ltstg version.")
+    problems = []
+    if settings.classifier in POST_HOC and settings.augment.name != "none":
+        problems.append(
+            f"classifier {settings.classifier!r} is not trained, so augment {settings.augment.name!r} would be "
+            "ignored; use --classifier crt or lws, or augment none."
+        )
+    train = features["train_features"]
+    train_labels = features["train_labels"]
+    counts = features["class_counts"]
+    weight, bias = features["classifier.weight"], features["classifier.bias"]
+    num_classes = counts.numel()
+    dim = train.shape[1] if train.dim() == 2 else -1
+    if train.dim() != 2 or train.shape[0] == 0:
+        problems.append(f"{label}: train_features must be a non-empty (N, D) matrix, got {tuple(train.shape)}.")
+    elif train_labels.shape != (train.shape[0],):
+        problems.append(f"{label}: train_labels has shape {tuple(train_labels.shape)}, expected ({train.shape[0]},).")
+    elif counts.dim() != 1 or num_classes < 2:
+        problems.append(f"{label}: class_counts must list at least 2 classes, got shape {tuple(counts.shape)}.")
+    elif train_labels.min() < 0 or train_labels.max() >= num_classes:
+        problems.append(f"{label}: train_labels lie outside [0, {num_classes}).")
+    elif not torch.equal(torch.bincount(train_labels.long(), minlength=num_classes), counts.long()):
+        problems.append(f"{label}: class_counts disagrees with train_labels; re-extract the features.")
+    elif not bool(torch.isfinite(train).all()):
+        problems.append(f"{label}: train_features hold NaN or infinite values; re-extract the features.")
+    test, test_labels = features["test_features"], features["test_labels"]
+    if test.dim() != 2 or test.shape[1] != dim or test_labels.shape != (test.shape[0],):
+        problems.append(
+            f"{label}: test features {tuple(test.shape)} / labels {tuple(test_labels.shape)} do not match "
+            f"the training feature size {dim}."
+        )
+    elif test_labels.numel() and (test_labels.min() < 0 or test_labels.max() >= num_classes):
+        problems.append(f"{label}: test_labels lie outside [0, {num_classes}).")
+    if weight.shape != (num_classes, dim) or bias.shape != (num_classes,):
+        problems.append(
+            f"{label}: the stage-1 classifier is {tuple(weight.shape)} + {tuple(bias.shape)}, "
+            f"expected ({num_classes}, {dim}) + ({num_classes},)."
+        )
+    views = features.tensors.get("train_views")
+    if views is not None and (views.dim() != 3 or tuple(views.shape[1:]) != tuple(train.shape)):
+        expected = ", ".join(map(str, train.shape))
+        problems.append(f"{label}: train_views has shape {tuple(views.shape)}, expected (K, {expected}).")
+    if settings.augment.name == "stg":
+        problems.extend(_stg_problems(stg, num_classes, dim))
+    if problems:
+        raise LtstgError("\n".join(problems))
+
+
+def _stg_problems(stg: Artifact | None, num_classes: int, dim: int) -> list[str]:
+    """Why this stg artifact can't augment these features, if it can't."""
+    if stg is None:
+        return ["augment 'stg' needs an stg artifact; fit one with `ltstg fit-stg` and pass --stg ID."]
+    require_kind(stg, "stg")
+    label = f"stg artifact {stg.id[:SHORT]}"
+    missing = [name for name in ("head_classes", "head_prototypes") if name not in stg.tensors]
+    if missing:
+        return [f"{label} lacks {', '.join(missing)}; refit it with this ltstg version."]
+    head, prototypes = stg["head_classes"], stg["head_prototypes"]
+    problems = []
+    if stg.info.get("num_features") != dim or prototypes.dim() != 2 or prototypes.shape[1] != dim:
+        problems.append(
+            f"{label} was fit on {stg.info.get('num_features')}-dimensional features but these are {dim}-dimensional; "
+            "fit the STG on the same features artifact."
+        )
+    if head.dim() != 1 or prototypes.shape[0] != head.numel() or head.numel() == 0:
+        problems.append(
+            f"{label}: head_classes {tuple(head.shape)} and head_prototypes {tuple(prototypes.shape)} disagree."
+        )
+    elif head.min() < 0 or head.max() >= num_classes:
+        problems.append(
+            f"{label}: head classes lie outside [0, {num_classes}); fit the STG on the same features artifact."
+        )
+    return problems

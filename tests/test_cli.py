@@ -1,0 +1,110 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from ltstg.cli import app
+from ltstg.store import Store
+
+runner = CliRunner()
+
+
+def invoke(*args, store):
+    return runner.invoke(app, ["--store", str(store), *args])
+
+
+def test_help_lists_every_subcommand():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("make-dataset", "pretrain", "fit-stg", "retrain", "eval", "inspect", "run"):
+        assert command in result.stdout
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("stg:\n  memroy: 600\n", "stg.memroy: Extra inputs are not permitted"),
+        ("dataset:\n  imbalance: many\n", "dataset.imbalance: Input should be a valid number"),
+        ("stg:\n  memory: -1\n", "stg.memory: Input should be greater than or equal to 0"),
+        ("stg: [1, 2\n", "line 2"),
+    ],
+)
+def test_bad_recipe_exits_2_with_one_line_and_writes_nothing(tmp_path, text, expected):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    store = tmp_path / "store"
+    result = invoke("make-dataset", "--recipe", str(path), store=store)
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(path) in lines[0] and expected in lines[0]
+    assert "Traceback" not in result.output
+    assert not store.exists()
+
+
+def test_bad_flag_value_is_a_recipe_error(tmp_path):
+    result = invoke("make-dataset", "--imb", "0.5", store=tmp_path / "s")
+    assert result.exit_code == 2
+    assert "dataset.imbalance: Input should be greater than or equal to 1" in result.stderr
+
+
+def test_make_dataset_writes_once_then_reuses(tiny_recipe_path, tmp_path):
+    store = tmp_path / "store"
+    first = invoke("--json", "make-dataset", "--recipe", str(tiny_recipe_path), store=store)
+    assert first.exit_code == 0, first.output
+    payload = json.loads(first.stdout)
+    assert payload["kind"] == "dataset" and payload["reused"] is False
+    assert payload["metrics"]["train"] == 70 and payload["metrics"]["classes"] == 4
+    again = invoke("--json", "make-dataset", "--recipe", str(tiny_recipe_path), "--name", "tiny", store=store)
+    assert json.loads(again.stdout)["reused"] is True and json.loads(again.stdout)["id"] == payload["id"]
+    assert "reused dataset" in again.stderr
+    assert len(Store(store).ids()) == 1
+    assert Store(store).resolve("tiny", "dataset") == payload["id"]
+
+
+def test_inspect_artifacts_lineage_verify(tiny_recipe_path, tmp_path):
+    store = tmp_path / "store"
+    made = json.loads(invoke("--json", "make-dataset", "--recipe", str(tiny_recipe_path), "--name", "d", store=store).stdout)
+    listing = invoke("--json", "inspect", "artifacts", store=store)
+    assert listing.exit_code == 0
+    rows = json.loads(listing.stdout)["artifacts"]
+    assert [r["id"] for r in rows] == [made["id"]] and rows[0]["names"] == ["d"] and rows[0]["kind"] == "dataset"
+    table = invoke("inspect", "artifacts", store=store)
+    assert made["id"][:12] in table.stdout and "train 70" in table.stdout
+    lineage = invoke("--json", "inspect", "lineage", "d", store=store)
+    assert json.loads(lineage.stdout) == {"id": made["id"], "kind": "dataset", "parents": []}
+    verify = invoke("--json", "inspect", "verify", store=store)
+    assert verify.exit_code == 0 and json.loads(verify.stdout)["corrupt"] == []
+    path = Store(store).path(made["id"])
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    broken = invoke("inspect", "verify", store=store)
+    assert broken.exit_code == 2 and "1 of 1 artifacts failed verification" in broken.stderr
+    assert made["id"][:12] in broken.stdout
+    using = invoke("pretrain", "--recipe", str(tiny_recipe_path), store=store)
+    assert using.exit_code == 2 and "corrupt" in using.stderr
+
+
+def test_missing_and_ambiguous_artifacts_are_clear_errors(tmp_path):
+    result = invoke("pretrain", "--dataset", "abc", store=tmp_path / "s")
+    assert result.exit_code == 2 and "no artifact or name 'abc'" in result.stderr
+    result = invoke("pretrain", store=tmp_path / "s")
+    assert result.exit_code == 2 and "no dataset artifact" in result.stderr
+    result = invoke("inspect", "lineage", "abc", store=tmp_path / "s")
+    assert result.exit_code == 2
+
+
+def test_cuda_on_a_machine_without_one(tiny_recipe_path, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = invoke("--device", "cuda", "make-dataset", "--recipe", str(tiny_recipe_path), store=tmp_path / "s")
+    assert result.exit_code == 2 and "no CUDA device" in result.stderr
+
+
+def test_wrong_image_root_is_one_line(tmp_path):
+    result = invoke("make-dataset", "imagefolder", "--root", str(tmp_path / "nowhere"), store=tmp_path / "s")
+    assert result.exit_code == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "nowhere" in result.stderr
+    assert not (tmp_path / "s").exists()

@@ -1,0 +1,70 @@
+"""The embedded synthetic source: deterministic, well-formed, and learnable."""
+import pytest
+import torch
+
+from ltstg.data.synthetic import CLASSES, make_synthetic
+from ltstg.errors import LtstgError
+
+
+def test_shapes_dtypes_and_names():
+    source = make_synthetic(num_classes=4, train_per_class=6, test_per_class=3, size=8, seed=0)
+    assert source.name == "synthetic" and source.class_names == ("disc", "square", "triangle", "ring")
+    assert set(source.splits) == {"train", "test"} and source.root is None
+    train, test = source.splits["train"], source.splits["test"]
+    assert train.images.shape == (24, 8, 8, 3) and train.images.dtype == torch.uint8 and train.paths is None
+    assert test.images.shape == (12, 8, 8, 3)
+    assert train.labels.dtype == torch.int64 and torch.bincount(train.labels).tolist() == [6] * 4
+    assert len(source.fingerprint) == 64
+    assert len({name for name, _, _ in CLASSES}) == len(CLASSES) == 20
+
+
+def test_deterministic_and_seeded():
+    first = make_synthetic(num_classes=3, train_per_class=20, test_per_class=5, seed=5)
+    again = make_synthetic(num_classes=3, train_per_class=20, test_per_class=5, seed=5)
+    other = make_synthetic(num_classes=3, train_per_class=20, test_per_class=5, seed=6)
+    for split in ("train", "test"):
+        assert torch.equal(first.splits[split].images, again.splits[split].images)
+        assert torch.equal(first.splits[split].labels, again.splits[split].labels)
+        assert (first.splits[split].images != other.splits[split].images).float().mean() > 0.5
+    assert first.fingerprint == again.fingerprint != other.fingerprint
+    # the test split does not move when only the train size changes
+    bigger = make_synthetic(num_classes=3, train_per_class=30, test_per_class=5, seed=5)
+    assert torch.equal(bigger.splits["test"].images, first.splits["test"].images)
+    assert bigger.fingerprint != first.fingerprint
+
+
+def test_leaves_global_rng_alone():
+    state = torch.random.get_rng_state()
+    make_synthetic(num_classes=2, train_per_class=2, test_per_class=1, size=8)
+    assert torch.equal(state, torch.random.get_rng_state())
+
+
+def test_all_classes_draw_varied_images():
+    source = make_synthetic(num_classes=20, train_per_class=8, test_per_class=1, size=16)
+    images = source.splits["train"].images.view(20, 8, -1).float()
+    assert (images.std(dim=1).mean(dim=1) > 10).all()  # instances differ within every class
+
+
+def translation_invariant_features(images: torch.Tensor) -> torch.Tensor:
+    """log |FFT| of the standardized gray image: blind to position and colour, not to shape or texture."""
+    gray = images.float().mean(dim=-1)
+    gray = (gray - gray.mean(dim=(1, 2), keepdim=True)) / (gray.std(dim=(1, 2), keepdim=True) + 1e-3)
+    return torch.fft.fft2(gray).abs().log1p().flatten(1)
+
+
+def test_classes_are_distinguishable():
+    source = make_synthetic(num_classes=10, train_per_class=40, test_per_class=20, size=32, seed=1)
+    train, test = source.splits["train"], source.splits["test"]
+    train_features = translation_invariant_features(train.images)
+    test_features = translation_invariant_features(test.images)
+    mean, std = train_features.mean(dim=0), train_features.std(dim=0) + 1e-6
+    train_features, test_features = (train_features - mean) / std, (test_features - mean) / std
+    centres = torch.stack([train_features[train.labels == c].mean(dim=0) for c in range(10)])
+    accuracy = (torch.cdist(test_features, centres).argmin(dim=1) == test.labels).float().mean().item()
+    assert accuracy > 0.2  # chance is 0.1; nearest class mean on such crude features gets about 0.29
+
+
+@pytest.mark.parametrize("arguments", [{"num_classes": 21}, {"num_classes": 0}, {"train_per_class": 0}, {"size": 2}])
+def test_rejects_bad_arguments(arguments):
+    with pytest.raises(LtstgError, match="synthetic"):
+        make_synthetic(**arguments)

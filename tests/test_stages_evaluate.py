@@ -1,0 +1,109 @@
+import math
+
+import pytest
+import torch
+
+from ltstg.errors import LtstgError
+from ltstg.recipe import EvalSettings
+from ltstg.stages.evaluate import compare_rows, evaluate, markdown_table
+from ltstg.store import Artifact
+
+# Three classes: many (150 > 100), medium (50) and few (10 < 20). Test features are the logits of an
+# identity classifier scaled by `scale`: per class one right, then one wrong (class 1: both right).
+TEST = torch.tensor([[20.0, 0, 0], [0, 20, 0], [0, 20, 0], [0, 20, 0], [0, 0, 20], [20, 0, 0]])  # (6, 3)
+TEST_LABELS = torch.tensor([0, 0, 1, 1, 2, 2])
+
+
+def features_artifact(test=TEST, labels=TEST_LABELS, counts=(150, 50, 10)):
+    tensors = {
+        "train_features": torch.eye(3),
+        "train_labels": torch.arange(3),
+        "test_features": test,
+        "test_labels": labels,
+        "class_counts": torch.tensor(counts),
+    }
+    info = {"class_names": ["cat", "dog", "eel"], "groups": ["many", "medium", "few"], "many_above": 100, "few_below": 20}
+    return Artifact("f" * 64, {"kind": "features", "info": info}, tensors)
+
+
+def classifier_artifact(weight, bias, method, letter="c"):
+    return Artifact(letter * 64, {"kind": "classifier", "info": {"method": method}}, {"weight": weight, "bias": bias})
+
+
+def as_report(output, letter):
+    return Artifact(letter * 64, {"kind": output.kind, "metrics": output.metrics, "info": output.info}, output.tensors)
+
+
+def test_metrics_groups_confusion_by_hand():
+    out = evaluate(classifier_artifact(torch.eye(3), torch.zeros(3), "CE (stage 1)"), features_artifact(), EvalSettings())
+    assert out.kind == "report" and out.key_metric == "top1"
+    metrics = out.metrics
+    assert metrics["top1"] == pytest.approx(4 / 6)
+    assert (metrics["many"], metrics["medium"], metrics["few"]) == pytest.approx((0.5, 1.0, 0.5))
+    # confidences are all ~1 (logit gap 20), so ECE = |4 right - 6 confident| / 6 and NLL = 2 wrong * 20 / 6
+    assert metrics["ece"] == pytest.approx(2 / 6, abs=1e-6)
+    assert metrics["nll"] == pytest.approx(40 / 6, abs=1e-5)
+    assert torch.equal(out.tensors["confusion"], torch.tensor([[1, 1, 0], [0, 2, 0], [1, 0, 1]]))
+    assert out.tensors["confusion"].dtype == torch.int64
+    assert torch.allclose(out.tensors["per_class_accuracy"], torch.tensor([0.5, 1.0, 0.5]))
+    assert out.info == {"method": "CE (stage 1)", "split": "test", "class_names": ["cat", "dog", "eel"],
+                        "groups": ["many", "medium", "few"]}
+
+
+def test_ece_bins_and_an_empty_group():
+    # probs (0.6, 0.2, 0.2) for both samples: one right, one wrong -> with 2 bins |0.5 - 0.6| = 0.1
+    test = torch.tensor([[math.log(3.0), 0, 0], [math.log(3.0), 0, 0]])
+    features = features_artifact(test, torch.tensor([0, 1]))
+    out = evaluate(classifier_artifact(torch.eye(3), torch.zeros(3), "cRT"), features, EvalSettings(ece_bins=2))
+    assert out.metrics["ece"] == pytest.approx(0.1)
+    assert out.metrics["nll"] == pytest.approx((-math.log(0.6) - math.log(0.2)) / 2)
+    assert "few" not in out.metrics  # class 2 has no test sample
+    assert out.tensors["per_class_accuracy"][2].isnan()
+
+
+def test_bias_is_used_and_stg_is_not_needed():
+    bias = torch.tensor([0.0, 0.0, 25.0])  # pushes every prediction to class 2
+    out = evaluate(classifier_artifact(torch.eye(3), bias, "x"), features_artifact(), EvalSettings())
+    assert torch.equal(out.tensors["confusion"][:, 2], torch.tensor([2, 2, 2]))
+
+
+def test_bad_inputs_are_clear_errors():
+    features = features_artifact()
+    with pytest.raises(LtstgError, match="no 'val' split; it has: test, train"):
+        evaluate(classifier_artifact(torch.eye(3), torch.zeros(3), "x"), features, EvalSettings(), split="val")
+    with pytest.raises(LtstgError, match="does not fit"):
+        evaluate(classifier_artifact(torch.eye(4, 3), torch.zeros(4), "x"), features, EvalSettings())
+    with pytest.raises(LtstgError, match="not a classifier"):
+        evaluate(features, features, EvalSettings())
+
+
+def test_compare_rows_and_markdown_table_for_three_methods():
+    features = features_artifact()
+    reports = [
+        as_report(evaluate(classifier_artifact(torch.eye(3), torch.zeros(3), "CE (stage 1)"), features, EvalSettings()), "1"),
+        as_report(evaluate(classifier_artifact(torch.eye(3), torch.tensor([0.0, 0, 25]), "cRT"), features, EvalSettings()), "2"),
+        as_report(evaluate(classifier_artifact(0.1 * torch.eye(3), torch.zeros(3), "cRT+STG"), features, EvalSettings()), "3"),
+    ]
+    rows = compare_rows(reports)
+    assert [row["method"] for row in rows] == ["CE (stage 1)", "cRT", "cRT+STG"]
+    assert rows[1]["all"] == pytest.approx(2 / 6) and rows[1]["many"] == 0.0 and rows[1]["few"] == 1.0
+    assert rows[0]["id"] == "1" * 12
+    assert set(rows[0]) == {"method", "all", "many", "medium", "few", "ece", "nll", "id"}
+    # row 3: logits (2, 0, 0): confidence e^2 / (e^2 + 2) = 0.78699, ECE |4 - 6 * 0.78699| / 6 = 12.0 %
+    assert markdown_table(rows) == (
+        "| Method | All | Many | Medium | Few | ECE | NLL | id |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---|\n"
+        "| CE (stage 1) | 66.7 | 50.0 | 100.0 | 50.0 | 33.3 | 6.667 | `111111111111` |\n"
+        "| cRT | 33.3 | 0.0 | 0.0 | 100.0 | 66.1 | 6.672 | `222222222222` |\n"
+        "| cRT+STG | 66.7 | 50.0 | 100.0 | 50.0 | 12.0 | 0.906 | `333333333333` |\n"
+    )
+
+
+def test_missing_group_shows_a_dash():
+    rows = [{"method": "m", "all": 0.5, "many": 0.25, "medium": None, "few": None, "ece": 0.01, "nll": 1.0, "id": "ab"}]
+    assert markdown_table(rows).splitlines()[-1] == "| m | 50.0 | 25.0 | – | – | 1.0 | 1.000 | `ab` |"
+
+
+def test_compare_rows_rejects_other_kinds():
+    with pytest.raises(LtstgError, match="not a report"):
+        compare_rows([features_artifact()])

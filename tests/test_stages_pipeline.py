@@ -1,0 +1,115 @@
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ltstg.cli import app
+from ltstg.errors import LtstgError
+from ltstg.recipe import load_recipe
+from ltstg.stages import Context
+from ltstg.stages.pipeline import MethodRun, aggregate, methods_of, run_recipe
+from ltstg.store import Artifact, Store
+
+METHODS = """
+methods:
+  CE: {classifier: none}
+  cRT: {classifier: crt}
+  cRT+STG: {augment: {name: stg, lam: 1.5}}
+"""
+
+
+@pytest.fixture
+def recipe_path(tiny_recipe_path):
+    tiny_recipe_path.write_text(tiny_recipe_path.read_text() + METHODS)
+    return tiny_recipe_path
+
+
+def fake_report(method_metrics):
+    return Artifact("r" * 64, {"kind": "report", "metrics": method_metrics}, {})
+
+
+def test_aggregate_mean_and_sample_std_per_method():
+    runs = [
+        MethodRun(0, "cRT", fake_report({"top1": 0.5, "few": 0.1})),
+        MethodRun(0, "STG", fake_report({"top1": 0.7, "few": 0.3})),
+        MethodRun(1, "cRT", fake_report({"top1": 0.7, "few": 0.3})),
+        MethodRun(1, "STG", fake_report({"top1": 0.9, "few": 0.4})),
+        MethodRun(2, "cRT", fake_report({"top1": 0.6, "few": 0.2})),
+        MethodRun(2, "STG", fake_report({"top1": 0.8, "few": 0.5})),
+    ]
+    rows = aggregate(runs)
+    assert [r["method"] for r in rows] == ["cRT", "STG"]
+    assert rows[0]["top1"] == pytest.approx(0.6) and rows[0]["top1_std"] == pytest.approx(0.1)
+    assert rows[1]["few"] == pytest.approx(0.4) and rows[1]["few_std"] == pytest.approx(0.1)
+    assert rows[0]["seeds"] == [0, 1, 2] and "ece" not in rows[0]
+    single = aggregate(runs[:1])
+    assert single[0]["top1_std"] == 0.0
+
+
+def test_methods_selection(recipe_path):
+    recipe = load_recipe(recipe_path)
+    assert list(methods_of(recipe, None)) == ["CE", "cRT", "cRT+STG"]
+    assert list(methods_of(recipe, ["cRT"])) == ["cRT"]
+    with pytest.raises(LtstgError, match="unknown method"):
+        methods_of(recipe, ["nope"])
+    plain = load_recipe(None)
+    assert list(methods_of(plain, None)) == ["default"]
+
+
+def test_run_end_to_end_then_reuse_everything(recipe_path, tmp_path):
+    runner = CliRunner()
+    store = tmp_path / "store"
+    first = runner.invoke(app, ["--store", str(store), "--json", "run", str(recipe_path)])
+    assert first.exit_code == 0, first.output
+    payload = json.loads(first.stdout)
+    assert [row["method"] for row in payload["rows"]] == ["CE", "cRT", "cRT+STG"]
+    kinds = [a["kind"] for a in payload["artifacts"]]
+    assert kinds == ["dataset", "backbone", "features", "stg"] + ["classifier", "report"] * 3
+    assert not any(a["reused"] for a in payload["artifacts"])
+    for row in payload["rows"]:
+        assert 0.0 <= row["top1"] <= 1.0 and "ece" in row
+    again = runner.invoke(app, ["--store", str(store), "--json", "run", str(recipe_path)])
+    second = json.loads(again.stdout)
+    assert all(a["reused"] for a in second["artifacts"])
+    assert second["rows"] == payload["rows"]
+    assert len(Store(store).ids()) == len(kinds)
+    table = runner.invoke(app, ["--store", str(store), "run", str(recipe_path), "--until", "pretrain"])
+    assert table.exit_code == 0 and "backbone" in table.stdout
+
+
+def test_interrupted_run_resumes_to_the_same_result(recipe_path, tmp_path):
+    recipe = load_recipe(recipe_path)
+    whole = Context(store=Store(tmp_path / "whole"))
+    runs, _ = run_recipe(whole, recipe, seeds=[0], methods=["cRT"])
+
+    class Kill(Exception):
+        pass
+
+    def killer(task, done, total, **metrics):
+        if task == "pretrain" and metrics.get("epoch", 0) >= 2:
+            raise Kill()
+
+    store = Store(tmp_path / "killed")
+    with pytest.raises(Kill):
+        run_recipe(Context(store=store, report=killer), recipe, seeds=[0], methods=["cRT"])
+    assert len(list((tmp_path / "killed" / "checkpoints").iterdir())) == 1
+    resumed, _ = run_recipe(Context(store=store), recipe, seeds=[0], methods=["cRT"])
+    assert resumed[0].report.id == runs[0].report.id
+    assert resumed[0].report.metrics == runs[0].report.metrics
+    assert list((tmp_path / "killed" / "checkpoints").iterdir()) == []
+    backbone_id = store.list("backbone")[0].id
+    killed_weights, whole_weights = store.get(backbone_id).tensors, whole.store.get(backbone_id).tensors
+    assert killed_weights.keys() == whole_weights.keys()
+    assert all(torch.equal(killed_weights[k], whole_weights[k]) for k in killed_weights)
+
+
+def test_seeds_aggregate_through_the_cli(recipe_path, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(
+        app, ["--store", str(tmp_path / "s"), "--json", "run", str(recipe_path), "--seeds", "0", "--seeds", "1", "--methods", "cRT"]
+    )
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["rows"]
+    assert len(rows) == 1 and rows[0]["seeds"] == [0, 1] and len(set(rows[0]["reports"])) == 2
+    assert "top1_std" in rows[0]

@@ -1,0 +1,361 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from ltstg.augment import AUGMENTERS
+from ltstg.errors import LtstgError
+from ltstg.models.classifiers import LinearClassifier
+from ltstg.models.prototypes import class_means, nearest_prototype
+from ltstg.recipe import (
+    DropoutAugment,
+    EvalSettings,
+    IsdaAugment,
+    NoAugment,
+    NoiseAugment,
+    RetrainSettings,
+    StgAugment,
+)
+from ltstg.stages import Checkpoint
+from ltstg.stages.evaluate import score
+from ltstg.stages.fit_stg import build_stg
+from ltstg.stages.retrain import AUGMENTER_ARGUMENTS, TRAINABLE, Inputs, method_label, retrain
+from ltstg.store import Artifact, Store
+
+COUNTS = [200, 120, 60, 30, 12, 6]  # many: 0, 1 (>100); medium: 2, 3; few: 4, 5 (<20)
+DIM = 16
+HEAD = [0, 1]
+FAST = dict(epochs=3, batch_size=32, lr=1e-2)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matrices gain nothing from threads, and on a busy 2-core box OpenMP spinning makes them 100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_features(*, seed=0, views=0, constant_class=None, dim=DIM):
+    """Gaussian classes on a sphere; the stage-1 classifier is nearest-mean plus a large log-count bias (head-biased)."""
+    g = torch.Generator().manual_seed(seed)
+    num_classes = len(COUNTS)
+    means = nn.functional.normalize(torch.randn(num_classes, dim, generator=g), dim=1) * 3  # (C, D)
+
+    def draw(counts):
+        labels = torch.arange(num_classes).repeat_interleave(torch.tensor(counts))
+        return means[labels] + torch.randn(labels.numel(), dim, generator=g), labels
+
+    train, train_labels = draw(COUNTS)
+    test, test_labels = draw([40] * num_classes)
+    if constant_class is not None:
+        train[train_labels == constant_class] = means[constant_class]
+    counts = torch.tensor(COUNTS)
+    tensors = {
+        "train_features": train,
+        "train_labels": train_labels,
+        "test_features": test,
+        "test_labels": test_labels,
+        "class_counts": counts,
+        "classifier.weight": means.clone(),
+        "classifier.bias": -means.square().sum(dim=1) / 2 + 3 * torch.log(counts.float() / COUNTS[0]),
+    }
+    if views:
+        tensors["train_views"] = train + 0.1 * torch.randn(views, *train.shape, generator=g)
+    info = {"class_names": [f"c{c}" for c in range(num_classes)], "many_above": 100, "few_below": 20}
+    return Artifact("f" * 64, {"kind": "features", "info": info}, tensors)
+
+
+def make_stg(features, *, seed=0, dim=DIM):
+    """A randomly initialised STG packaged as fit-stg stores it (the real load_stg rebuilds it)."""
+    info = {"num_features": dim, "num_tokens": len(HEAD), "hidden": 32, "depth": 2,
+            "var_activation": "softplus", "token_std": 0.02}
+    model = build_stg(dim, len(HEAD), hidden=32, depth=2, token_std=0.02, var_activation="softplus", seed=seed)
+    tensors = {f"stg.{k}": v.clone() for k, v in model.state_dict().items()}
+    tensors["head_classes"] = torch.tensor(HEAD)
+    tensors["head_prototypes"] = class_means(features["train_features"], features["train_labels"], torch.tensor(HEAD))
+    return Artifact("5" * 64, {"kind": "stg", "info": info}, tensors)
+
+
+def run(settings, features, stg=None, *, seed=0, checkpoint=None):
+    generator = torch.Generator().manual_seed(seed)
+    return retrain(settings, features, stg, seed=seed, device="cpu", generator=generator, checkpoint=checkpoint)
+
+
+def test_crt_beats_biased_stage1_on_few_classes():
+    features = make_features()
+    stage1, _ = score(features["classifier.weight"], features["classifier.bias"], features, EvalSettings())
+    out = run(RetrainSettings(epochs=10, batch_size=32, lr=1e-2), features)
+    crt, _ = score(out.tensors["weight"], out.tensors["bias"], features, EvalSettings())
+    assert stage1["many"] > stage1["few"] + 0.3  # the hand-made stage-1 classifier really is head-biased
+    assert crt["few"] > stage1["few"] + 0.2
+    assert out.metrics["top1"] == pytest.approx(crt["top1"])
+    curve = out.tensors["curve.loss"]
+    assert curve.shape == (10,) and curve[-1] < curve[0]
+    assert out.info == {"classifier": "crt", "augment": "none", "method": "cRT", "feature_dim": DIM, "num_classes": 6}
+    assert out.kind == "classifier" and out.key_metric == "top1"
+
+
+def test_method_labels_and_registry_match():
+    assert set(AUGMENTER_ARGUMENTS) == set(AUGMENTERS)
+    assert method_label(RetrainSettings(augment=StgAugment())) == "cRT+STG"
+    assert method_label(RetrainSettings()) == "cRT"
+    assert method_label(RetrainSettings(classifier="lws", augment=IsdaAugment())) == "LWS+ISDA"
+    assert method_label(RetrainSettings(classifier="tau-norm")) == "τ-norm"
+    assert method_label(RetrainSettings(classifier="none")) == "CE (stage 1)"
+
+
+def _record(monkeypatch, augmenter_class):
+    """Wrap the augmenter's augment and the classifier's forward, recording what flows between them."""
+    calls, seen = [], []
+    original = augmenter_class.augment
+
+    def augment(self, features, labels, *, generator):
+        out = original(self, features, labels, generator=generator)
+        calls.append((features.clone(), labels.clone(), out.clone()))
+        return out
+
+    def forward(self, features):
+        seen.append(features.detach().clone())
+        return nn.Linear.forward(self, features)
+
+    monkeypatch.setattr(augmenter_class, "augment", augment)
+    monkeypatch.setattr(LinearClassifier, "forward", forward)
+    return calls, seen
+
+
+def _check_none(before, labels, after, features):
+    assert torch.equal(after, before)
+
+
+def _check_stg(before, labels, after, features):
+    head = (labels == 0) | (labels == 1)
+    assert torch.equal(after[head], before[head])  # head features reach the classifier untouched
+    tail_kept = after[~head] == before[~head]
+    assert tail_kept.any() and (~tail_kept).any()  # t = 0.5: about half the tail dimensions move
+
+
+def _check_isda(before, labels, after, features):
+    constant = labels == 5  # class 5 has zero variance, so ISDA must leave it alone
+    assert torch.equal(after[constant], before[constant])
+    assert (after[~constant] != before[~constant]).all()
+
+
+def _check_noise(before, labels, after, features):
+    assert (after != before).all()
+    assert (after - before).std().item() == pytest.approx(0.5, rel=0.15)
+
+
+def _check_dropout(before, labels, after, features):
+    dropped = after == 0
+    assert torch.allclose(after[~dropped], before[~dropped] / 0.8)
+    assert dropped.float().mean().item() == pytest.approx(0.2, abs=0.06)
+
+
+@pytest.mark.parametrize(
+    "augment, check",
+    [
+        (NoAugment(), _check_none),
+        (StgAugment(lam=1.0, t=0.5), _check_stg),
+        (IsdaAugment(lam=0.5), _check_isda),
+        (NoiseAugment(std=0.5), _check_noise),
+        (DropoutAugment(p=0.2), _check_dropout),
+    ],
+)
+def test_every_augmenter_feeds_the_classifier(monkeypatch, augment, check):
+    features = make_features(constant_class=5)
+    stg = make_stg(features)
+    calls, seen = _record(monkeypatch, AUGMENTERS[augment.name])
+    out = run(RetrainSettings(augment=augment, epochs=2, batch_size=64), features, stg)
+    steps = 2 * math.ceil(len(features["train_labels"]) / 64)
+    assert len(calls) == len(seen) == steps
+    train = features["train_features"]
+    for (before, labels, after), classified in zip(calls, seen):
+        assert torch.equal(classified, after)  # the classifier sees exactly the augmented batch
+        # the augmenter gets real training rows with their own labels
+        match = (before.unsqueeze(1) == train.unsqueeze(0)).all(dim=2)  # (B, N)
+        assert match.any(dim=1).all()
+        assert torch.equal(features["train_labels"][match.float().argmax(dim=1)], labels)
+    before = torch.cat([c[0] for c in calls])
+    labels = torch.cat([c[1] for c in calls])
+    after = torch.cat([c[2] for c in calls])
+    check(before, labels, after, features)
+    assert out.info["augment"] == augment.name
+    assert ("borrowed_head" in out.tensors) == (augment.name == "stg")
+
+
+def test_stg_reports_borrowed_head_classes():
+    features = make_features()
+    stg = make_stg(features)
+    out = run(RetrainSettings(augment=StgAugment(), **FAST), features, stg)
+    labels = features["train_labels"]
+    head_rows = labels <= 1
+    borrowed, cosine = out.tensors["borrowed_head"], out.tensors["borrowed_cosine"]
+    assert (borrowed[head_rows] == -1).all() and cosine[head_rows].isnan().all()
+    index, best = nearest_prototype(features["train_features"][~head_rows], stg["head_prototypes"])
+    assert torch.equal(borrowed[~head_rows], torch.tensor(HEAD)[index])
+    assert torch.allclose(cosine[~head_rows], best)
+    assert out.info["method"] == "cRT+STG"
+
+
+def test_views_are_drawn_alongside_the_originals(monkeypatch):
+    features = make_features(views=2)
+    calls, _ = _record(monkeypatch, AUGMENTERS["none"])
+    run(RetrainSettings(**FAST), features)
+    rows = torch.cat([c[0] for c in calls])  # (draws, D)
+    sources = torch.cat([features["train_features"].unsqueeze(0), features["train_views"]])  # (3, N, D)
+    hits = [(rows.unsqueeze(1) == copy.unsqueeze(0)).all(dim=2).any(dim=1) for copy in sources]
+    assert (hits[0] | hits[1] | hits[2]).all()
+    for hit in hits:  # each copy supplies about a third of the draws
+        assert hit.float().mean().item() == pytest.approx(1 / 3, abs=0.08)
+
+
+def test_tau_norm_by_hand():
+    features = make_features()
+    tensors = dict(features.tensors)
+    tensors["classifier.weight"] = torch.zeros(6, DIM)
+    tensors["classifier.weight"][:, :2] = torch.tensor([[3.0, 4.0], [0.0, 2.0], [1.0, 0.0], [0.6, 0.8], [0.0, 0.5], [8.0, 6.0]])
+    features = Artifact(features.id, features.meta, tensors)
+    out = run(RetrainSettings(classifier="tau-norm", tau=1.0), features)
+    expected = torch.zeros(6, DIM)
+    expected[:, :2] = torch.tensor([[0.6, 0.8], [0.0, 1.0], [1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [0.8, 0.6]])
+    assert torch.allclose(out.tensors["weight"], expected)
+    assert torch.equal(out.tensors["bias"], torch.zeros(6))
+    half = run(RetrainSettings(classifier="tau-norm", tau=0.5), features)
+    assert torch.allclose(half.tensors["weight"][0, :2], torch.tensor([3.0, 4.0]) / math.sqrt(5.0))
+    assert out.tensors["curve.loss"].numel() == 0 and "train_loss" not in out.metrics
+    assert out.info["method"] == "τ-norm"
+
+
+def test_lws_learns_only_per_class_scales():
+    features = make_features()
+    weight, bias = features["classifier.weight"], features["classifier.bias"]
+    out = run(RetrainSettings(classifier="lws", epochs=10, batch_size=32, lr=1e-2), features)
+    scales = out.tensors["weight"][:, 0] / weight[:, 0]  # (C,)
+    # each class row is its stage-1 row times one scale, and the bias carries the same scale
+    assert torch.allclose(out.tensors["weight"], weight * scales.unsqueeze(1), atol=1e-6)
+    assert torch.allclose(out.tensors["bias"], bias * scales, atol=1e-6)
+    assert not torch.allclose(scales, torch.ones(6))
+    # the head-biased stage-1 biases are negative for tail classes; balanced training shrinks them (scale < head's)
+    assert scales[5] < scales[0]
+    stage1, _ = score(weight, bias, features, EvalSettings())
+    lws, _ = score(out.tensors["weight"], out.tensors["bias"], features, EvalSettings())
+    assert lws["few"] > stage1["few"] + 0.1
+    assert out.info["method"] == "LWS"
+
+
+def test_lws_folds_scales_into_weight_and_bias_by_hand():
+    build, fold = TRAINABLE["lws"]
+    stage1 = Inputs(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long), None, torch.tensor([1, 1]),
+                    torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([0.5, 0.25]))
+    model = build(stage1, 0)
+    with torch.no_grad():
+        model.scales.copy_(torch.tensor([2.0, 3.0]))
+    weight, bias = fold(model)
+    assert torch.equal(weight, torch.tensor([[4.0, 0.0], [0.0, 3.0]]))
+    assert torch.equal(bias, torch.tensor([1.0, 0.75]))
+    features = torch.tensor([[1.0, 2.0]])
+    assert torch.allclose(model(features), features @ weight.T + bias)  # (2 + 0.5) * 2 = 5, (2 + 0.25) * 3 = 6.75
+    assert torch.allclose(model(features), torch.tensor([[5.0, 6.75]]))
+
+
+def test_none_classifier_is_stage1_as_is():
+    features = make_features()
+    out = run(RetrainSettings(classifier="none"), features)
+    assert torch.equal(out.tensors["weight"], features["classifier.weight"])
+    assert torch.equal(out.tensors["bias"], features["classifier.bias"])
+    stage1, _ = score(features["classifier.weight"], features["classifier.bias"], features, EvalSettings())
+    assert out.metrics["top1"] == stage1["top1"]
+
+
+@pytest.mark.parametrize("augment", [NoAugment(), StgAugment()])
+def test_same_seed_same_weights_other_seed_other_weights(augment):
+    features = make_features()
+    stg = make_stg(features)
+    settings = RetrainSettings(augment=augment, **FAST)
+    first = run(settings, features, stg, seed=3)
+    again = run(settings, features, stg, seed=3)
+    other = run(settings, features, stg, seed=4)
+    assert torch.equal(first.tensors["weight"], again.tensors["weight"])
+    assert torch.equal(first.tensors["bias"], again.tensors["bias"])
+    assert not torch.equal(first.tensors["weight"], other.tensors["weight"])
+
+
+def test_global_rng_is_untouched():
+    features = make_features()
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    run(RetrainSettings(augment=NoiseAugment(), **FAST), features)
+    assert torch.equal(torch.rand(3), expected)
+
+
+class Killed(Exception):
+    pass
+
+
+class KillAfter(Checkpoint):
+    """A real store checkpoint that dies right after saving the given epoch, like a killed process."""
+
+    def __init__(self, store, pending_id, epoch):
+        super().__init__(store, pending_id)
+        self.epoch = epoch
+
+    def save(self, state):
+        super().save(state)
+        if state["epoch"] == self.epoch:
+            raise Killed
+
+
+def test_kill_and_resume_is_bit_identical(tmp_path):
+    features = make_features(views=1)
+    settings = RetrainSettings(augment=IsdaAugment(), epochs=4, batch_size=32, lr=1e-2)
+    straight = run(settings, features)
+    store = Store(tmp_path / ".artifacts")
+    with pytest.raises(Killed):
+        run(settings, features, checkpoint=KillAfter(store, "a" * 64, epoch=1))
+    saved = store.load_checkpoint("a" * 64)
+    assert saved["epoch"] == 1 and saved["augmenter"]["counts"].sum() > 0
+    resumed = run(settings, features, checkpoint=Checkpoint(store, "a" * 64))
+    assert torch.equal(resumed.tensors["weight"], straight.tensors["weight"])
+    assert torch.equal(resumed.tensors["bias"], straight.tensors["bias"])
+    assert torch.equal(resumed.tensors["curve.loss"], straight.tensors["curve.loss"])
+
+
+def test_resume_starts_after_the_saved_epoch(tmp_path):
+    features = make_features()
+    settings = RetrainSettings(**FAST)
+    store = Store(tmp_path / ".artifacts")
+    with pytest.raises(Killed):
+        run(settings, features, checkpoint=KillAfter(store, "b" * 64, epoch=1))
+    epochs = []
+    report = lambda task, done, total, **metrics: epochs.append(metrics["epoch"])  # noqa: E731
+    generator = torch.Generator().manual_seed(0)
+    retrain(settings, features, None, seed=0, device="cpu", generator=generator, report=report,
+            checkpoint=Checkpoint(store, "b" * 64))
+    assert epochs == [3]
+
+
+def test_missing_stg_names_the_flag():
+    with pytest.raises(LtstgError, match="--stg"):
+        run(RetrainSettings(augment=StgAugment()), make_features(), None)
+
+
+def test_bad_inputs_fail_before_training():
+    features = make_features()
+    with pytest.raises(LtstgError, match="not trained"):
+        run(RetrainSettings(classifier="tau-norm", augment=NoiseAugment()), features)
+    other = make_features(dim=8)
+    with pytest.raises(LtstgError, match="8-dimensional"):
+        run(RetrainSettings(augment=StgAugment()), features, make_stg(other, dim=8))
+    tensors = dict(features.tensors)
+    tensors["train_labels"] = tensors["train_labels"].clone()
+    tensors["train_labels"][0] = 6
+    with pytest.raises(LtstgError, match="outside"):
+        run(RetrainSettings(), Artifact(features.id, features.meta, tensors))
+    tensors = dict(features.tensors)
+    tensors["classifier.weight"] = tensors["classifier.weight"][:, :4]
+    with pytest.raises(LtstgError, match="stage-1 classifier"):
+        run(RetrainSettings(), Artifact(features.id, features.meta, tensors))

@@ -1,0 +1,191 @@
+"""Tests for ltstg.stages.fit_stg."""
+import pytest
+import torch
+
+from ltstg.errors import LtstgError
+from ltstg.recipe import StgSettings
+from ltstg.stages import Checkpoint
+from ltstg.stages.fit_stg import fit_stg, load_stg
+from ltstg.store import Artifact, Store
+
+DIM = 8
+# four head classes (> 100 images) and four tail classes
+COUNTS = [260, 230, 200, 170, 40, 20, 10, 5]
+SMALL = dict(hidden=32, epochs=2, batch_size=64, memory=200)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The STG's ops are tiny: on a shared 2-core machine, intra-op threads only fight each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _features(counts=COUNTS, *, seed: int = 0) -> Artifact:
+    """Class centres plus a spread that grows with each sample's position along dimension 0.
+
+    Sample i of class c sits at centre_c + 2·z_i·e_0 + (0.1 + z_i)·n_i on the other dimensions, z_i ~ U(0, 1),
+    n_i ~ N(0, I): the within-class shape depends on where a sample lies, not only on its class.
+    """
+    g = torch.Generator().manual_seed(seed)
+    counts_t = torch.tensor(counts)
+    labels = torch.repeat_interleave(torch.arange(len(counts)), counts_t)  # (N,)
+    centres = 3.0 * torch.randn(len(counts), DIM, generator=g)  # (C, D)
+    position = torch.rand(len(labels), 1, generator=g)  # (N, 1)
+    noise = torch.randn(len(labels), DIM, generator=g)  # (N, D)
+    offset = torch.cat([2.0 * position, (0.1 + position) * noise[:, 1:]], dim=1)  # (N, D)
+    train = centres[labels] + offset  # (N, D)
+    tensors = {
+        "train_features": train,
+        "train_labels": labels,
+        "test_features": centres.repeat_interleave(2, dim=0),
+        "test_labels": torch.arange(len(counts)).repeat_interleave(2),
+        "class_counts": counts_t,
+        "classifier.weight": torch.zeros(len(counts), DIM),
+        "classifier.bias": torch.zeros(len(counts)),
+    }
+    info = {
+        "class_names": [f"c{c}" for c in range(len(counts))],
+        "groups": ["many" if n > 100 else "few" for n in counts],
+        "num_classes": len(counts),
+        "feature_dim": DIM,
+    }
+    return Artifact(id="f" * 64, meta={"kind": "features", "info": info}, tensors=tensors)
+
+
+def _fit(features=None, *, seed: int = 0, report=None, checkpoint=None, **settings):
+    kwargs = {} if report is None else {"report": report}
+    return fit_stg(
+        StgSettings(**{**SMALL, **settings}), features if features is not None else _features(),
+        seed=seed, device=torch.device("cpu"), generator=torch.Generator().manual_seed(seed),
+        checkpoint=checkpoint, **kwargs,
+    )
+
+
+def _weights(output) -> dict[str, torch.Tensor]:
+    return {name: value for name, value in output.tensors.items() if name.startswith("stg.")}
+
+
+def _same_weights(a, b) -> bool:
+    wa, wb = _weights(a), _weights(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.parametrize(
+    ("counts", "head_min_count", "expected"),
+    [
+        ([300, 101, 100, 20], 100, [0, 1]),  # strictly more than head_min_count
+        ([40, 300, 40, 100, 20, 40], 100, [0, 1, 3]),  # one above -> top half by count; the 40s tie, lowest index wins
+        ([30, 10, 20, 5], 100, [0, 2]),  # none above -> top half
+    ],
+)
+def test_head_classes_with_top_half_fallback(counts, head_min_count, expected):
+    output = _fit(_features(counts), head_min_count=head_min_count, epochs=1, holdout=0.0)
+    assert output.tensors["head_classes"].tolist() == expected
+    assert output.info["head_class_names"] == [f"c{c}" for c in expected]
+    assert output.tensors["stg.tokens"].shape == (len(expected), DIM)
+
+
+def test_rejects_a_single_class_and_a_head_class_without_valid_anchors():
+    with pytest.raises(LtstgError, match="at least 2 classes"):
+        _fit(_features([300]))
+    # top half is classes 0 and 1; class 1 keeps 2 samples, so no sample has min_neighbors=2 neighbours
+    with pytest.raises(LtstgError, match="head class c1 .*min_neighbors"):
+        _fit(_features([6, 2, 1, 1]), holdout=0.0)
+
+
+def test_only_head_features_are_used():
+    clean = _features()
+    poisoned_train = clean["train_features"].clone()
+    poisoned_train[clean["train_labels"] >= 4] = float("nan")  # every tail feature
+    poisoned = Artifact(clean.id, clean.meta, {**clean.tensors, "train_features": poisoned_train})
+    a, b = _fit(clean), _fit(poisoned)
+    assert all(torch.isfinite(t).all() for t in b.tensors.values() if t.is_floating_point())
+    assert all(torch.isfinite(torch.tensor(v)) for v in b.metrics.values())
+    assert a.tensors.keys() == b.tensors.keys()
+    assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
+
+
+def test_output_tensors_metrics_and_reload():
+    features = _features()
+    output = _fit(features, epochs=3)
+    assert output.kind == "stg"
+    head = output.tensors["head_classes"]
+    assert head.dtype == torch.int64 and head.tolist() == [0, 1, 2, 3]
+    labels, train = features["train_labels"], features["train_features"]
+    expected = torch.stack([train[labels == c].mean(dim=0) for c in range(4)])
+    assert torch.allclose(output.tensors["head_prototypes"], expected, atol=1e-5)
+    assert output.tensors["curve.loss"].shape == (3,)
+    assert torch.isfinite(output.tensors["curve.loss"]).all()
+    assert output.tensors["stg.tokens"].shape == (4, DIM)
+    assert set(output.metrics) == {
+        "train_loss", "num_head_classes", "heldout_mu_mse", "heldout_var_mse",
+        "trivial_mu_mse", "trivial_var_mse", "heldout_gain",
+    }
+    assert output.metrics["train_loss"] == pytest.approx(float(output.tensors["curve.loss"][-1]))
+    info = output.info
+    # 10% of each head class held out: 26 + 23 + 20 + 17
+    assert info["num_heldout"] == 86 and info["num_train"] == sum(COUNTS[:4]) - 86
+    assert (info["num_features"], info["num_tokens"], info["hidden"], info["depth"]) == (DIM, 4, 32, 2)
+    # load_stg rebuilds the same network: same predictions as the stored weights give
+    artifact = Artifact("s" * 64, {"kind": "stg", "info": info}, output.tensors)
+    model = load_stg(artifact, "cpu")
+    assert not model.training
+    state = model.state_dict()
+    assert all(torch.equal(state[k[4:]], v) for k, v in _weights(output).items())
+
+
+def test_beats_the_class_level_predictor_on_held_out_samples():
+    output = _fit(epochs=12, hidden=64, memory=600, lr=3e-3)
+    metrics = output.metrics
+    # full-class ground truth: μ_i ≈ class mean − a_i is sample-specific, Σ_i is nearly the class variance,
+    # so the class-level guess (μ̄ = 0) loses on μ and the STG must learn that shift from a_i + p_y
+    assert metrics["heldout_mu_mse"] < 0.5 * metrics["trivial_mu_mse"]
+    assert metrics["heldout_gain"] > 2.0
+    assert output.tensors["curve.loss"][-1] < 0.5 * output.tensors["curve.loss"][0]
+
+
+def test_same_seed_same_weights_other_seed_other_weights():
+    a, b, c = _fit(seed=3), _fit(seed=3), _fit(seed=4)
+    assert _same_weights(a, b)
+    assert torch.equal(a.tensors["curve.loss"], b.tensors["curve.loss"]) and a.metrics == b.metrics
+    assert not _same_weights(a, c)
+
+
+def test_memory_size_changes_the_result():
+    # 780 training samples: the memory passes 600 entries within the first epoch
+    outputs = [_fit(memory=m, epochs=1) for m in (0, 600, 1200)]
+    for i in range(3):
+        for j in range(i + 1, 3):
+            assert not _same_weights(outputs[i], outputs[j])
+
+
+def test_balanced_batches_change_the_result():
+    assert not _same_weights(_fit(balanced=True), _fit(balanced=False))
+
+
+class _Kill(Exception):
+    pass
+
+
+def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
+    settings = dict(epochs=4, smoothing=0.5)
+    uninterrupted = _fit(**settings)
+    checkpoint = Checkpoint(Store(tmp_path / "store"), "a" * 64)
+
+    def kill_in_epoch_3(task, done, total, **metrics):
+        if metrics.get("epoch") == 3:
+            raise _Kill
+
+    with pytest.raises(_Kill):
+        _fit(report=kill_in_epoch_3, checkpoint=checkpoint, **settings)
+    assert checkpoint.load()["epoch"] == 1  # epochs 1 and 2 (0-based 0, 1) are saved
+
+    epochs_seen = []
+    resumed = _fit(report=lambda task, done, total, **m: epochs_seen.append(m["epoch"]), checkpoint=checkpoint, **settings)
+    assert min(epochs_seen) == 3  # continued, did not start over
+    assert _same_weights(uninterrupted, resumed)
+    assert torch.equal(uninterrupted.tensors["curve.loss"], resumed.tensors["curve.loss"])
+    assert uninterrupted.metrics == resumed.metrics

@@ -94,7 +94,7 @@ def _draw(shape: str, texture: str, n: int, size: int, generator: torch.Generato
     direction = uniform(0, 2 * math.pi, 1, 1)
     ramp = ((x * direction.cos() + y * direction.sin()) / (2 * math.sqrt(2)) + 0.5).unsqueeze(-1)  # (n, S, S, 1)
     start, end = uniform(0, 1, 1, 1, 3), uniform(0, 1, 1, 1, 3)
-    background = start + (end - start) * ramp  # (n, S, S, 3)
+    background = torch.lerp(start, end, ramp)  # (n, S, S, 3)
 
     # pose: local coordinates (u, v) in which the shape has radius about 1
     scale = uniform(0.4, 0.75, 1, 1)
@@ -109,8 +109,8 @@ def _draw(shape: str, texture: str, n: int, size: int, generator: torch.Generato
     pattern = TEXTURES[texture](u * (2 * math.pi) / period + phase, v * (2 * math.pi) / period + phase)
     fill = torch.where(pattern.unsqueeze(-1), uniform(0, 1, 1, 1, 3), uniform(0, 1, 1, 1, 3))  # (n, S, S, 3)
     image = torch.where(mask.unsqueeze(-1), fill, background)
-    image = image + uniform(0, 0.12, 1, 1, 1) * torch.randn(n, size, size, 3, generator=generator)
-    return (image.clamp(0, 1) * 255).round().to(torch.uint8)
+    noise = torch.randn(n, size, size, 3, generator=generator).mul_(uniform(0, 0.12, 1, 1, 1))  # in place: big tensors
+    return image.add_(noise).clamp_(0, 1).mul_(255).round_().to(torch.uint8)
 
 
 def _triangle(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -731,6 +731,102 @@ def inspect_dataset(
     emit(options, payload, table)
 
 
+@inspect_app.command("kl-divergence")
+@guarded
+def inspect_kl_divergence(
+    ctx: typer.Context,
+    stg: Annotated[Optional[str], typer.Option(help="STG artifact (default newest).")] = None,
+    features: Annotated[Optional[str], typer.Option(help="Features artifact (default: the STG's parent).")] = None,
+    class_: Annotated[Optional[str], typer.Option("--class", help="Tail class by name or index (default: the rarest).")] = None,
+    samples: Annotated[int, typer.Option(min=1, help="Training samples of the class to compare.")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of the sample choice.")] = 0,
+    csv: Annotated[Optional[Path], typer.Option("--csv", help="Also write the matrix as CSV.")] = None,
+    force: ForceOption = False,
+) -> None:
+    """Pairwise KL of the STG's per-sample Gaussians for samples of one tail class (paper Table 5)."""
+    from ltstg.inspect.kl import class_names, kl_csv, kl_report, kl_rows, resolve_class
+    from ltstg.stages import run_stage
+
+    options = _options(ctx)
+    with RichReport(not options.json) as report:
+        run = _context(options, report, force)
+        stg_artifact = run.store.get(run.store.resolve(stg, "stg"), "stg")
+        features_id = run.store.resolve(features, "features") if features else stg_artifact.parents[0]
+        features_artifact = run.store.get(features_id, "features")
+        class_index = resolve_class(class_, class_names(features_artifact)) if class_ is not None else None
+        result = run_stage(
+            run,
+            "kl-report",
+            {"class_index": class_index, "samples": samples},
+            [stg_artifact, features_artifact],
+            lambda generator, checkpoint: kl_report(
+                stg_artifact, features_artifact, class_index=class_index, samples=samples, seed=seed, device=run.device
+            ),
+            seed=seed,
+        )
+    artifact = result.artifact
+    rows = kl_rows(artifact)
+    if csv is not None:
+        kl_csv(artifact, csv)
+        _note(options, f"wrote {csv}")
+    info, metrics = artifact.info, artifact.metrics
+    title = (
+        f"KL(N_i ‖ N_j) for {len(rows)} samples of class {info['class_index']} ({info['class_name']}, "
+        f"{info['class_count']} train images) · report {artifact.id[:12]}"
+    )
+    table = Table(title=title, title_justify="left")
+    table.add_column("sample", justify="right")
+    table.add_column("train index", justify="right")
+    for j in range(len(rows)):
+        table.add_column(f"→{j + 1}", justify="right")
+    table.add_column("borrowed head")
+    table.add_column("cosine", justify="right")
+    for row in rows:
+        cells = [f"{row[f'kl_to_{j + 1}']:.2f}" for j in range(len(rows))]
+        head = f"{row['borrowed_head_name']} ({row['borrowed_head']})"
+        table.add_row(str(row["sample"]), str(row["train_index"]), *cells, head, f"{row['cosine']:.3f}")
+    table.caption = (
+        f"mean off-diagonal KL {_fmt(metrics.get('mean_kl'))} · {_fmt(metrics.get('distinct_heads'))} distinct "
+        f"head classes borrowed, the most common by {_fmt(metrics.get('largest_share'))} samples"
+    )
+    emit(options, {"id": artifact.id, "class": info["class_index"], "class_name": info["class_name"], "rows": rows, "metrics": metrics}, table)
+
+
+@inspect_app.command("tsne")
+@guarded
+def inspect_tsne(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option("--out", help="PNG file to write.")],
+    features: Annotated[Optional[str], typer.Option(help="Features artifact (default newest).")] = None,
+    stg: Annotated[Optional[str], typer.Option(help="STG artifact whose augmentations to overlay.")] = None,
+    no_stg: Annotated[bool, typer.Option("--no-stg", help="Do not overlay STG augmentations.")] = False,
+    classifier: Annotated[
+        Optional[list[str]], typer.Option("--classifier", help="Add a decision-region panel (repeatable).")
+    ] = None,
+    max_points: Annotated[int, typer.Option(help="Cap on embedded training features.")] = 2000,
+    lam: Annotated[float, typer.Option(help="λ of the overlaid STG augmentations.")] = 1.5,
+    seed: Annotated[int, typer.Option()] = 0,
+    width: Annotated[int, typer.Option(help="Picture width in pixels.")] = 1200,
+    height: Annotated[int, typer.Option(help="Picture height in pixels.")] = 900,
+) -> None:
+    """2-D t-SNE of features with STG-augmented tail features (Figure 3) and decision regions (Figure 4)."""
+    from ltstg.inspect.tsne import tsne_figure
+    from ltstg.store import Store
+
+    options = _options(ctx)
+    store = Store(options.store)
+    features_artifact = store.get(store.resolve(features, "features"), "features")
+    stg_artifact = None
+    if not no_stg and (stg is not None or store.list("stg")):
+        stg_artifact = store.get(store.resolve(stg, "stg"), "stg")
+    classifiers = [store.get(store.resolve(ref, "classifier"), "classifier") for ref in classifier or []]
+    summary = tsne_figure(
+        features_artifact, out, stg=stg_artifact, classifiers=classifiers, max_points=max_points, lam=lam,
+        seed=seed, size=(width, height),
+    )
+    emit(options, {k: str(v) if isinstance(v, Path) else v for k, v in summary.items()}, result_table("t-SNE", summary))
+
+
 def torch_bincount(labels: Any, size: int) -> list[int]:
     import torch
 

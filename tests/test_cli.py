@@ -108,3 +108,46 @@ def test_wrong_image_root_is_one_line(tmp_path):
     assert result.exit_code == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "nowhere" in result.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_inspect_dataset_table_json_and_plot(tiny_recipe_path, tmp_path):
+    from PIL import Image
+
+    store = tmp_path / "store"
+    invoke("make-dataset", "--recipe", str(tiny_recipe_path), store=store)
+    result = invoke("--json", "inspect", "dataset", "--plot", str(tmp_path / "counts.png"), store=store)
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert [c["train"] for c in payload["classes"]] == [40, 18, 8, 4]
+    assert [c["group"] for c in payload["classes"]] == ["medium", "few", "few", "few"]
+    assert all(c["test"] == 10 for c in payload["classes"])
+    with Image.open(tmp_path / "counts.png") as image:
+        assert image.size == (800, 400)
+    table = invoke("inspect", "dataset", store=store)
+    assert "disc" in table.stdout and "medium" in table.stdout
+
+
+def test_inspect_kl_divergence_and_tsne(tiny_recipe_path, tmp_path):
+    from PIL import Image
+
+    store = tmp_path / "store"
+    missing = invoke("inspect", "kl-divergence", store=store)
+    assert missing.exit_code == 2 and "no stg artifact" in missing.stderr
+    made = runner.invoke(app, ["--store", str(store), "run", str(tiny_recipe_path), "--until", "fit-stg"])
+    assert made.exit_code == 0, made.output
+    result = invoke("--json", "inspect", "kl-divergence", "--samples", "3", "--csv", str(tmp_path / "kl.csv"), store=store)
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["class"] == 3 and len(payload["rows"]) == 3  # the rarest class of the tiny set
+    matrix = [[row[f"kl_to_{j + 1}"] for j in range(3)] for row in payload["rows"]]
+    assert all(matrix[i][i] == 0 for i in range(3)) and all(v >= 0 for r in matrix for v in r)
+    assert len((tmp_path / "kl.csv").read_text().strip().splitlines()) == 4
+    again = invoke("--json", "inspect", "kl-divergence", "--samples", "3", store=store)
+    assert json.loads(again.stdout)["rows"] == payload["rows"]
+    assert len(Store(store).list("kl-report")) == 1
+    head = invoke("inspect", "kl-divergence", "--class", "disc", store=store)
+    assert head.exit_code == 2 and "head class" in head.stderr
+    picture = invoke("inspect", "tsne", "--out", str(tmp_path / "t.png"), "--width", "400", "--height", "300", store=store)
+    assert picture.exit_code == 0, picture.output
+    with Image.open(tmp_path / "t.png") as image:
+        assert image.size == (400, 300)

@@ -1,0 +1,235 @@
+"""t-SNE pictures of training features, STG augmentations and decision regions (paper Figures 3-4).
+
+Real features of a class-stratified sample and STG-augmented copies of its tail samples are embedded
+together in 2-D, so the augmentations land where the map puts their neighbourhoods. Each classifier
+gets one more panel with its decision regions in that map.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+import numpy as np
+import torch
+from sklearn.manifold import TSNE
+from sklearn.neighbors import KNeighborsClassifier
+from threadpoolctl import threadpool_limits
+
+from ltstg.augment.stg import StgAugmenter
+from ltstg.errors import LtstgError
+from ltstg.inspect.kl import check_stg, checked_features, class_names
+from ltstg.stages import require_kind
+from ltstg.stages.fit_stg import load_stg
+from ltstg.store import SHORT, Artifact
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from PIL import Image  # noqa: E402
+
+DPI = 100
+GRID = 200  # cells per side of the decision-region raster
+MIN_SIDE = 200  # smallest picture side in pixels that still fits a title and axes
+LEGEND_MAX = 20  # more classes than this get no legend: it would cover the map
+
+
+def tsne_figure(
+    features: Artifact,
+    out: Path,
+    *,
+    stg: Artifact | None = None,
+    classifiers: Sequence[Artifact] = (),
+    max_points: int = 2000,
+    augment_per_sample: int = 3,
+    lam: float = 1.5,
+    seed: int = 0,
+    size: tuple[int, int] = (1200, 900),
+) -> dict[str, Any]:
+    """Let a reader see where STG puts tail augmentations and how each classifier splits the feature space."""
+    started = time.perf_counter()
+    train_features, train_labels, class_counts = checked_features(features)
+    num_classes = class_counts.numel()
+    dim = train_features.shape[1]
+    if stg is not None:
+        check_stg(stg, dim, num_classes)
+    for classifier in classifiers:
+        _check_classifier(classifier, num_classes, dim)
+    width, height = (int(side) for side in size)
+    if min(width, height) < MIN_SIDE:
+        raise LtstgError(f"the picture must be at least {MIN_SIDE}x{MIN_SIDE} pixels, got {width}x{height}.")
+    if max_points < num_classes:
+        raise LtstgError(
+            f"max_points={max_points} is below the {num_classes} classes; allow at least one point per class."
+        )
+    if augment_per_sample < 0:
+        raise LtstgError(f"augment_per_sample must be >= 0, got {augment_per_sample}.")
+
+    generator = torch.Generator().manual_seed(seed)
+    rows = stratified_sample(train_labels, num_classes, max_points, generator)  # (P,)
+    real = train_features[rows].float()  # (P, D)
+    labels = train_labels[rows]  # (P,)
+    augmented, augmented_labels = _augmented(
+        stg, real, labels, class_counts, augment_per_sample, max_points, lam, generator
+    )  # (A, D), (A,)
+    joint = torch.cat([real, augmented]).numpy()  # (P + A, D)
+    # perplexity must stay below the number of points; 30 is sklearn's default for large maps
+    perplexity = min(30.0, max(1.0, (joint.shape[0] - 1) / 3))
+    # one OpenMP thread: torch and scikit-learn each ship a libgomp, and with both active on a busy machine the
+    # t-SNE ran 5x slower than on one thread (27 s vs 5 s, 3,000 points, 2 cores); one thread is also repeatable
+    with threadpool_limits(limits=1, user_api="openmp"):
+        embedding = TSNE(
+            n_components=2, init="pca", random_state=seed, perplexity=perplexity, learning_rate="auto"
+        ).fit_transform(joint)  # (P + A, 2)
+    real_2d, augmented_2d = embedding[: real.shape[0]], embedding[real.shape[0]:]
+    low, high = embedding.min(axis=0), embedding.max(axis=0)
+    margin = 0.05 * (high - low)
+    extent = (low[0] - margin[0], high[0] + margin[0], low[1] - margin[1], high[1] + margin[1])  # shared by all panels
+
+    colours = class_colours(num_classes)  # (C, 4)
+    names = class_names(features)
+    panels = 1 + len(classifiers)
+    columns = math.ceil(math.sqrt(panels))
+    figure, axes = plt.subplots(
+        math.ceil(panels / columns), columns, figsize=(width / DPI, height / DPI), dpi=DPI, squeeze=False
+    )
+    label_array = labels.numpy()
+    first = axes.flat[0]
+    _scatter_classes(first, real_2d, label_array, colours)
+    if augmented_2d.shape[0]:
+        first.scatter(
+            augmented_2d[:, 0], augmented_2d[:, 1], c=colours[augmented_labels.numpy()], marker="x", s=10,
+            linewidths=0.6,
+        )
+    first.set_title("features + STG augmentations (x)" if augmented_2d.shape[0] else "features")
+    if num_classes <= LEGEND_MAX:
+        handles = [plt.Line2D([], [], marker="o", linestyle="", color=colours[c]) for c in range(num_classes)]
+        first.legend(handles, names, fontsize="x-small", loc="upper right", markerscale=0.8)
+    for axis, classifier in zip(list(axes.flat)[1:], classifiers):
+        predicted = _predictions(classifier, real)  # (P,)
+        cells = decision_cells(real_2d, predicted, extent)  # (G, G)
+        axis.imshow(
+            colours[cells], origin="lower", extent=extent, alpha=0.35, aspect="auto", interpolation="nearest"
+        )
+        _scatter_classes(axis, real_2d, label_array, colours)
+        axis.set_title(str(classifier.info.get("method", classifier.id[:SHORT])))
+    for axis in axes.flat:
+        axis.set_xlim(extent[0], extent[1])
+        axis.set_ylim(extent[2], extent[3])
+        axis.set_xticks([])
+        axis.set_yticks([])
+    for axis in list(axes.flat)[panels:]:
+        axis.set_visible(False)
+    figure.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=DPI)
+    plt.close(figure)
+    with Image.open(out) as image:
+        written = image.size
+    assert written == (width, height), f"matplotlib wrote {written}, asked for {(width, height)}"
+    return {
+        "path": str(out),
+        "points": int(real.shape[0]),
+        "augmented_points": int(augmented.shape[0]),
+        "classes": num_classes,
+        "panels": panels,
+        "size": [width, height],
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def stratified_sample(
+    labels: torch.Tensor, num_classes: int, max_points: int, generator: torch.Generator
+) -> torch.Tensor:
+    """At most `max_points` rows with equal per-class quotas, rare classes kept whole, the rest seeded picks."""
+    counts = torch.bincount(labels, minlength=num_classes)  # (C,)
+    # water-filling: the largest quota q with sum_c min(n_c, q) <= max_points
+    quota, remaining = 0, max_points
+    for position, count in enumerate(sorted(counts.tolist())):
+        share = remaining // (num_classes - position)
+        if count > share:
+            quota = share
+            break
+        remaining -= count
+        quota = count
+    chosen = []
+    for c in range(num_classes):
+        members = torch.nonzero(labels == c).flatten()
+        if members.numel() > quota:
+            members = members[torch.randperm(members.numel(), generator=generator)[:quota]]
+        chosen.append(members)
+    return torch.sort(torch.cat(chosen)).values
+
+
+def class_colours(num_classes: int) -> np.ndarray:
+    """One RGBA colour per class: tab10/tab20 while they suffice, then evenly spaced turbo hues."""
+    if num_classes <= 10:
+        return np.column_stack([np.asarray(plt.get_cmap("tab10").colors)[:num_classes], np.ones(num_classes)])
+    if num_classes <= 20:
+        return np.column_stack([np.asarray(plt.get_cmap("tab20").colors)[:num_classes], np.ones(num_classes)])
+    return plt.get_cmap("turbo")(np.linspace(0.0, 1.0, num_classes))
+
+
+def _augmented(
+    stg: Artifact | None,
+    real: torch.Tensor,
+    labels: torch.Tensor,
+    class_counts: torch.Tensor,
+    per_sample: int,
+    max_points: int,
+    lam: float,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`per_sample` STG draws for each sampled tail feature (Eq. 3-4), at most `max_points // 2` in all."""
+    if stg is None or per_sample == 0:
+        return real.new_zeros(0, real.shape[1]), labels.new_zeros(0)
+    augmenter = StgAugmenter(
+        load_stg(stg, "cpu"), stg["head_prototypes"].float(), stg["head_classes"].long(), class_counts, lam=lam
+    )
+    tail = torch.nonzero(augmenter.is_tail[labels]).flatten()  # (T,)
+    keep = max_points // 2 // per_sample
+    if tail.numel() > keep:
+        # real points stay the majority of the map: a seeded subset of tail samples gets augmented
+        tail = torch.sort(tail[torch.randperm(tail.numel(), generator=generator)[:keep]]).values
+    source = real[tail].repeat(per_sample, 1)  # (T * k, D)
+    source_labels = labels[tail].repeat(per_sample)  # (T * k,)
+    return augmenter.augment(source, source_labels, generator=generator), source_labels
+
+
+def _check_classifier(classifier: Artifact, num_classes: int, dim: int) -> None:
+    """A classifier artifact must score these features' classes, else its regions would be meaningless."""
+    require_kind(classifier, "classifier")
+    weight, bias = classifier["weight"], classifier["bias"]
+    if tuple(weight.shape) != (num_classes, dim) or tuple(bias.shape) != (num_classes,):
+        raise LtstgError(
+            f"classifier artifact {classifier.id[:SHORT]} is {tuple(weight.shape)} + {tuple(bias.shape)}, but the "
+            f"features need ({num_classes}, {dim}) + ({num_classes},); use a classifier retrained on these features."
+        )
+
+
+def _predictions(classifier: Artifact, features: torch.Tensor) -> np.ndarray:
+    """The classifier's class for each D-dimensional feature."""
+    logits = features @ classifier["weight"].float().T + classifier["bias"].float()  # (P, C)
+    return logits.argmax(dim=1).numpy()
+
+
+def decision_cells(points: np.ndarray, predicted: np.ndarray, extent: tuple[float, ...]) -> np.ndarray:
+    """The class of each cell of a GRID x GRID raster over `extent` (row 0 at the bottom), for decision regions.
+
+    The classifier lives in D dimensions and t-SNE has no inverse map, so a 2-D cell cannot be classified
+    directly. Each cell takes the class the classifier predicts for the D-dimensional feature of its
+    nearest embedded training point (1-NN in 2-D): an approximation that is exact at the plotted points
+    and shows the regions as a Voronoi tiling between them.
+    """
+    xs = np.linspace(extent[0], extent[1], GRID)
+    ys = np.linspace(extent[2], extent[3], GRID)
+    grid = np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 2)  # (G * G, 2), row-major from the bottom
+    with threadpool_limits(limits=1, user_api="openmp"):
+        cells = KNeighborsClassifier(n_neighbors=1).fit(points, predicted).predict(grid)
+    return cells.reshape(GRID, GRID)  # (G, G)
+
+
+def _scatter_classes(axis: Any, points: np.ndarray, labels: np.ndarray, colours: np.ndarray) -> None:
+    axis.scatter(points[:, 0], points[:, 1], c=colours[labels], s=6, linewidths=0)

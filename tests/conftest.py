@@ -73,3 +73,14 @@ def cifar10_jpeg(tmp_path_factory) -> Path:
     if (root / "train").is_dir():
         return root
     return children[0]
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny matrices gain nothing from threads; on a busy 2-core box OpenMP spinning makes them far slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

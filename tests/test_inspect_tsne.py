@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+from fakes import gaussian_features
 from PIL import Image
 
 from ltstg.errors import LtstgError
@@ -15,25 +16,11 @@ COUNTS = [150, 120, 40, 15, 6, 6]  # head: 0, 1 (> 100); tail: 2-5
 HEAD = [0, 1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices gain nothing from threads; on a busy 2-core box they only fight each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_features(counts=COUNTS, *, dim=DIM, seed=0) -> Artifact:
-    """Gaussian classes around well-separated random centres."""
-    g = torch.Generator().manual_seed(seed)
-    counts_t = torch.tensor(counts)
-    labels = torch.repeat_interleave(torch.arange(len(counts)), counts_t)  # (N,)
-    centres = 4.0 * torch.randn(len(counts), dim, generator=g)  # (C, D)
-    train = centres[labels] + torch.randn(labels.numel(), dim, generator=g)  # (N, D)
-    tensors = {"train_features": train, "train_labels": labels, "class_counts": counts_t}
-    info = {"class_names": [f"c{c}" for c in range(len(counts))]}
-    return Artifact("f" * 64, {"kind": "features", "info": info}, tensors)
+    return gaussian_features(counts, dim=dim, seed=seed, spread=4.0)
 
 
 @pytest.fixture(scope="module")

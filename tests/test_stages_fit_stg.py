@@ -14,13 +14,7 @@ COUNTS = [260, 230, 200, 170, 40, 20, 10, 5]
 SMALL = dict(hidden=32, epochs=2, batch_size=64, memory=200)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The STG's ops are tiny: on a shared 2-core machine, intra-op threads only fight each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _features(counts=COUNTS, *, seed: int = 0) -> Artifact:

@@ -29,13 +29,7 @@ HEAD = [0, 1]
 FAST = dict(epochs=3, batch_size=32, lr=1e-2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices gain nothing from threads, and on a busy 2-core box OpenMP spinning makes them 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_features(*, seed=0, views=0, constant_class=None, dim=DIM):

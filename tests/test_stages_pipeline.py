@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -113,3 +114,17 @@ def test_seeds_aggregate_through_the_cli(recipe_path, tmp_path):
     rows = json.loads(result.stdout)["rows"]
     assert len(rows) == 1 and rows[0]["seeds"] == [0, 1] and len(set(rows[0]["reports"])) == 2
     assert "top1_std" in rows[0]
+
+
+@pytest.mark.slow
+def test_real_cifar10_jpeg_pipeline_two_epochs(cifar10_jpeg, tmp_path):
+    """The whole recipe on the real JPEG CIFAR-10-LT IM100 copy, stage 1 cut to two epochs."""
+    recipe_file = Path(__file__).resolve().parents[1] / "recipes" / "cifar10" / "jpeg-im100-30ep.yaml"
+    recipe = load_recipe(recipe_file, {"dataset.root": str(cifar10_jpeg), "pretrain.epochs": 2, "pretrain.warmup_epochs": 1})
+    runs, results = run_recipe(Context(store=Store(tmp_path / "store")), recipe, seeds=[0])
+    assert results[0].artifact.metrics["train"] == 12406
+    rows = {row["method"]: row for row in aggregate(runs)}
+    assert set(rows) == set(recipe.methods)
+    for row in rows.values():
+        assert 0.2 < row["top1"] <= 1.0  # ten classes: chance is 0.1
+    assert rows["cRT+mixup"]["few"] > rows["Mixup"]["few"]  # re-balancing lifts the rare classes

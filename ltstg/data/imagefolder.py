@@ -57,7 +57,7 @@ def list_imagefolder(root: str, classes: Sequence[str] | None = None) -> Source:
                 f"{os.path.join(root, split, extra[0])} is a class absent from train/ ({len(extra)} such folders); "
                 "add it to train/ or remove it."
             )
-    splits, sizes = {}, []
+    splits, listing = {}, []
     for split in found:
         paths, labels = [], []
         for label, name in enumerate(class_names):
@@ -66,14 +66,14 @@ def list_imagefolder(root: str, classes: Sequence[str] | None = None) -> Source:
                 raise LtstgError(f"{os.path.join(root, split, name)} holds no images; add some or leave the class out.")
             paths += [path for path, _ in files]
             labels += [label] * len(files)
-            sizes += [f"{split} {label} {path} {size}" for path, size in files]
+            listing += [f"{split} {label} {path} {size}" for path, size in files]
         splits[split] = Split(labels=torch.tensor(labels, dtype=torch.int64), paths=tuple(paths))
     return Source(
         name="imagefolder",
         class_names=class_names,
         splits=splits,
         root=root,
-        fingerprint=fingerprint(["imagefolder", *class_names, *sizes]),
+        fingerprint=fingerprint(["imagefolder", *class_names, *listing]),
     )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import torch
 from PIL import Image
@@ -94,6 +94,22 @@ def channel_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[tuple[float,
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
+def seeded(make_loader: Callable[[torch.Generator], DataLoader], generator: torch.Generator, workers: int) -> Iterator[Any]:
+    """Iterate with transform randomness derived from the stage generator, leaving the global RNG alone.
+
+    Workers get their seeds from the loader's own generator; without workers the transforms draw in
+    this process, so they run inside a forked, seeded global RNG.
+    """
+    seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
+    loader = make_loader(torch.Generator().manual_seed(seed))
+    if workers > 0:
+        yield from loader
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        yield from loader
+
+
 class _Files(Dataset):
     def __init__(self, root: str, paths: list[str], labels: torch.Tensor, transform: v2.Transform) -> None:
         self.root, self.paths, self.labels, self.transform = root, paths, labels, transform
@@ -126,21 +142,24 @@ class FileInputs:
         self.train_transform = v2.Compose([v2.RandomResizedCrop(size), v2.RandomHorizontalFlip(), *to_input])
         self.eval_transform = v2.Compose([v2.Resize(math.ceil(size * 256 / 224)), v2.CenterCrop(size), *to_input])
 
-    def _loader(self, split: str, transform: v2.Transform, batch_size: int, sampler=None) -> DataLoader:
+    def _loader(
+        self, split: str, transform: v2.Transform, batch_size: int, sampler=None, generator: torch.Generator | None = None
+    ) -> DataLoader:
         paths, labels = self.splits[split]
         return DataLoader(
             _Files(self.root, paths, labels, transform), batch_size=batch_size, sampler=sampler,
             num_workers=self.workers, pin_memory=self.device.type == "cuda", drop_last=sampler is not None,
-            persistent_workers=False,
+            generator=generator,
         )
 
     def train_batches(self, batch_size: int, generator: torch.Generator, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
         """One epoch; the permutation comes from the stage generator, so it is seeded and resumable."""
         order = torch.randperm(self.num_train, generator=generator, device=generator.device).cpu()
         mine = shard(order[: self.num_train - self.num_train % world_size], rank, world_size).tolist()
-        # worker augmentation draws from torch's per-worker seeds, derived from the stage generator here
-        torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator, device=generator.device)))
-        for images, labels in self._loader("train", self.train_transform, batch_size // world_size, mine):
+        def make(seeded_generator: torch.Generator) -> DataLoader:
+            return self._loader("train", self.train_transform, batch_size // world_size, mine, seeded_generator)
+
+        for images, labels in seeded(make, generator, self.workers):
             yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
@@ -148,10 +167,8 @@ class FileInputs:
             yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
     def view_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-        torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator, device=generator.device)))
-        paths, labels = self.splits["train"]
-        loader = DataLoader(
-            _Files(self.root, paths, labels, self.train_transform), batch_size=batch_size, num_workers=self.workers
-        )
-        for images, _ in loader:
+        def make(seeded_generator: torch.Generator) -> DataLoader:
+            return self._loader("train", self.train_transform, batch_size, generator=seeded_generator)
+
+        for images, _ in seeded(make, generator, self.workers):
             yield images.to(self.device, non_blocking=True)

@@ -29,8 +29,11 @@ def pretrain_step(ctx: Context, recipe: Recipe, dataset: Artifact, *, name: str 
     from ltstg.stages.pretrain import pretrain, resolve_precision
 
     settings = recipe.pretrain
-    # "auto" means different things on different devices: the id hashes what it resolved to
+    # "auto" means different things on different devices: the id hashes what it resolved to; how often
+    # the stage-1 classifier is tested and how many feature views follow change no weight
     defining = {**id_settings(settings), "precision": resolve_precision(settings.precision, ctx.device)}
+    for untouched in ("eval_every", "feature_views"):
+        defining.pop(untouched)
     return run_stage(
         ctx,
         "backbone",

@@ -1,0 +1,56 @@
+import torch
+from PIL import Image
+
+from ltstg.data.inputs import FileInputs, TensorInputs, channel_stats
+
+
+def write_images(root, count):
+    paths = []
+    for i in range(count):
+        path = f"c{i % 2}/{i}.png"
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        colour = (i * 20 % 255, 255 - i * 10 % 255, 40)
+        Image.new("RGB", (40 + i, 30), colour).save(root / path)
+        paths.append(path)
+    return paths
+
+
+def test_file_inputs_are_seeded_and_leave_the_global_rng_alone(tmp_path):
+    paths = write_images(tmp_path, 6)
+    labels = torch.tensor([i % 2 for i in range(6)])
+    inputs = FileInputs(str(tmp_path), {"train": (paths, labels), "test": (paths, labels)}, 16, torch.device("cpu"), workers=0)
+    state = torch.random.get_rng_state()
+
+    def epoch(seed):
+        generator = torch.Generator().manual_seed(seed)
+        return [(x.clone(), y.clone()) for x, y in inputs.train_batches(2, generator)]
+
+    first, again, other = epoch(0), epoch(0), epoch(1)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again))
+    assert not all(torch.equal(a[0], b[0]) for a, b in zip(first, other))
+    assert first[0][0].shape == (2, 3, 16, 16) and sum(len(y) for _, y in first) == 6
+    views = list(inputs.view_batches(4, torch.Generator().manual_seed(0)))
+    assert [v.shape[0] for v in views] == [4, 2]
+    test = list(inputs.eval_batches("test", 4))
+    assert torch.equal(torch.cat([y for _, y in test]), labels) and test[0][0].shape == (4, 3, 16, 16)
+
+
+def test_tensor_inputs_shard_a_global_batch_between_ranks():
+    images = torch.randint(0, 256, (10, 8, 8, 3), dtype=torch.uint8)
+    labels = torch.arange(10)
+    inputs = TensorInputs({"train": (images, labels)}, torch.device("cpu"))
+    whole = list(inputs.train_batches(4, torch.Generator().manual_seed(0)))
+    ranks = [list(inputs.train_batches(4, torch.Generator().manual_seed(0), rank, 2)) for rank in (0, 1)]
+    assert len(whole) == 3 and len(ranks[0]) == len(ranks[1]) == 2  # a last batch too small to split is skipped
+    for step, (x, y) in enumerate(whole[:2]):
+        assert torch.equal(torch.cat([ranks[0][step][1], ranks[1][step][1]]).sort().values, y.sort().values)
+        assert torch.equal(ranks[0][step][0], x[0::2]) and torch.equal(ranks[1][step][0], x[1::2])
+
+
+def test_channel_stats_match_a_direct_computation():
+    images = torch.randint(0, 256, (20, 5, 5, 3), dtype=torch.uint8)
+    mean, std = channel_stats(images, chunk=7)
+    direct = images.double().div(255).reshape(-1, 3)
+    assert torch.allclose(torch.tensor(mean, dtype=torch.float64), direct.mean(0))
+    assert torch.allclose(torch.tensor(std, dtype=torch.float64), direct.std(0, unbiased=False))

@@ -1,0 +1,186 @@
+"""Stage 1: resume after a kill, determinism, bf16 on the CPU, feature shapes and the 2-process DDP run."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ltstg.recipe import load_recipe
+from ltstg.stages import Context, steps
+from ltstg.stages.pretrain import image_inputs, load_backbone
+from ltstg.store import Store
+
+
+def weights(artifact):
+    return {k: v for k, v in artifact.tensors.items() if k.startswith("model.")}
+
+
+def assert_same_weights(a, b):
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys() and wa
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+
+
+class Recorder:
+    """A `report` that keeps every call and, if asked, interrupts once the run enters a given epoch."""
+
+    def __init__(self, interrupt_at_epoch=None):
+        self.calls = []
+        self.interrupt_at_epoch = interrupt_at_epoch
+
+    def __call__(self, task, done, total, **metrics):
+        self.calls.append((task, done, total, metrics))
+        if self.interrupt_at_epoch is not None and metrics.get("epoch", 0) >= self.interrupt_at_epoch:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_run_resumes_to_the_same_backbone(tmp_path, tiny_run):
+    recipe = tiny_run["recipe"]
+    store = Store(tmp_path / "store")
+    dataset = steps.dataset_step(Context(store=store), recipe).artifact
+    assert dataset.id == tiny_run["dataset"].id
+
+    killer = Recorder(interrupt_at_epoch=2)  # dies in epoch 2 of 2, after epoch 1's checkpoint
+    with pytest.raises(KeyboardInterrupt):
+        steps.pretrain_step(Context(store=store, report=killer), recipe, dataset)
+    pending = tiny_run["backbone"].id
+    assert not store.exists(pending)
+    assert store.checkpoint_path(pending).is_file()
+    assert int(store.load_checkpoint(pending)["epoch"]) == 0
+
+    recorder = Recorder()
+    resumed = steps.pretrain_step(Context(store=store, report=recorder), recipe, dataset)
+    steps_per_epoch = math.ceil(int(dataset["train_labels"].numel()) / recipe.pretrain.batch_size)
+    first = [c for c in recorder.calls if c[0] == "pretrain"][0]
+    assert first[1] > steps_per_epoch and first[3]["epoch"] == 2  # it continued, not restarted
+    assert not resumed.reused and resumed.artifact.id == pending
+    assert_same_weights(resumed.artifact, tiny_run["backbone"])
+    assert torch.equal(resumed.artifact["history.loss"], tiny_run["backbone"]["history.loss"])
+    assert not store.checkpoint_path(pending).exists()
+
+
+def test_same_seed_same_backbone_other_seed_differs(tmp_path, tiny_run, tiny_recipe_path):
+    recipe = tiny_run["recipe"]
+    ctx = Context(store=Store(tmp_path / "store"))
+    again = steps.pretrain_step(ctx, recipe, steps.dataset_step(ctx, recipe).artifact)
+    assert not again.reused and again.artifact.id == tiny_run["backbone"].id
+    assert_same_weights(again.artifact, tiny_run["backbone"])
+
+    other_recipe = load_recipe(tiny_recipe_path, {"seed": 1})
+    other = steps.pretrain_step(ctx, other_recipe, steps.dataset_step(ctx, other_recipe).artifact).artifact
+    assert other.id != again.artifact.id
+    assert not torch.equal(weights(other)["model.conv1.weight"], weights(again.artifact)["model.conv1.weight"])
+
+
+def test_backbone_artifact_contents(tiny_run):
+    backbone, recipe = tiny_run["backbone"], tiny_run["recipe"]
+    info = backbone.info
+    assert info["model"] == "resnet20_cifar" and info["num_classes"] == 4 and info["feature_dim"] == 64
+    assert info["precision"] == "fp32" and info["world_size"] == 1
+    assert backbone["history.loss"].shape == (recipe.pretrain.epochs,)
+    assert torch.isfinite(backbone["history.loss"]).all()
+    assert info["history"]["eval_epoch"] == [1, 2]
+    assert backbone.parents == [tiny_run["dataset"].id]
+    assert 0.0 <= backbone.metrics["test_top1"] <= 1.0 and backbone.metrics["img_s"] > 0
+    model = load_backbone(backbone, torch.device("cpu"))
+    assert not model.training and model.get_classifier().out_features == 4
+
+
+def test_features_artifact_shapes(tiny_run):
+    features, dataset, backbone = tiny_run["features"], tiny_run["dataset"], tiny_run["backbone"]
+    n_train, n_test = len(dataset["train_labels"]), len(dataset["test_labels"])
+    assert features["train_features"].shape == (n_train, 64) and features["train_features"].dtype == torch.float32
+    assert features["test_features"].shape == (n_test, 64)
+    assert torch.equal(features["train_labels"], dataset["train_labels"])
+    assert torch.equal(features["test_labels"], dataset["test_labels"])
+    assert features["classifier.weight"].shape == (4, 64) and features["classifier.bias"].shape == (4,)
+    assert torch.equal(features["classifier.weight"], backbone["model.fc.weight"])
+    assert torch.equal(features["class_counts"], dataset["class_counts"])
+    assert "train_views" not in features.tensors
+    assert features.parents == [backbone.id, dataset.id]
+    assert (features["train_features"] >= 0).all()  # pooled after a ReLU
+    # the cached features reproduce the stage-1 classifier's test accuracy
+    assert abs(features.metrics["stage1_top1"] - backbone.metrics["test_top1"]) <= 1 / n_test + 1e-6
+
+
+def test_feature_views_are_augmented_copies(tmp_path, tiny_run, tiny_recipe_path):
+    recipe = load_recipe(tiny_recipe_path, {"pretrain.feature_views": 2})
+    ctx = Context(store=Store(tmp_path / "store"))
+    viewed = steps.features_step(ctx, recipe, tiny_run["backbone"], tiny_run["dataset"]).artifact
+    plain = tiny_run["features"]
+    assert viewed.id != plain.id
+    views = viewed["train_views"]  # (2, N, 64)
+    assert views.shape == (2, *plain["train_features"].shape) and torch.isfinite(views).all()
+    assert torch.equal(viewed["train_features"], plain["train_features"])  # eval features are not augmented
+    assert not torch.allclose(views[0], plain["train_features"])
+    assert not torch.allclose(views[0], views[1])
+    assert viewed.info["feature_views"] == 2
+
+
+def test_bf16_cpu_run_is_finite(tmp_path, tiny_run, tiny_recipe_path):
+    recipe = load_recipe(tiny_recipe_path, {"pretrain.precision": "bf16"})
+    ctx = Context(store=Store(tmp_path / "store"))
+    backbone = steps.pretrain_step(ctx, recipe, steps.dataset_step(ctx, recipe).artifact).artifact
+    assert backbone.id != tiny_run["backbone"].id
+    assert backbone.info["precision"] == "bf16"
+    assert torch.isfinite(backbone["history.loss"]).all() and math.isfinite(backbone.metrics["train_loss"])
+    assert all(torch.isfinite(v.float()).all() for v in weights(backbone).values())
+    assert not torch.equal(weights(backbone)["model.fc.weight"], weights(tiny_run["backbone"])["model.fc.weight"])
+
+
+def test_two_process_ddp_run_writes_one_backbone_and_one_features(tmp_path, tiny_recipe_path):
+    store = tmp_path / "store"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    base = [sys.executable, "-m", "ltstg", "--store", str(store)]
+    made = subprocess.run([*base, "make-dataset", "--recipe", "tiny.yaml"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert made.returncode == 0, made.stderr
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    run = subprocess.run([*torchrun, "-m", "ltstg", "--store", str(store), "--device", "cpu", "--json",
+                          "pretrain", "--recipe", "tiny.yaml"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-4000:]
+    printed = json.loads(run.stdout)  # only rank 0 prints
+    s = Store(store)
+    backbones, features = s.list("backbone"), s.list("features")
+    assert len(backbones) == 1 and len(features) == 1
+    assert [a["id"] for a in printed["artifacts"]] == [backbones[0].id, features[0].id]
+    assert backbones[0].meta["info"]["world_size"] == 2 and backbones[0].meta["run"]["world_size"] == 2
+    assert features[0].parents[0] == backbones[0].id
+    assert s.get(features[0].id)["train_features"].shape[1] == 64
+    assert not s.checkpoint_path(backbones[0].id).exists() and not s.checkpoint_path(features[0].id).exists()
+
+
+def test_real_cifar10_jpeg_imagefolder_imb100_counts(tmp_path, cifar10_jpeg):
+    recipe = load_recipe(None, {"dataset.source": "imagefolder", "dataset.root": str(cifar10_jpeg),
+                                "dataset.imbalance": 100})
+    dataset = steps.dataset_step(Context(store=Store(tmp_path / "store")), recipe).artifact
+    assert dataset["train_images"].shape == (12406, 32, 32, 3) and dataset["train_images"].dtype == torch.uint8
+    assert dataset["class_counts"].tolist() == [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+    assert torch.bincount(dataset["train_labels"], minlength=10).tolist() == dataset["class_counts"].tolist()
+    assert dataset["test_images"].shape[0] == 10000 and len(dataset["test_labels"]) == 10000
+    assert torch.bincount(dataset["test_labels"], minlength=10).tolist() == [1000] * 10
+
+
+def test_image_inputs_channels_last_only_changes_the_layout(tiny_run):
+    dataset, cpu = tiny_run["dataset"], torch.device("cpu")
+    batches = {}
+    for channels_last in (False, True):
+        inputs = image_inputs(dataset, cpu, channels_last=channels_last)
+        train = next(inputs.train_batches(16, torch.Generator().manual_seed(0)))
+        test = next(inputs.eval_batches("test", 16))
+        batches[channels_last] = (train, test)
+    for (plain, plain_labels), (last, last_labels) in zip(batches[False], batches[True]):
+        assert plain.is_contiguous() and last.is_contiguous(memory_format=torch.channels_last)
+        assert plain.shape == last.shape == (16, 3, 16, 16)
+        assert torch.equal(plain, last) and torch.equal(plain_labels, last_labels)
+
+
+def test_backbone_id_ignores_settings_that_change_no_weight(tiny_run, tiny_recipe_path):
+    recipe = load_recipe(tiny_recipe_path, {"pretrain.feature_views": 2, "pretrain.eval_every": 7})
+    again = steps.pretrain_step(tiny_run["ctx"], recipe, tiny_run["dataset"])
+    assert again.reused and again.artifact.id == tiny_run["backbone"].id

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import sys
 import time
@@ -138,6 +139,7 @@ def _recipe(options: Options, path: Optional[Path], overrides: dict[str, Any]):
 def _context(options: Options, report: RichReport, force: bool = False):
     import torch
 
+    from ltstg.report import silent
     from ltstg.stages import Context
     from ltstg.store import Store
 
@@ -156,15 +158,11 @@ def _context(options: Options, report: RichReport, force: bool = False):
         store=Store(options.store),
         device=device,
         force=force,
-        report=report if main_rank else silent_report,
+        report=report if main_rank else silent,
         note=report.note if main_rank else (lambda message: None),
         is_main=main_rank,
         run_options={"device": str(device), "world_size": world_size, "argv": sys.argv[1:]},
     )
-
-
-def silent_report(task: str, done: int, total: int, **metrics: float) -> None:
-    return None
 
 
 def _torchrun_env() -> tuple[int, int, int]:
@@ -188,9 +186,20 @@ def _device(name: str):
 def emit(options: Options, payload: dict[str, Any], table: Table | Tree | None) -> None:
     """The result: JSON for scripts, or a rich table for people. Nothing else goes to stdout."""
     if options.json:
-        sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+        sys.stdout.write(json.dumps(json_safe(payload), indent=2, default=str, allow_nan=False) + "\n")
     elif table is not None:
         stdout.print(table)
+
+
+def json_safe(value: Any) -> Any:
+    """NaN and infinities become null, so `jq` and strict JSON readers accept the output."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def result_table(title: str, rows: dict[str, Any]) -> Table:
@@ -273,10 +282,6 @@ def make_dataset_command(
     with RichReport(not options.json) as report:
         result = steps.dataset_step(_context(options, report, force), settings, name=name)
     show_results(options, [result], "make-dataset")
-
-
-def not_yet(command: str, issue: int) -> None:
-    raise LtstgError(f"`ltstg {command}` is not available in this version yet (tracked in issue {issue}).")
 
 
 # -- pretrain ------------------------------------------------------------------------------------

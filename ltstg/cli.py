@@ -503,7 +503,7 @@ def comparison_table(rows: list[dict[str, Any]], title: str) -> Table:
     """Methods as rows; all / many / medium / few / ECE as columns (percent), ± std where seeds vary."""
     table = Table(title=title, title_justify="left")
     table.add_column("method", no_wrap=True)
-    columns = [("top1", "all"), ("many", "many"), ("medium", "medium"), ("few", "few"), ("ece", "ECE"), ("nll", "NLL")]
+    columns = [("all", "all"), ("many", "many"), ("medium", "medium"), ("few", "few"), ("ece", "ECE"), ("nll", "NLL")]
     for _, label in columns:
         table.add_column(label, justify="right")
     for row in rows:

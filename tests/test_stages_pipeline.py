@@ -9,6 +9,7 @@ from ltstg.cli import app
 from ltstg.errors import LtstgError
 from ltstg.recipe import load_recipe
 from ltstg.stages import Context
+from ltstg.stages.evaluate import markdown_table
 from ltstg.stages.pipeline import MethodRun, aggregate, methods_of, run_recipe
 from ltstg.store import Artifact, Store
 
@@ -41,11 +42,13 @@ def test_aggregate_mean_and_sample_std_per_method():
     ]
     rows = aggregate(runs)
     assert [r["method"] for r in rows] == ["cRT", "STG"]
-    assert rows[0]["top1"] == pytest.approx(0.6) and rows[0]["top1_std"] == pytest.approx(0.1)
+    assert rows[0]["all"] == pytest.approx(0.6) and rows[0]["all_std"] == pytest.approx(0.1)
     assert rows[1]["few"] == pytest.approx(0.4) and rows[1]["few_std"] == pytest.approx(0.1)
-    assert rows[0]["seeds"] == [0, 1, 2] and "ece" not in rows[0]
+    assert rows[0]["seeds"] == [0, 1, 2] and rows[0]["ece"] is None
     single = aggregate(runs[:1])
-    assert single[0]["top1_std"] == 0.0
+    assert single[0]["all"] == 0.5 and "all_std" not in single[0]
+    table = markdown_table(rows)
+    assert "| cRT | 60.0 ± 10.0 | – | – | 20.0 ± 10.0 | – | – |" in table
 
 
 def test_methods_selection(recipe_path):
@@ -69,7 +72,7 @@ def test_run_end_to_end_then_reuse_everything(recipe_path, tmp_path):
     assert kinds == ["dataset", "backbone", "features", "stg"] + ["classifier", "report"] * 3
     assert not any(a["reused"] for a in payload["artifacts"])
     for row in payload["rows"]:
-        assert 0.0 <= row["top1"] <= 1.0 and "ece" in row
+        assert 0.0 <= row["all"] <= 1.0 and row["ece"] is not None
     again = runner.invoke(app, ["--store", str(store), "--json", "run", str(recipe_path)])
     second = json.loads(again.stdout)
     assert all(a["reused"] for a in second["artifacts"])
@@ -113,7 +116,7 @@ def test_seeds_aggregate_through_the_cli(recipe_path, tmp_path):
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)["rows"]
     assert len(rows) == 1 and rows[0]["seeds"] == [0, 1] and len(set(rows[0]["reports"])) == 2
-    assert "top1_std" in rows[0]
+    assert "all_std" in rows[0]
 
 
 @pytest.mark.slow
@@ -126,5 +129,5 @@ def test_real_cifar10_jpeg_pipeline_two_epochs(cifar10_jpeg, tmp_path):
     rows = {row["method"]: row for row in aggregate(runs)}
     assert set(rows) == set(recipe.methods)
     for row in rows.values():
-        assert 0.2 < row["top1"] <= 1.0  # ten classes: chance is 0.1
+        assert 0.2 < row["all"] <= 1.0  # ten classes: chance is 0.1
     assert rows["cRT+mixup"]["few"] > rows["Mixup"]["few"]  # re-balancing lifts the rare classes

@@ -103,8 +103,11 @@ def compare_rows(reports: list[Artifact]) -> list[dict]:
 def markdown_table(rows: list[dict]) -> str:
     """A README-ready table: accuracies and ECE in percent with one decimal (as the paper prints them), NLL with 3."""
 
-    def percent(value: float | None) -> str:
-        return "–" if value is None else f"{100 * value:.1f}"
+    def percent(row: dict, key: str) -> str:
+        value, spread = row.get(key), row.get(f"{key}_std")
+        if value is None:
+            return "–"
+        return f"{100 * value:.1f} ± {100 * spread:.1f}" if spread else f"{100 * value:.1f}"
 
     lines = [
         "| Method | All | Many | Medium | Few | ECE | NLL | id |",
@@ -114,11 +117,11 @@ def markdown_table(rows: list[dict]) -> str:
         nll = "–" if row.get("nll") is None else f"{row['nll']:.3f}"
         cells = [
             str(row["method"]),
-            percent(row.get("all")),
-            percent(row.get("many")),
-            percent(row.get("medium")),
-            percent(row.get("few")),
-            percent(row.get("ece")),
+            percent(row, "all"),
+            percent(row, "many"),
+            percent(row, "medium"),
+            percent(row, "few"),
+            percent(row, "ece"),
             nll,
             f"`{row['id']}`",
         ]

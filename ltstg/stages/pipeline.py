@@ -13,10 +13,10 @@ from ltstg.errors import LtstgError
 from ltstg.recipe import Recipe, RetrainSettings, method_settings, validate
 from ltstg.stages import Context, Result
 from ltstg.stages import steps
-from ltstg.store import Artifact
+from ltstg.store import SHORT, Artifact
 
 STAGES = ("dataset", "pretrain", "fit-stg", "retrain", "eval")
-COLUMNS = ("top1", "many", "medium", "few", "ece", "nll")
+COLUMNS = {"top1": "all", "many": "many", "medium": "medium", "few": "few", "ece": "ece", "nll": "nll"}  # metric -> column
 
 
 @dataclass(frozen=True)
@@ -98,11 +98,16 @@ def aggregate(runs: list[MethodRun]) -> list[dict[str, Any]]:
     rows = []
     for method in order:
         group = by_method[method]
-        row: dict[str, Any] = {"method": method, "seeds": [r.seed for r in group], "reports": [r.report.id for r in group]}
-        for column in COLUMNS:
-            values = [r.report.metrics[column] for r in group if column in r.report.metrics]
-            if values:
-                row[column] = mean(values)
+        row: dict[str, Any] = {
+            "method": method,
+            "seeds": [r.seed for r in group],
+            "reports": [r.report.id for r in group],
+            "id": ",".join(r.report.id[:SHORT] for r in group),
+        }
+        for metric, column in COLUMNS.items():
+            values = [r.report.metrics[metric] for r in group if metric in r.report.metrics]
+            row[column] = mean(values) if values else None
+            if len(values) > 1:
                 row[f"{column}_std"] = std(values)
         rows.append(row)
     return rows

@@ -180,7 +180,22 @@ def _device(name: str):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise LtstgError("--device cuda was asked for, but torch sees no CUDA device; use --device cpu.")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise LtstgError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N.") from None
+
+
+def pick(run: Any, ref: Optional[str], kind: str, *, parent: Optional[str] = None):
+    """The artifact a command works on; without a reference, the newest (of `parent`'s children) and say which."""
+    if ref is not None:
+        return run.store.get(run.store.resolve(ref, kind), kind)
+    candidates = [i for i in run.store.list(kind) if i.problem is None and (parent is None or i.parents[:1] == [parent])]
+    if parent is not None and not candidates:
+        raise LtstgError(f"no {kind} artifact made from {parent[:12]} in {run.store.root}; create one first or name one.")
+    artifact_id = candidates[-1].id if candidates else run.store.resolve(None, kind)
+    run.note(f"using {kind} {artifact_id[:12]} (the newest{' for these features' if parent else ''})")
+    return run.store.get(artifact_id, kind)
 
 
 def emit(options: Options, payload: dict[str, Any], table: Table | Tree | None) -> None:
@@ -332,7 +347,7 @@ def pretrain_command(
     )
     with RichReport(not options.json and _torchrun_env()[0] == 0) as report:
         run = _context(options, report, force)
-        data = run.store.get(run.store.resolve(dataset, "dataset"), "dataset")
+        data = pick(run, dataset, "dataset")
         backbone = steps.pretrain_step(run, settings, data, name=name)
         if not run.is_main:
             return
@@ -376,7 +391,7 @@ def fit_stg_command(
     )
     with RichReport(not options.json) as report:
         run = _context(options, report, force)
-        parent = run.store.get(run.store.resolve(features, "features"), "features")
+        parent = pick(run, features, "features")
         result = steps.fit_stg_step(run, settings, parent, name=name)
     show_results(options, [result], "fit-stg")
 
@@ -429,10 +444,10 @@ def retrain_command(
     settings = _recipe_from(loaded, flags)
     with RichReport(not options.json) as report:
         run = _context(options, report, force)
-        parent = run.store.get(run.store.resolve(features, "features"), "features")
+        parent = pick(run, features, "features")
         stg_artifact = None
         if settings.retrain.augment.name == "stg":
-            stg_artifact = run.store.get(run.store.resolve(stg, "stg"), "stg")
+            stg_artifact = pick(run, stg, "stg", parent=parent.id)
         result = steps.retrain_step(run, settings, settings.retrain, parent, stg_artifact, name=name)
     show_results(options, [result], "retrain")
 
@@ -755,9 +770,13 @@ def inspect_kl_divergence(
     options = _options(ctx)
     with RichReport(not options.json) as report:
         run = _context(options, report, force)
-        stg_artifact = run.store.get(run.store.resolve(stg, "stg"), "stg")
-        features_id = run.store.resolve(features, "features") if features else stg_artifact.parents[0]
-        features_artifact = run.store.get(features_id, "features")
+        stg_artifact = pick(run, stg, "stg")
+        features_artifact = pick(run, features or stg_artifact.parents[0], "features")
+        if stg_artifact.parents[:1] != [features_artifact.id]:
+            raise LtstgError(
+                f"STG {stg_artifact.id[:12]} was fitted on other features than {features_artifact.id[:12]}; "
+                "leave out --features to use its own."
+            )
         class_index = resolve_class(class_, class_names(features_artifact)) if class_ is not None else None
         result = run_stage(
             run,
@@ -822,8 +841,13 @@ def inspect_tsne(
     store = Store(options.store)
     features_artifact = store.get(store.resolve(features, "features"), "features")
     stg_artifact = None
-    if not no_stg and (stg is not None or store.list("stg")):
+    if not no_stg and stg is not None:
         stg_artifact = store.get(store.resolve(stg, "stg"), "stg")
+        if stg_artifact.parents[:1] != [features_artifact.id]:
+            raise LtstgError(f"STG {stg_artifact.id[:12]} was fitted on other features than {features_artifact.id[:12]}.")
+    elif not no_stg:  # the newest STG fitted on these features, if any
+        fitted = [i for i in store.list("stg") if i.problem is None and i.parents[:1] == [features_artifact.id]]
+        stg_artifact = store.get(fitted[-1].id, "stg") if fitted else None
     classifiers = [store.get(store.resolve(ref, "classifier"), "classifier") for ref in classifier or []]
     summary = tsne_figure(
         features_artifact, out, stg=stg_artifact, classifiers=classifiers, max_points=max_points, lam=lam,

@@ -26,7 +26,7 @@ class Settings(BaseModel):
 
 
 class SyntheticSettings(Settings):
-    num_classes: int = Field(10, ge=2, le=40)
+    num_classes: int = Field(10, ge=2, le=20, description="the generator draws 20 kinds of images")
     train_per_class: int = Field(500, ge=1)
     test_per_class: int = Field(100, ge=1)
 
@@ -38,7 +38,7 @@ class DatasetSettings(Settings):
     download: bool = run_option(False, description="allow torchvision to download CIFAR")
     imbalance: float = Field(100.0, ge=1, description="n_max / n_min of the training set")
     profile: Literal["exp", "step"] = "exp"
-    size: int = Field(32, ge=8, le=1024, description="image side for image folders")
+    size: int = Field(32, ge=8, le=1024, description="image side: stored size for image folders, crop for split lists")
     classes: list[str] | None = Field(None, description="class order for image folders (default: sorted names)")
     strict: bool = Field(False, description="fail on unreadable images instead of skipping them")
     many_above: int = Field(100, ge=0, description="a class with more train images is 'many'")
@@ -48,7 +48,7 @@ class DatasetSettings(Settings):
 
 class PretrainSettings(Settings):
     model: str = "resnet32_cifar"
-    init_weights: str | None = Field(None, description="local weights file to start from (no hub access)")
+    init_weights: str | None = run_option(None, description="local weights file to start from (its sha256 joins the id)")
     epochs: int = Field(200, ge=1)
     batch_size: int = Field(128, ge=2)
     lr: float = Field(0.1, gt=0)

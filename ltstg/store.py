@@ -5,7 +5,6 @@ Layout::
     objects/<id>.safetensors   tensors + one JSON metadata string (key "ltstg")
     refs/<name>                a name given with --name: holds an id
     checkpoints/<id>.pt        resumable state of a stage that has not committed yet
-    locks/<id>.lock            held while a stage computes <id>
 
 An id is the sha256 of what defines the result (kind, settings, parents), so a repeated command
 finds its artifact. A digest of the file's content is stored inside it and checked on every load.
@@ -19,6 +18,7 @@ import json
 import os
 import re
 import struct
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -318,7 +318,9 @@ class Store:
     @contextlib.contextmanager
     def lock(self, artifact_id: str, on_wait: Any = None) -> Iterator[None]:
         """Exclusive per-id lock, so two runs of the same stage never compute one artifact twice."""
-        path = self.root / "locks" / f"{artifact_id}.lock"
+        # the lock lives beside, not inside, the store: input that fails a stage leaves no trace there
+        where = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:16]
+        path = Path(tempfile.gettempdir()) / "ltstg-locks" / f"{where}-{artifact_id}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a") as handle:
             try:

@@ -11,6 +11,14 @@ def test_literal_matches_registry():
     assert list(typing.get_args(AugmenterName)) == list(AUGMENTERS)
 
 
+def test_recipe_augment_union_names_the_registry_keys():
+    from ltstg.recipe import Augment
+
+    union = typing.get_args(typing.get_args(Augment)[0])
+    names = [typing.get_args(member.model_fields["name"].annotation)[0] for member in union]
+    assert names == list(AUGMENTERS)
+
+
 def test_get_augmenter_finds_class():
     assert get_augmenter("stg") is StgAugmenter
 

@@ -30,7 +30,7 @@ class StgAugmenter:
     ) -> None:
         num_classes = class_counts.numel()
         if head_classes.numel() == 0:
-            raise LtstgError("STG augmentation needs at least one head class; lower stg.head_threshold.")
+            raise LtstgError("STG augmentation needs at least one head class; lower stg.head_min_count.")
         if prototypes.dim() != 2 or prototypes.shape[0] != head_classes.numel():
             raise LtstgError(
                 f"STG prototypes must be one row per head class: got shape {tuple(prototypes.shape)} "

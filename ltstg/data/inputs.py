@@ -57,6 +57,7 @@ class TensorInputs:
         order = torch.randperm(self.num_train, generator=generator, device=generator.device).to(self.device)
         for start in range(0, self.num_train, batch_size):
             index = order[start : start + batch_size]
+            index = index[: len(index) - len(index) % world_size]  # equal shards keep the ranks' generators in step
             if len(index) < 2 * world_size:  # a one-sample batch breaks BatchNorm
                 continue
             batch = augment_batch(

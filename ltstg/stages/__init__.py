@@ -142,7 +142,7 @@ def _compute(
         "key_metric": output.key_metric,
         "info": output.info,
         "version": ltstg.__version__,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds"),
         "wall_clock": round(wall_clock, 3),
         "run": ctx.run_options,
     }

@@ -76,6 +76,11 @@ def make_dataset(settings: DatasetSettings, source: Source, *, seed: int, report
         protocol = f"{settings.profile} profile, imbalance {settings.imbalance:g} (Cao et al.)"
         wanted = make_profile(int(source_counts.max()), num_classes, settings.imbalance, settings.profile)
         counts = np.minimum(wanted, source_counts)  # an uneven image folder can't give more than it has
+        if counts.min() < 1:
+            raise LtstgError(
+                f"imbalance {settings.imbalance:g} leaves class {int(counts.argmin())} without images; "
+                f"the largest this source allows is {int(source_counts.max())}."
+            )
         kept = select_long_tail(train.labels.numpy(), counts.tolist(), seed)
 
     tensors: dict[str, torch.Tensor] = {"train_index": torch.from_numpy(kept.astype(np.int64))}

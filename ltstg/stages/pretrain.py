@@ -80,7 +80,6 @@ def pretrain(
     rank, world_size = world()
     if settings.batch_size % world_size:
         raise LtstgError(f"batch size {settings.batch_size} does not split evenly over {world_size} processes.")
-    local_batch = settings.batch_size // world_size
 
     model = build_model(settings.model, num_classes, seed=seed, init_weights=settings.init_weights).to(device)
     model = model.to(memory_format=memory_format)
@@ -103,7 +102,7 @@ def pretrain(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"].to(generator.device) if generator.device.type == "cpu" else state["generator"])
+        generator.set_state(state["generator"])
         mix_rng.bit_generator.state = json.loads(state["mix_rng"])
         history = json.loads(state["history"])
         start_epoch = int(state["epoch"]) + 1

@@ -233,7 +233,7 @@ def borrowed(augmenter: StgAugmenter, inputs: Inputs) -> tuple[torch.Tensor, tor
 def _new_linear(inputs: Inputs, seed: int) -> nn.Module:
     """cRT re-initialises the classifier (DESIGN default), from a private seed so outside RNG state is untouched."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # torch.manual_seed would also reseed CUDA, outside the fork
         return LinearClassifier(inputs.dim, inputs.num_classes)
 
 

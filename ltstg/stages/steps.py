@@ -1,10 +1,12 @@
 """How each stage is wired to its parents; shared by the single commands and `ltstg run`."""
 from __future__ import annotations
 
+import hashlib
+
 from ltstg.errors import LtstgError
 from ltstg.recipe import Recipe, RetrainSettings, id_settings
 from ltstg.stages import Context, Result, run_stage
-from ltstg.store import Artifact
+from ltstg.store import SHORT, Artifact
 
 
 def dataset_step(ctx: Context, recipe: Recipe, *, name: str | None = None) -> Result:
@@ -34,6 +36,8 @@ def pretrain_step(ctx: Context, recipe: Recipe, dataset: Artifact, *, name: str 
     defining = {**id_settings(settings), "precision": resolve_precision(settings.precision, ctx.device)}
     for untouched in ("eval_every", "feature_views"):
         defining.pop(untouched)
+    if settings.init_weights is not None:  # the file's content defines the result, not where it sits
+        defining["init_weights_sha256"] = file_sha256(settings.init_weights)
     return run_stage(
         ctx,
         "backbone",
@@ -47,6 +51,17 @@ def pretrain_step(ctx: Context, recipe: Recipe, dataset: Artifact, *, name: str 
         name=name,
         record=settings,
     )
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as error:
+        raise LtstgError(f"cannot read weights file {path} ({error.strerror or error}).") from None
+    return digest.hexdigest()
 
 
 def features_step(ctx: Context, recipe: Recipe, backbone: Artifact, dataset: Artifact, *, name: str | None = None) -> Result:
@@ -102,6 +117,11 @@ def retrain_step(
     uses_stg = settings.augment.name == "stg"
     if uses_stg and stg is None:
         raise LtstgError("the stg augmenter needs an STG artifact: run `ltstg fit-stg` first or pass --stg ID.")
+    if uses_stg and stg is not None and stg.parents[:1] != [features.id]:
+        raise LtstgError(
+            f"STG {stg.id[:SHORT]} was fitted on features {stg.parents[0][:SHORT] if stg.parents else '?'}, not on "
+            f"{features.id[:SHORT]}; fit one on these features (`ltstg fit-stg --features {features.id[:SHORT]}`)."
+        )
     parents = [features, stg] if uses_stg and stg is not None else [features]
     return run_stage(
         ctx,

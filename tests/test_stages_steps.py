@@ -1,0 +1,48 @@
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from ltstg.errors import LtstgError
+from ltstg.recipe import RetrainSettings, StgAugment, load_recipe
+from ltstg.stages import Context, steps
+from ltstg.stages.pretrain import resolve_precision
+from ltstg.store import Artifact, Store
+
+
+def test_stg_fitted_on_other_features_is_refused(tiny_run):
+    recipe, ctx, features = tiny_run["recipe"], tiny_run["ctx"], tiny_run["features"]
+    stg = steps.fit_stg_step(ctx, recipe, features).artifact
+    other = Artifact("0" * 64, {**features.meta, "id": "0" * 64}, features.tensors)
+    with pytest.raises(LtstgError, match="was fitted on features"):
+        steps.retrain_step(ctx, recipe, RetrainSettings(augment=StgAugment()), other, stg)
+    with pytest.raises(LtstgError, match="needs an STG artifact"):
+        steps.retrain_step(ctx, recipe, RetrainSettings(augment=StgAugment()), features, None)
+
+
+def test_an_imbalance_that_empties_a_class_is_an_error(tmp_path, tiny_recipe_path):
+    recipe = load_recipe(tiny_recipe_path, {"dataset.imbalance": 1000})
+    with pytest.raises(LtstgError, match="leaves class 2 without images; the largest this source allows is 40"):
+        steps.dataset_step(Context(store=Store(tmp_path / "s")), recipe)
+    assert not (tmp_path / "s").exists()
+
+
+def test_init_weights_enter_the_id_by_content_not_by_path(tmp_path, tiny_run, tiny_recipe_path, monkeypatch):
+    from ltstg.stages import stage_id
+
+    captured = []
+    monkeypatch.setattr(steps, "run_stage", lambda ctx, kind, defining, *a, **k: captured.append(defining))
+    state = {k: v.clone() for k, v in tiny_run["backbone"].tensors.items() if k.startswith("model.")}
+    weights = {k[len("model."):]: v for k, v in state.items()}
+    first, moved = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    save_file(weights, str(first))
+    save_file(weights, str(moved))
+    for path in (first, moved):
+        steps.pretrain_step(tiny_run["ctx"], load_recipe(tiny_recipe_path, {"pretrain.init_weights": str(path)}), tiny_run["dataset"])
+    weights["fc.bias"] = weights["fc.bias"] + 1
+    save_file(weights, str(first))
+    steps.pretrain_step(tiny_run["ctx"], load_recipe(tiny_recipe_path, {"pretrain.init_weights": str(first)}), tiny_run["dataset"])
+    assert "init_weights" not in captured[0]
+    assert captured[0] == captured[1] != captured[2]
+    assert captured[0]["precision"] == resolve_precision("auto", torch.device("cpu"))
+    with pytest.raises(LtstgError, match="cannot read weights file"):
+        steps.pretrain_step(tiny_run["ctx"], load_recipe(tiny_recipe_path, {"pretrain.init_weights": str(tmp_path / "no")}), tiny_run["dataset"])

@@ -151,3 +151,20 @@ def test_inspect_kl_divergence_and_tsne(tiny_recipe_path, tmp_path):
     assert picture.exit_code == 0, picture.output
     with Image.open(tmp_path / "t.png") as image:
         assert image.size == (400, 300)
+
+
+def test_eval_compare_three_methods_table_json_markdown(tiny_recipe_path, tmp_path):
+    store = tmp_path / "store"
+    assert runner.invoke(app, ["--store", str(store), "run", str(tiny_recipe_path), "--until", "pretrain"]).exit_code == 0
+    for name, flags in (("ce", ["--classifier", "none"]), ("crt", []), ("noise", ["--augmenter", "noise", "--std", "0.5"])):
+        made = invoke("retrain", "--recipe", str(tiny_recipe_path), *flags, "--name", name, store=store)
+        assert made.exit_code == 0, made.output
+    compare = ["--compare", "ce", "--compare", "crt", "--compare", "noise"]
+    table = invoke("eval", *compare, store=store)
+    assert table.exit_code == 0 and "CE (stage 1) (ce)" in table.stdout and "cRT+Noise (noise)" in table.stdout
+    rows = json.loads(invoke("--json", "eval", *compare, store=store).stdout)["rows"]
+    assert [row["method"] for row in rows] == ["CE (stage 1) (ce)", "cRT (crt)", "cRT+Noise (noise)"]
+    assert all(0 <= row["all"] <= 1 and row["ece"] is not None for row in rows)
+    markdown = invoke("eval", *compare, "--markdown", store=store).stdout.strip().splitlines()
+    assert markdown[0].startswith("| Method | All |") and len(markdown) == 5
+    assert len(Store(store).list("report")) == 3

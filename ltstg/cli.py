@@ -489,6 +489,10 @@ def eval_command(
             features = run.store.get(classifier.parents[0], "features")
             results.append(steps.eval_step(run, settings, classifier, features, name=name if len(ids) == 1 else None))
     rows = compare_rows([r.artifact for r in results])
+    names = run.store.names()
+    for row, artifact_id in zip(rows, ids):  # a named classifier keeps its name in the table
+        if names.get(artifact_id):
+            row["method"] = f"{row['method']} ({names[artifact_id][0]})"
     if markdown:
         sys.stdout.write(markdown_table(rows) + "\n")
         return

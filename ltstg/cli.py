@@ -405,10 +405,12 @@ def retrain_command(
     method: Annotated[Optional[str], typer.Option(help="A named method of the recipe's `methods`.")] = None,
     features: Annotated[Optional[str], typer.Option(help="Features artifact (default newest).")] = None,
     stg: Annotated[Optional[str], typer.Option(help="STG artifact for --augmenter stg (default newest).")] = None,
-    classifier: Annotated[Optional[str], typer.Option(help="crt | lws | tau-norm | none")] = None,
+    classifier: Annotated[Optional[str], typer.Option(help="crt | lws | mislas | tau-norm | none")] = None,
+    init: Annotated[Optional[str], typer.Option(help="auto | fresh | stage1: where a trained classifier starts.")] = None,
     augmenter: Annotated[Optional[str], typer.Option(help="none | stg | isda | noise | dropout")] = None,
     lam: Annotated[Optional[float], typer.Option(help="λ of stg / isda.")] = None,
     t: Annotated[Optional[float], typer.Option(help="Threshold t of the stg mask.")] = None,
+    mu: Annotated[Optional[str], typer.Option(help="eq3 | relative | zero: how the STG's μ enters the shift.")] = None,
     std: Annotated[Optional[float], typer.Option(help="std of the noise augmenter.")] = None,
     p: Annotated[Optional[float], typer.Option(help="p of the dropout augmenter.")] = None,
     tau: Annotated[Optional[float], typer.Option(help="τ of τ-normalisation.")] = None,
@@ -426,9 +428,11 @@ def retrain_command(
     options = _options(ctx)
     flags = {
         "retrain.classifier": classifier,
+        "retrain.init": init,
         "retrain.augment.name": augmenter,
         "retrain.augment.lam": lam,
         "retrain.augment.t": t,
+        "retrain.augment.mu": mu,
         "retrain.augment.std": std,
         "retrain.augment.p": p,
         "retrain.tau": tau,
@@ -550,6 +554,9 @@ def run_command(
     seeds: Annotated[Optional[list[int]], typer.Option("--seeds", help="Seeds to run (repeatable).")] = None,
     until: Annotated[str, typer.Option(help="Last stage: dataset | pretrain | fit-stg | retrain | eval.")] = "eval",
     methods: Annotated[Optional[list[str]], typer.Option("--methods", help="Only these recipe methods.")] = None,
+    vary_from: Annotated[
+        str, typer.Option(help="First stage the seeds vary: pretrain | fit-stg | retrain; earlier ones use the recipe seed.")
+    ] = "pretrain",
     markdown: Annotated[bool, typer.Option("--markdown", help="Print the final table as Markdown.")] = False,
     assignments: Annotated[
         Optional[list[str]], typer.Option("--set", help="Override a recipe field: --set stg.memory=600 (repeatable).")
@@ -566,20 +573,26 @@ def run_command(
     started = time.perf_counter()
     with RichReport(not options.json) as report:
         run = _context(options, report, force)
-        runs, results = run_recipe(run, settings, seeds=chosen_seeds, until=until, methods=methods)
+        runs, results = run_recipe(run, settings, seeds=chosen_seeds, until=until, methods=methods, vary_from=vary_from)
     rows = aggregate(runs)
     elapsed = time.perf_counter() - started
+    varied = (
+        f"seeds {' '.join(map(str, chosen_seeds))} vary {vary_from} onwards "
+        f"(earlier stages: seed {settings.seed}; data set: subset seed {settings.dataset.subset_seed})"
+    )
     if markdown:
-        sys.stdout.write(markdown_table(rows) + "\n")
+        sys.stdout.write(f"{recipe} · {varied}\n\n" + markdown_table(rows) + "\n")
         return
     payload = {
         "recipe": str(recipe),
         "seeds": chosen_seeds,
+        "vary_from": vary_from,
+        "subset_seed": settings.dataset.subset_seed,
         "rows": rows,
         "artifacts": [artifact_summary(r) for r in results],
         "wall_clock": elapsed,
     }
-    table = comparison_table(rows, f"{recipe} · seeds {' '.join(map(str, chosen_seeds))} · {elapsed:.0f} s") if rows else None
+    table = comparison_table(rows, f"{recipe} · {varied} · {elapsed:.0f} s") if rows else None
     if table is None:
         show_results(options, results, f"run {recipe} (until {until})")
         return

@@ -26,7 +26,7 @@ class Settings(BaseModel):
 
 
 class SyntheticSettings(Settings):
-    num_classes: int = Field(10, ge=2, le=20, description="the generator draws 20 kinds of images")
+    num_classes: int = Field(10, ge=2, le=100, description="the generator draws 100 kinds of images")
     train_per_class: int = Field(500, ge=1)
     test_per_class: int = Field(100, ge=1)
 
@@ -38,6 +38,12 @@ class DatasetSettings(Settings):
     download: bool = run_option(False, description="allow torchvision to download CIFAR")
     imbalance: float = Field(100.0, ge=1, description="n_max / n_min of the training set")
     profile: Literal["exp", "step"] = "exp"
+    profile_order: Literal["label", "size"] = Field(
+        "label", description="lay the profile over classes in label order (Cao et al.) or largest source class first"
+    )
+    subset_seed: int = Field(
+        0, ge=0, description="draws the long-tail subset (Cao et al. use 0); the recipe seed varies training only"
+    )
     size: int = Field(32, ge=8, le=1024, description="image side: stored size for image folders, crop for split lists")
     classes: list[str] | None = Field(None, description="class order for image folders (default: sorted names)")
     strict: bool = Field(False, description="fail on unreadable images instead of skipping them")
@@ -95,6 +101,11 @@ class StgAugment(Settings):
     name: Literal["stg"] = "stg"
     lam: float = Field(1.5, ge=0, description="global strength λ")
     t: float = Field(0.5, gt=0, lt=1, description="a dimension keeps the original value where m > t")
+    mu: Literal["eq3", "relative", "zero"] = Field(
+        "eq3",
+        description="eq3: the paper's shift a + (√Σε + μ)λβ; relative: μ minus the borrowed head mean's offset from "
+        "the sample's own class mean, so the shift stays around its class; zero: Σ only (μ = 0)",
+    )
 
 
 class IsdaAugment(Settings):
@@ -118,9 +129,20 @@ Augment = Annotated[
 
 
 class RetrainSettings(Settings):
-    classifier: Literal["crt", "lws", "tau-norm", "none"] = "crt"
+    classifier: Literal["crt", "lws", "mislas", "tau-norm", "none"] = "crt"
+    init: Literal["auto", "fresh", "stage1"] = Field(
+        "auto",
+        description="where a trained classifier starts: fresh (Kang et al.'s cRT) or the stage-1 classifier (MiSLAS); "
+        "auto = fresh for crt, stage1 for mislas; lws, tau-norm and none always build on stage 1",
+    )
     augment: Augment = NoAugment()
     tau: float = Field(1.0, ge=0, description="τ of τ-normalisation")
+    smooth_head: float = Field(0.3, ge=0, lt=1, description="mislas: label-aware smoothing ε of the largest class")
+    smooth_tail: float = Field(0.0, ge=0, lt=1, description="mislas: label-aware smoothing ε of the smallest class")
+    smooth_shape: Literal["concave", "linear", "convex"] = Field("concave", description="mislas: ε between the two")
+    lr_factor: float = Field(
+        0.1, gt=0, le=1, description="mislas: the linear layer learns at lr × lr_factor, the per-class scales at lr"
+    )
     sampling: Literal["balanced", "instance"] = "balanced"
     lr: float = Field(1e-3, gt=0)
     schedule: Literal["cosine", "constant"] = "cosine"

@@ -1,4 +1,4 @@
-"""Stage-1 training pieces: mixup with soft targets and the per-step learning-rate schedule."""
+"""Training pieces: mixup with soft targets, label-aware smoothing and the per-step learning-rate schedule."""
 from __future__ import annotations
 
 import math
@@ -45,6 +45,35 @@ def mixup(
 def soft_cross_entropy(logits: torch.Tensor, soft_targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy against soft targets, in float32 so bf16 logits don't lose the small terms."""
     return -(soft_targets * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
+
+
+SMOOTH_SHAPES = {
+    # position x in [0, 1] between the smallest (0) and the largest (1) class -> share of (head - tail)
+    "concave": lambda x: np.sin(x * np.pi / 2),
+    "linear": lambda x: x,
+    "convex": lambda x: 1 - np.cos(x * np.pi / 2),
+}
+
+
+def label_aware_smoothing(counts: Sequence[int], head: float, tail: float, shape: str = "concave") -> torch.Tensor:
+    """MiSLAS's per-class ε: `tail` for the rarest class rising to `head` for the largest (Zhong et al., Eq. 5).
+
+    Larger classes, on which the network is most over-confident, get the stronger smoothing.
+    """
+    if shape not in SMOOTH_SHAPES:
+        raise LtstgError(f"unknown smoothing shape {shape!r}; known shapes: {', '.join(SMOOTH_SHAPES)}.")
+    counts_array = np.asarray(counts, dtype=np.float64)  # (C,)
+    spread = counts_array.max() - counts_array.min()
+    position = (counts_array - counts_array.min()) / spread if spread > 0 else np.ones_like(counts_array)
+    return torch.from_numpy(tail + (head - tail) * SMOOTH_SHAPES[shape](position)).float()  # (C,)
+
+
+def smoothed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, epsilon: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy with a per-class smoothing ε_y spread over all C classes (ε = 0 is plain cross-entropy)."""
+    log_probs = F.log_softmax(logits.float(), dim=1)  # (B, C)
+    eps = epsilon.to(logits.device)[labels]  # (B,)
+    nll = -log_probs.gather(1, labels.unsqueeze(1)).squeeze(1)  # (B,)
+    return ((1 - eps) * nll - eps * log_probs.mean(dim=1)).mean()
 
 
 def lr_factor(

@@ -15,7 +15,8 @@ def test_shapes_dtypes_and_names():
     assert test.images.shape == (12, 8, 8, 3)
     assert train.labels.dtype == torch.int64 and torch.bincount(train.labels).tolist() == [6] * 4
     assert len(source.fingerprint) == 64
-    assert len({name for name, _, _ in CLASSES}) == len(CLASSES) == 20
+    assert len({name for name, _, _, _ in CLASSES}) == len(CLASSES) == 100
+    assert len({tuple(kind) for _, *kind in CLASSES}) == 100  # no two classes share shape, texture and palette
 
 
 def test_deterministic_and_seeded():
@@ -64,7 +65,21 @@ def test_classes_are_distinguishable():
     assert accuracy > 0.2  # chance is 0.1; nearest class mean on such crude features gets about 0.29
 
 
-@pytest.mark.parametrize("arguments", [{"num_classes": 21}, {"num_classes": 0}, {"train_per_class": 0}, {"size": 2}])
+@pytest.mark.parametrize("arguments", [{"num_classes": 101}, {"num_classes": 0}, {"train_per_class": 0}, {"size": 2}])
 def test_rejects_bad_arguments(arguments):
     with pytest.raises(LtstgError, match="synthetic"):
         make_synthetic(**arguments)
+
+
+def test_palettes_separate_classes_of_one_shape():
+    """disc, dark-disc and pale-disc differ only in the fill palette: the disc pixels tell them apart."""
+    names = [name for name, *_ in CLASSES]
+    picks = [names.index(n) for n in ("disc", "dark-disc", "pale-disc")]
+    source = make_synthetic(num_classes=max(picks) + 1, train_per_class=30, test_per_class=1, size=16)
+    images = source.splits["train"].images.view(-1, 30, 16, 16, 3).float() / 255
+    centre = images[:, :, 7:9, 7:9].mean(dim=(2, 3))  # (C, 30, 3): mostly inside the disc
+    brightness = centre.max(dim=-1).values  # HSV value
+    saturation = 1 - centre.min(dim=-1).values / brightness.clamp_min(1e-3)
+    vivid, dark, pale = (brightness[p].median() for p in picks)
+    assert dark + 0.3 < min(vivid, pale)
+    assert saturation[picks[2]].median() + 0.3 < saturation[picks[0]].median()

@@ -61,3 +61,19 @@ def test_tau_normalized_weights_load_into_linear_classifier():
     classifier.load_state_dict({"weight": weight, "bias": bias})
     # [1,1] -> [1.4, 1.0]; the head class's lead shrinks from 7.5 vs 0 to 1.4 vs 1.0
     assert torch.allclose(classifier(FEATURES[:1]), torch.tensor([[1.4, 1.0]]))
+
+
+def test_scaled_linear_starts_at_stage1_and_folds_its_scales():
+    from ltstg.models.classifiers import ScaledLinearClassifier
+
+    model = ScaledLinearClassifier(WEIGHT, BIAS)
+    features = torch.randn(4, WEIGHT.shape[1])
+    assert torch.allclose(model(features), features @ WEIGHT.T + BIAS)  # unit scales: the stage-1 classifier
+    with torch.no_grad():
+        model.scales.copy_(torch.arange(1.0, WEIGHT.shape[0] + 1))
+        model.linear.weight.add_(0.5)
+    weight, bias = model.folded()
+    assert torch.allclose(model(features), features @ weight.T + bias)
+    assert {name for name, p in model.named_parameters() if p.requires_grad} == {"linear.weight", "linear.bias", "scales"}
+    with pytest.raises(LtstgError):
+        ScaledLinearClassifier(WEIGHT, torch.zeros(7))

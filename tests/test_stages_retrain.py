@@ -88,7 +88,7 @@ def test_crt_beats_biased_stage1_on_few_classes():
     assert out.metrics["top1"] == pytest.approx(crt["top1"])
     curve = out.tensors["curve.loss"]
     assert curve.shape == (10,) and curve[-1] < curve[0]
-    assert out.info == {"classifier": "crt", "augment": "none", "method": "cRT", "feature_dim": DIM, "num_classes": 6}
+    assert out.info == {"classifier": "crt", "augment": "none", "method": "cRT", "init": "fresh", "feature_dim": DIM, "num_classes": 6}
     assert out.kind == "classifier" and out.key_metric == "top1"
 
 
@@ -244,7 +244,7 @@ def test_lws_folds_scales_into_weight_and_bias_by_hand():
     build, fold = TRAINABLE["lws"]
     stage1 = Inputs(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long), None, torch.tensor([1, 1]),
                     torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([0.5, 0.25]))
-    model = build(stage1, 0)
+    model = build(stage1, 0, "stage1")
     with torch.no_grad():
         model.scales.copy_(torch.tensor([2.0, 3.0]))
     weight, bias = fold(model)
@@ -353,3 +353,129 @@ def test_bad_inputs_fail_before_training():
     tensors["classifier.weight"] = tensors["classifier.weight"][:, :4]
     with pytest.raises(LtstgError, match="stage-1 classifier"):
         run(RetrainSettings(), Artifact(features.id, features.meta, tensors))
+
+
+def test_mislas_starts_from_stage1_learns_scales_and_smooths_by_count(monkeypatch):
+    from ltstg import training
+
+    features = make_features()
+    seen = []
+    original = training.smoothed_cross_entropy
+
+    def spy(logits, labels, epsilon):
+        seen.append(epsilon.clone())
+        return original(logits, labels, epsilon)
+
+    monkeypatch.setattr("ltstg.stages.retrain.smoothed_cross_entropy", spy)
+    settings = RetrainSettings(classifier="mislas", smooth_head=0.4, smooth_tail=0.1, epochs=10, batch_size=32, lr=1e-2)
+    out = run(settings, features)
+    assert out.info["init"] == "stage1" and out.info["method"] == "MiSLAS"
+    epsilon = seen[0]
+    assert epsilon[0].item() == pytest.approx(0.4) and epsilon[-1].item() == pytest.approx(0.1)
+    assert (epsilon[:-1] >= epsilon[1:]).all()
+    # one step at lr × lr_factor barely moves the linear layer: it started from the stage-1 classifier
+    one_step = run(RetrainSettings(classifier="mislas", epochs=1, batch_size=1000, lr=1e-3), features)
+    assert torch.allclose(one_step.tensors["weight"], features["classifier.weight"], atol=0.01)
+    stage1, _ = score(features["classifier.weight"], features["classifier.bias"], features, EvalSettings())
+    mislas, _ = score(out.tensors["weight"], out.tensors["bias"], features, EvalSettings())
+    assert mislas["few"] > stage1["few"] + 0.1
+
+
+def test_init_stage1_starts_crt_from_the_stage1_classifier():
+    features = make_features()
+    one_step = dict(epochs=1, batch_size=1000, lr=1e-6)  # one tiny step: the start is what comes out
+    fresh = run(RetrainSettings(**one_step), features)
+    warm = run(RetrainSettings(init="stage1", **one_step), features)
+    assert warm.info["init"] == "stage1" and fresh.info["init"] == "fresh"
+    assert torch.allclose(warm.tensors["weight"], features["classifier.weight"], atol=1e-4)
+    assert not torch.allclose(fresh.tensors["weight"], features["classifier.weight"], atol=0.1)
+    with pytest.raises(LtstgError, match="init 'fresh'"):
+        run(RetrainSettings(classifier="lws", init="fresh"), features)
+
+
+def cifar100_shaped_features(*, dim=64, seed=0):
+    """Well-separated classes with the CIFAR-100-LT IM100 counts (500 … 5) and a stage-1 classifier as mixup
+    training leaves one: class means as weights, norms and biases growing with the class count."""
+    from ltstg.data.longtail import make_profile
+
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.tensor(make_profile(500, 100, 100, "exp"))  # (100,)
+    means = nn.functional.normalize(torch.randn(100, dim, generator=g), dim=1) * 4  # (C, D)
+
+    def draw(per_class):
+        labels = torch.arange(100).repeat_interleave(per_class)
+        return means[labels] + torch.randn(labels.numel(), dim, generator=g), labels
+
+    train, train_labels = draw(counts)
+    test, test_labels = draw(torch.full((100,), 20))
+    log_share = torch.log(counts.float() / counts.max())  # (C,), 0 … −4.6
+    tensors = {
+        "train_features": train, "train_labels": train_labels, "test_features": test, "test_labels": test_labels,
+        "class_counts": counts,
+        "classifier.weight": means * (1 + 0.05 * log_share).unsqueeze(1) / 4,
+        "classifier.bias": 0.5 * log_share,
+    }
+    info = {"class_names": [f"c{c}" for c in range(100)], "many_above": 100, "few_below": 20}
+    return Artifact("e" * 64, {"kind": "features", "info": info}, tensors)
+
+
+def test_fresh_classifier_at_lr_1e4_for_10_epochs_does_not_converge_and_says_so():
+    """What the CIFAR-100 recipes did before: the loss stays near ln 100 and the warning says why."""
+    out = run(RetrainSettings(init="fresh", lr=1e-4, epochs=10), cifar100_shaped_features())
+    assert out.metrics["train_loss"] > 0.9 * math.log(100)
+    assert out.metrics["converged"] == 0.0
+    assert any("did not converge" in note and "ln C" in note for note in out.notes)
+    assert any("class-balanced training accuracy" in note for note in out.notes)
+    assert out.metrics["balanced_train_top1"] < out.metrics["stage1_balanced_train_top1"]
+
+
+@pytest.mark.parametrize("recipe_name", ["im100", "im50", "im10", "ablation-im100"])
+def test_cifar100_recipes_train_a_converged_classifier(recipe_name):
+    from pathlib import Path
+
+    from ltstg.recipe import load_recipe, method_settings
+
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "cifar100" / f"{recipe_name}.yaml")
+    features = cifar100_shaped_features()
+    trained = [m for m in recipe.methods if method_settings(recipe, m).classifier in ("crt", "mislas")]
+    assert trained
+    for method in trained:
+        settings = method_settings(recipe, method)
+        if settings.augment.name == "stg":
+            continue  # the STG needs a fitted stg artifact; its classifier settings are the ones checked here
+        out = run(settings, features)
+        assert out.metrics["converged"] == 1.0, (method, out.notes)
+        assert out.metrics["train_loss"] < 0.5 * math.log(100), method
+        assert out.metrics["top1"] > 0.9, method
+        assert out.notes == []
+
+
+def test_converged_classifier_has_no_warning():
+    out = run(RetrainSettings(epochs=10, batch_size=32, lr=1e-2), make_features())
+    assert out.metrics["converged"] == 1.0 and out.notes == []
+    assert out.metrics["balanced_train_top1"] >= out.metrics["stage1_balanced_train_top1"]
+    assert out.metrics["chance_loss"] == pytest.approx(math.log(6))
+
+
+def test_stg_mu_modes_zero_and_relative():
+    """With the same draws the three modes differ only by their mean shift: μβλ (eq3 − zero) and
+    (m_head − m_y)βλ (eq3 − relative)."""
+    from ltstg.stages.retrain import build_augmenter
+
+    features = make_features()
+    stg = make_stg(features)
+    inputs = Inputs(features["train_features"], features["train_labels"], None, features["class_counts"],
+                    features["classifier.weight"], features["classifier.bias"])
+    tail = features["train_labels"] == 5
+    batch, labels = features["train_features"][tail], features["train_labels"][tail]  # (6, D)
+    outs = {}
+    for mode in ("eq3", "zero", "relative"):
+        settings = RetrainSettings(augment=StgAugment(mu=mode, lam=1.0, t=0.999999))  # every dimension augmented
+        augmenter = build_augmenter(settings, inputs, stg, torch.device("cpu"))
+        outs[mode] = augmenter.augment(batch, labels, generator=torch.Generator().manual_seed(0))
+    heads, _ = augmenter.borrowed(batch)  # (6,) class ids
+    predicted_mu, _ = augmenter.predict(batch, torch.tensor([HEAD.index(h) for h in heads.tolist()]))
+    beta = augmenter.beta[5]
+    torch.testing.assert_close(outs["eq3"] - outs["zero"], predicted_mu * beta, atol=1e-5, rtol=1e-4)
+    means = class_means(features["train_features"], features["train_labels"], torch.arange(6))  # (C, D)
+    torch.testing.assert_close(outs["eq3"] - outs["relative"], (means[heads] - means[5]) * beta, atol=1e-5, rtol=1e-4)

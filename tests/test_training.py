@@ -112,3 +112,37 @@ def test_scheduler_resumes_from_state_dict():
     assert _run(resumed_optimizer, resumed, 15) == pytest.approx(uninterrupted[25:])
     fresh_optimizer = _optimizer()
     assert _run(fresh_optimizer, make_scheduler(fresh_optimizer, 10, **SMALL), 15) != pytest.approx(uninterrupted[25:])
+
+
+def test_label_aware_smoothing_runs_from_tail_to_head():
+    from ltstg.training import label_aware_smoothing
+
+    counts = [500, 100, 50, 5]
+    concave = label_aware_smoothing(counts, 0.4, 0.1, "concave")
+    linear = label_aware_smoothing(counts, 0.4, 0.1, "linear")
+    convex = label_aware_smoothing(counts, 0.4, 0.1, "convex")
+    for eps in (concave, linear, convex):
+        assert eps[0].item() == pytest.approx(0.4) and eps[-1].item() == pytest.approx(0.1)
+        assert (eps[:-1] >= eps[1:]).all()  # more images, more smoothing
+    x = (100 - 5) / (500 - 5)
+    assert linear[1].item() == pytest.approx(0.1 + 0.3 * x)
+    assert concave[1].item() == pytest.approx(0.1 + 0.3 * np.sin(x * np.pi / 2))
+    assert convex[1] < linear[1] < concave[1]
+    assert torch.equal(label_aware_smoothing([7, 7], 0.3, 0.0), torch.full((2,), 0.3))  # one size: all are "head"
+    with pytest.raises(LtstgError, match="shape"):
+        label_aware_smoothing(counts, 0.4, 0.1, "wavy")
+
+
+def test_smoothed_cross_entropy_matches_torch_label_smoothing():
+    from ltstg.training import smoothed_cross_entropy
+
+    logits, labels = torch.randn(6, 5), torch.tensor([0, 1, 2, 3, 4, 0])
+    torch.testing.assert_close(smoothed_cross_entropy(logits, labels, torch.zeros(5)), F.cross_entropy(logits, labels))
+    torch.testing.assert_close(
+        smoothed_cross_entropy(logits, labels, torch.full((5,), 0.2)), F.cross_entropy(logits, labels, label_smoothing=0.2)
+    )
+    per_class = torch.tensor([0.0, 0.5, 0.0, 0.0, 0.0])  # only label-1 rows are smoothed
+    expected = torch.stack([
+        F.cross_entropy(logits[i : i + 1], labels[i : i + 1], label_smoothing=float(per_class[labels[i]])) for i in range(6)
+    ]).mean()
+    torch.testing.assert_close(smoothed_cross_entropy(logits, labels, per_class), expected)

@@ -9,6 +9,7 @@ from ltstg.errors import LtstgError
 from ltstg.models.prototypes import nearest_prototype
 
 Predict = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+MU_MODES = ("eq3", "relative", "zero")  # how μ enters the shift; StgAugment.mu in the recipe
 
 
 class StgAugmenter:
@@ -27,6 +28,8 @@ class StgAugmenter:
         *,
         lam: float = 1.5,
         t: float = 0.5,
+        mu: str = "eq3",
+        class_means: torch.Tensor | None = None,
     ) -> None:
         num_classes = class_counts.numel()
         if head_classes.numel() == 0:
@@ -46,11 +49,17 @@ class StgAugmenter:
             raise LtstgError(f"STG lam must be >= 0, got {lam}.")
         if not 0 <= t <= 1:
             raise LtstgError(f"STG threshold t must be in [0, 1], got {t}.")
+        if mu not in MU_MODES:
+            raise LtstgError(f"unknown STG mu mode {mu!r}; known modes: {', '.join(MU_MODES)}.")
+        if mu == "relative" and (class_means is None or class_means.shape != (num_classes, prototypes.shape[1])):
+            raise LtstgError(f"STG mu 'relative' needs the (C, D) training mean of every class; got {class_means}.")
         self.predict = predict
         self.prototypes = prototypes  # (H, D)
         self.head_classes = head_classes.long()  # (H,)
         self.lam = float(lam)
         self.t = float(t)
+        self.mu = mu
+        self.class_means = class_means  # (C, D) or None
         counts = class_counts.double()
         # n_min is over all classes, as the paper writes min(n_1, ..., n_C).
         self.beta = (counts.min() / counts).sqrt().float()  # (C,)
@@ -75,6 +84,14 @@ class StgAugmenter:
         with torch.no_grad():
             mu, var = self.predict(original, token_index)  # (T, D) each
         mu = mu.to(features.dtype)
+        if self.mu == "zero":
+            mu = torch.zeros_like(mu)
+        elif self.mu == "relative":
+            # not the paper's: μ ≈ (head mean − a) pulls a into the borrowed head class; subtracting the
+            # head-to-own-class offset (m_h − m_y) keeps the sample-specific part and centres it on class y
+            means = self.class_means.to(features.device, features.dtype)
+            head_class = self.head_classes.to(features.device)[token_index]  # (T,)
+            mu = mu - (means[head_class] - means[labels[rows]])
         std = var.to(features.dtype).clamp_min(0).sqrt()
         beta = self.beta.to(features.device, features.dtype)[labels[rows]].unsqueeze(1)  # (T, 1)
         noise = torch.randn(original.shape, generator=generator, device=features.device, dtype=features.dtype)

@@ -5,15 +5,16 @@ import hashlib
 import math
 
 import torch
+from matplotlib.colors import hsv_to_rgb
 
 from ltstg.data import Source, Split, fingerprint
 from ltstg.errors import LtstgError
 
-VERSION = "synthetic-v1"  # bump when the drawing changes, so old artifact ids stop matching
+VERSION = "synthetic-v2"  # bump when the drawing changes, so old artifact ids stop matching
 CHUNK = 512  # images drawn at once: bounds memory for large sizes; fixed so results don't depend on it
 
-# (class name, shape, texture); the first ten are the default set, ordered so any prefix stays varied.
-CLASSES = (
+# (name, shape, texture), ordered so any prefix stays varied: the first ten are the default set
+FIRST_SHAPE_TEXTURES = (
     ("disc", "disc", "solid"),
     ("square", "square", "solid"),
     ("triangle", "triangle", "solid"),
@@ -35,6 +36,29 @@ CLASSES = (
     ("dotted-disc", "disc", "dots"),
     ("striped-triangle", "triangle", "stripes"),
 )
+_TAKEN = {(shape, texture) for _, shape, texture in FIRST_SHAPE_TEXTURES}
+SHAPE_TEXTURES = FIRST_SHAPE_TEXTURES + tuple(  # then every other textured shape: 43 in all
+    (f"{adjective}-{shape}", shape, texture)
+    for shape in ("ring", "cross", "star", "bar", "crescent", "frame", "half-disc", "square", "triangle")
+    for texture, adjective in (("stripes", "striped"), ("checker", "checkered"), ("dots", "dotted"))
+    if (shape, texture) not in _TAKEN
+)
+
+# Fill colours are drawn from one of three disjoint HSV ranges, a class attribute like shape and texture:
+# palette -> ((saturation low, high), (value low, high)); hue is free
+PALETTES = {
+    "vivid": ((0.75, 1.0), (0.75, 1.0)),
+    "dark": ((0.3, 1.0), (0.15, 0.4)),
+    "pale": ((0.0, 0.25), (0.8, 1.0)),
+}
+MAX_CLASSES = 100
+
+# (class name, shape, texture, palette): every shape-texture in vivid colours first, then dark, then pale
+CLASSES = tuple(
+    (name if palette == "vivid" else f"{palette}-{name}", shape, texture, palette)
+    for palette in PALETTES
+    for name, shape, texture in SHAPE_TEXTURES
+)[:MAX_CLASSES]
 
 
 def make_synthetic(
@@ -59,8 +83,8 @@ def make_synthetic(
         # one generator per split, so the test set does not change with train_per_class
         generator = torch.Generator().manual_seed(_split_seed(seed, split))
         images = [
-            _draw(shape, texture, min(CHUNK, per_class - start), size, generator)
-            for _, shape, texture in CLASSES[:num_classes]
+            _draw(shape, texture, palette, min(CHUNK, per_class - start), size, generator)
+            for _, shape, texture, palette in CLASSES[:num_classes]
             for start in range(0, per_class, CHUNK)
         ]
         splits[split] = Split(
@@ -70,7 +94,7 @@ def make_synthetic(
     parameters = f"{VERSION} {num_classes} {train_per_class} {test_per_class} {size} {seed}"
     return Source(
         name="synthetic",
-        class_names=tuple(name for name, _, _ in CLASSES[:num_classes]),
+        class_names=tuple(name for name, _, _, _ in CLASSES[:num_classes]),
         splits=splits,
         fingerprint=fingerprint([parameters]),
     )
@@ -81,7 +105,7 @@ def _split_seed(seed: int, split: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{VERSION}:{seed}:{split}".encode()).digest()[:8], "little") >> 1
 
 
-def _draw(shape: str, texture: str, n: int, size: int, generator: torch.Generator) -> torch.Tensor:
+def _draw(shape: str, texture: str, palette: str, n: int, size: int, generator: torch.Generator) -> torch.Tensor:
     """n random instances of one class as (n, size, size, 3) uint8."""
 
     def uniform(low: float, high: float, *dims: int) -> torch.Tensor:
@@ -107,7 +131,13 @@ def _draw(shape: str, texture: str, n: int, size: int, generator: torch.Generato
     mask = SHAPES[shape](u, v)  # (n, S, S) bool
     period, phase = uniform(0.45, 0.7, 1, 1), uniform(0, 2 * math.pi, 1, 1)
     pattern = TEXTURES[texture](u * (2 * math.pi) / period + phase, v * (2 * math.pi) / period + phase)
-    fill = torch.where(pattern.unsqueeze(-1), uniform(0, 1, 1, 1, 3), uniform(0, 1, 1, 1, 3))  # (n, S, S, 3)
+    (s_low, s_high), (v_low, v_high) = PALETTES[palette]
+    colours = [
+        torch.cat([uniform(0, 1, 1, 1, 1), uniform(s_low, s_high, 1, 1, 1), uniform(v_low, v_high, 1, 1, 1)], dim=-1)
+        for _ in range(2)
+    ]  # two (n, 1, 1, 3) HSV colours
+    first, second = (torch.from_numpy(hsv_to_rgb(c.numpy())).float() for c in colours)
+    fill = torch.where(pattern.unsqueeze(-1), first, second)  # (n, S, S, 3)
     image = torch.where(mask.unsqueeze(-1), fill, background)
     noise = torch.randn(n, size, size, 3, generator=generator).mul_(uniform(0, 0.12, 1, 1, 1))  # in place: big tensors
     return image.add_(noise).clamp_(0, 1).mul_(255).round_().to(torch.uint8)

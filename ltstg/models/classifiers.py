@@ -1,4 +1,4 @@
-"""Stage-3 classifiers on frozen features: cRT, LWS and tau-normalisation (Kang et al., 2020).
+"""Stage-3 classifiers on frozen features: cRT, LWS, tau-normalisation (Kang et al., 2020) and MiSLAS's scaled head.
 
 All share one forward shape, features (B, D) -> logits (B, C), so retrain and eval have one code path.
 """
@@ -42,6 +42,34 @@ class LwsClassifier(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Rescale frozen logits per class so only the decision boundaries' balance is learned."""
         return nn.functional.linear(features, self.weight, self.bias) * self.scales
+
+
+class ScaledLinearClassifier(nn.Module):
+    """MiSLAS's stage-2 head on cached features: a trainable linear layer whose logits get learned per-class scales.
+
+    MiSLAS (dvlab-research/MiSLAS, train_stage2.py) starts the linear layer from the stage-1 classifier
+    and multiplies its logits by `LearnableWeightScaling` (init 1); both are trained, the layer at a
+    smaller lr (retrain.lr_factor). Its BatchNorm shift needs images and is not part of this head.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        super().__init__()
+        if weight.dim() != 2 or bias.shape != (weight.shape[0],):
+            raise LtstgError(
+                f"a scaled classifier needs a (C, D) weight and a (C,) bias, got {tuple(weight.shape)} and {tuple(bias.shape)}."
+            )
+        self.linear = nn.Linear(weight.shape[1], weight.shape[0], device=weight.device, dtype=weight.dtype)
+        with torch.no_grad():
+            self.linear.weight.copy_(weight)
+            self.linear.bias.copy_(bias)
+        self.scales = nn.Parameter(torch.ones(weight.shape[0], dtype=weight.dtype, device=weight.device))  # (C,)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear(features) * self.scales
+
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """scale_c · (w_c · a + b_c) as one linear classifier (scale_c · w_c, scale_c · b_c)."""
+        return self.linear.weight * self.scales.unsqueeze(1), self.linear.bias * self.scales
 
 
 def tau_normalize(weight: torch.Tensor, bias: torch.Tensor | None, tau: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,6 +29,7 @@ class Output:
     metrics: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     key_metric: str | None = None
+    notes: list[str] = field(default_factory=list)  # every deviation from what was asked, one line each
 
 
 class Checkpoint:
@@ -133,6 +134,8 @@ def _compute(
     if output.kind != kind:
         raise RuntimeError(f"stage returned a {output.kind} output for a {kind} artifact")
     wall_clock = time.perf_counter() - started
+    for line in output.notes:
+        ctx.note(f"{kind}: {line}")
     full = settings.model_dump(mode="json") if isinstance(settings, BaseModel) else dict(settings)
     meta = {
         "kind": kind,
@@ -141,6 +144,7 @@ def _compute(
         "metrics": {k: float(v) for k, v in output.metrics.items()},
         "key_metric": output.key_metric,
         "info": output.info,
+        "notes": list(output.notes),
         "version": ltstg.__version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds"),
         "wall_clock": round(wall_clock, 3),

@@ -65,6 +65,7 @@ def make_dataset(settings: DatasetSettings, source: Source, *, seed: int, report
     num_classes = len(source.class_names)
     train = source.splits["train"]
     source_counts = np.bincount(train.labels.numpy(), minlength=num_classes)  # (C,)
+    notes: list[str] = []
     missing = [source.class_names[c] for c in range(num_classes) if source_counts[c] == 0]
     if missing:
         raise LtstgError(f"classes without training images: {', '.join(missing[:5])}; remove or fill them.")
@@ -74,8 +75,20 @@ def make_dataset(settings: DatasetSettings, source: Source, *, seed: int, report
         kept = np.arange(len(train.labels))
     else:
         protocol = f"{settings.profile} profile, imbalance {settings.imbalance:g} (Cao et al.)"
-        wanted = make_profile(int(source_counts.max()), num_classes, settings.imbalance, settings.profile)
+        profile = np.asarray(make_profile(int(source_counts.max()), num_classes, settings.imbalance, settings.profile))
+        wanted = profile.copy()  # (C,): label order, as Cao et al.
+        if settings.profile_order == "size":  # a naturally long-tailed folder keeps its order of class sizes
+            protocol += ", largest source class first"
+            wanted[np.argsort(-source_counts, kind="stable")] = profile
         counts = np.minimum(wanted, source_counts)  # an uneven image folder can't give more than it has
+        capped = [source.class_names[c] for c in range(num_classes) if counts[c] < wanted[c]]
+        if capped:
+            notes.append(
+                f"{len(capped)} class(es) hold fewer images than the profile asks ({', '.join(capped[:5])}"
+                f"{', …' if len(capped) > 5 else ''}); they keep all they have, so the achieved imbalance is "
+                f"{counts.max() / max(counts.min(), 1):.2f}, not {settings.imbalance:g} "
+                "(dataset.profile_order=size lays the profile over classes by size)"
+            )
         if counts.min() < 1:
             raise LtstgError(
                 f"imbalance {settings.imbalance:g} leaves class {int(counts.argmin())} without images; "
@@ -126,7 +139,7 @@ def make_dataset(settings: DatasetSettings, source: Source, *, seed: int, report
         "medium": float(groups.count("medium")),
         "few": float(groups.count("few")),
     }
-    return Output("dataset", tensors, metrics, info, key_metric="train")
+    return Output("dataset", tensors, metrics, info, key_metric="train", notes=notes)
 
 
 def _take(split: Split, index: np.ndarray) -> Split:

@@ -16,6 +16,7 @@ from ltstg.stages import steps
 from ltstg.store import SHORT, Artifact
 
 STAGES = ("dataset", "pretrain", "fit-stg", "retrain", "eval")
+SEEDED = ("pretrain", "fit-stg", "retrain")  # stages a seed can vary; the data set has its own subset seed
 COLUMNS = {"top1": "all", "many": "many", "medium": "medium", "few": "few", "ece": "ece", "nll": "nll"}  # metric -> column
 
 
@@ -48,10 +49,17 @@ def run_recipe(
     seeds: list[int],
     until: str = "eval",
     methods: list[str] | None = None,
+    vary_from: str = "pretrain",
 ) -> tuple[list[MethodRun], list[Result]]:
-    """Run every stage up to `until` for each seed and method; returns the eval reports and every step."""
+    """Run every stage up to `until` for each seed and method; returns the eval reports and every step.
+
+    Stages before `vary_from` run once with the recipe's own seed and are shared by every seed (Table 7:
+    several seeds of stage 3 on one backbone); `vary_from` and later stages take each seed in turn.
+    """
     if until not in STAGES:
         raise LtstgError(f"unknown stage {until!r} for --until; use one of {', '.join(STAGES)}.")
+    if vary_from not in SEEDED:
+        raise LtstgError(f"unknown stage {vary_from!r} for --vary-from; use one of {', '.join(SEEDED)}.")
     chosen = methods_of(recipe, methods)
     last = STAGES.index(until)
     needs_stg = any(s.augment.name == "stg" for s in chosen.values()) or until == "fit-stg"
@@ -67,22 +75,27 @@ def run_recipe(
         ctx.report("run", done, total)
         return result
 
+    first_varied = SEEDED.index(vary_from)
     for seed in seeds:
         seeded = with_seed(recipe, seed)
+
+        def at(stage: str) -> Recipe:
+            return seeded if SEEDED.index(stage) >= first_varied else recipe
+
         dataset = step(steps.dataset_step(ctx, seeded)).artifact
         if last < 1:
             continue
-        backbone = step(steps.pretrain_step(ctx, seeded, dataset)).artifact
-        features = step(steps.features_step(ctx, seeded, backbone, dataset)).artifact
+        backbone = step(steps.pretrain_step(ctx, at("pretrain"), dataset)).artifact
+        features = step(steps.features_step(ctx, at("pretrain"), backbone, dataset)).artifact
         if last < 2:
             continue
-        stg = step(steps.fit_stg_step(ctx, seeded, features)).artifact if needs_stg else None
+        stg = step(steps.fit_stg_step(ctx, at("fit-stg"), features)).artifact if needs_stg else None
         if last < 3:
             continue
         for method, settings in chosen.items():
-            classifier = step(steps.retrain_step(ctx, seeded, settings, features, stg)).artifact
+            classifier = step(steps.retrain_step(ctx, at("retrain"), settings, features, stg)).artifact
             if last >= 4:
-                report = step(steps.eval_step(ctx, seeded, classifier, features)).artifact
+                report = step(steps.eval_step(ctx, at("retrain"), classifier, features)).artifact
                 runs.append(MethodRun(seed, method, report))
     return runs, results
 

@@ -19,18 +19,21 @@ from torch import nn
 from ltstg.augment import StgAugmenter, get_augmenter
 from ltstg.data.balanced import class_balanced_indices
 from ltstg.errors import LtstgError
-from ltstg.models.classifiers import LinearClassifier, LwsClassifier, tau_normalize
+from ltstg.metrics import per_class_accuracy
+from ltstg.models.classifiers import LinearClassifier, LwsClassifier, ScaledLinearClassifier, tau_normalize
+from ltstg.models.prototypes import class_means
 from ltstg.recipe import EvalSettings, RetrainSettings
 from ltstg.report import Report, silent
 from ltstg.stages import Checkpoint, Output, require_kind
 from ltstg.stages.evaluate import score
 from ltstg.stages.fit_stg import load_stg
 from ltstg.store import SHORT, Artifact
-from ltstg.training import make_scheduler
+from ltstg.training import label_aware_smoothing, make_scheduler, smoothed_cross_entropy
 
-CLASSIFIER_LABELS = {"crt": "cRT", "lws": "LWS", "tau-norm": "τ-norm", "none": "CE (stage 1)"}
+CLASSIFIER_LABELS = {"crt": "cRT", "lws": "LWS", "mislas": "MiSLAS", "tau-norm": "τ-norm", "none": "CE (stage 1)"}
 AUGMENT_LABELS = {"none": "", "stg": "STG", "isda": "ISDA", "noise": "Noise", "dropout": "Dropout"}
 BORROW_CHUNK = 8192  # rows per nearest-prototype lookup, so (N, H) similarities never sit in memory at once
+UNCONVERGED_LOSS = 0.9  # a final training loss above this share of ln C is what an untrained classifier gives
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,13 @@ class Inputs:
     @property
     def dim(self) -> int:
         return self.features.shape[1]
+
+
+def resolved_init(settings: RetrainSettings) -> str:
+    """Where the classifier starts: fresh for cRT (Kang et al.), the stage-1 classifier for everything else."""
+    if settings.init != "auto":
+        return settings.init
+    return "fresh" if settings.classifier == "crt" else "stage1"
 
 
 def method_label(settings: RetrainSettings) -> str:
@@ -78,6 +88,8 @@ def retrain(
     stage1_bias = features["classifier.bias"].float()
     tensors: dict[str, torch.Tensor] = {}
     metrics: dict[str, float] = {}
+    notes: list[str] = []
+    init = resolved_init(settings)
     if settings.classifier in POST_HOC:
         weight, bias = POST_HOC[settings.classifier](stage1_weight, stage1_bias, settings)
         tensors["curve.loss"] = torch.zeros(0)  # no training, no curve
@@ -93,13 +105,18 @@ def retrain(
         )
         augmenter = build_augmenter(settings, inputs, stg, device)
         build, fold = TRAINABLE[settings.classifier]
-        model = build(inputs, seed).to(device)
-        curve = train(settings, model, augmenter, inputs, generator=generator, report=report, checkpoint=checkpoint)
+        model = build(inputs, seed, init).to(device)
+        curve = train(
+            settings, model, augmenter, inputs, generator=generator, report=report, checkpoint=checkpoint,
+            on_resume=lambda epoch: notes.append(f"resumed from the checkpoint after epoch {epoch} of {settings.epochs}"),
+        )
         weight, bias = (value.detach().cpu() for value in fold(model))
         tensors["curve.loss"] = torch.tensor(curve, dtype=torch.float32)  # (epochs,)
-        metrics["train_loss"] = curve[-1]
+        metrics.update(convergence(curve[-1], weight, bias, stage1_weight, stage1_bias, features))
+        notes += convergence_notes(metrics, settings)
         if isinstance(augmenter, StgAugmenter):
             tensors["borrowed_head"], tensors["borrowed_cosine"] = borrowed(augmenter, inputs)
+            metrics["augmented_share"] = float(augmenter.is_tail.to(inputs.labels.device)[inputs.labels].float().mean())
     tensors["weight"] = weight.contiguous()  # (C, D)
     tensors["bias"] = bias.contiguous()  # (C,)
     test_metrics, _ = score(tensors["weight"], tensors["bias"], features, EvalSettings())
@@ -108,10 +125,59 @@ def retrain(
         "classifier": settings.classifier,
         "augment": settings.augment.name,
         "method": method_label(settings),
+        "init": init if settings.classifier in TRAINABLE else "stage1",
         "feature_dim": int(tensors["weight"].shape[1]),
         "num_classes": int(tensors["weight"].shape[0]),
     }
-    return Output("classifier", tensors, metrics, info, key_metric="top1")
+    return Output("classifier", tensors, metrics, info, key_metric="top1", notes=notes)
+
+
+def balanced_accuracy(weight: torch.Tensor, bias: torch.Tensor, features: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean of per-class accuracies, so every class weighs the same however many samples it has."""
+    preds = (features.float() @ weight.float().T + bias.float()).argmax(dim=1)  # (N,)
+    per_class = per_class_accuracy(preds, labels.long(), weight.shape[0])  # (C,)
+    return float(per_class[~per_class.isnan()].mean())
+
+
+def convergence(
+    final_loss: float,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    stage1_weight: torch.Tensor,
+    stage1_bias: torch.Tensor,
+    features: Artifact,
+) -> dict[str, float]:
+    """What says whether the classifier trained: its last loss against ln C, and class-balanced training accuracy
+    on the un-augmented training features next to the stage-1 classifier's."""
+    train_features, train_labels = features["train_features"], features["train_labels"]
+    num_classes = weight.shape[0]
+    return {
+        "train_loss": final_loss,
+        "chance_loss": math.log(num_classes),
+        "balanced_train_top1": balanced_accuracy(weight, bias, train_features, train_labels),
+        "stage1_balanced_train_top1": balanced_accuracy(stage1_weight, stage1_bias, train_features, train_labels),
+    }
+
+
+def convergence_notes(metrics: dict[str, float], settings: RetrainSettings) -> list[str]:
+    """One line per sign that the classifier did not converge; the runner prints them and stores them."""
+    notes = []
+    loss, chance = metrics["train_loss"], metrics["chance_loss"]
+    if loss > UNCONVERGED_LOSS * chance:
+        notes.append(
+            f"warning: the classifier did not converge: final training loss {loss:.3f} is near ln C = {chance:.3f} "
+            f"(an untrained classifier); raise retrain.epochs (now {settings.epochs}) or retrain.lr (now {settings.lr:g}), "
+            "or start from stage 1 (retrain.init=stage1)"
+        )
+    ours, stage1 = metrics["balanced_train_top1"], metrics["stage1_balanced_train_top1"]
+    if ours < stage1:
+        notes.append(
+            f"warning: the classifier did not converge: its class-balanced training accuracy {100 * ours:.1f}% is below "
+            f"the stage-1 classifier's {100 * stage1:.1f}% it replaces; raise retrain.epochs or retrain.lr, "
+            "or start from stage 1 (retrain.init=stage1)"
+        )
+    metrics["converged"] = float(not notes)
+    return notes
 
 
 def train(
@@ -123,11 +189,13 @@ def train(
     generator: torch.Generator,
     report: Report = silent,
     checkpoint: Checkpoint | None = None,
+    on_resume: Callable[[int], None] = lambda epoch: None,
 ) -> list[float]:
     """Adam + cross-entropy on augmented mini-batches for `epochs` × ceil(N / batch) steps; the per-epoch mean loss."""
     num_train = inputs.labels.numel()
     steps_per_epoch = math.ceil(num_train / settings.batch_size)
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.wd)
+    optimizer = torch.optim.Adam(parameter_groups(model, settings), lr=settings.lr, weight_decay=settings.wd)
+    epsilon = smoothing_of(settings, inputs)  # (C,) label-aware smoothing; zeros = plain cross-entropy
     # paper: "cosine learning rate that decays from 0.001 to 0" (ImageNet-LT/Places); CIFAR is silent (retrain.schedule)
     scheduler = make_scheduler(
         optimizer, steps_per_epoch, epochs=settings.epochs, warmup_epochs=0, schedule=settings.schedule
@@ -145,6 +213,7 @@ def train(
         generator.set_state(state["generator"])
         curve = [float(x) for x in state["curve"]]
         start_epoch = int(state["epoch"]) + 1
+        on_resume(start_epoch)
 
     model.train()
     for epoch in range(start_epoch, settings.epochs):
@@ -157,7 +226,7 @@ def train(
             labels = inputs.labels[batch]  # (B,)
             batch_features = pick_features(inputs, batch, None if view is None else view[start:stop])
             augmented = augmenter.augment(batch_features, labels, generator=generator)  # (B, D)
-            loss = F.cross_entropy(model(augmented), labels)
+            loss = smoothed_cross_entropy(model(augmented), labels, epsilon)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -179,6 +248,23 @@ def train(
         total_steps = settings.epochs * steps_per_epoch
         report("retrain", (epoch + 1) * steps_per_epoch, total_steps, epoch=epoch + 1, loss=curve[-1])
     return curve
+
+
+def parameter_groups(model: nn.Module, settings: RetrainSettings) -> Any:
+    """MiSLAS trains the linear layer at lr × lr_factor and the per-class scales at lr; others use one lr."""
+    if isinstance(model, ScaledLinearClassifier):
+        return [{"params": model.linear.parameters(), "lr": settings.lr * settings.lr_factor}, {"params": [model.scales]}]
+    return model.parameters()
+
+
+def smoothing_of(settings: RetrainSettings, inputs: Inputs) -> torch.Tensor:
+    """Per-class ε: MiSLAS's label-aware smoothing for mislas, none (plain cross-entropy) otherwise."""
+    if settings.classifier != "mislas":
+        return torch.zeros(inputs.num_classes, device=inputs.labels.device)
+    counts = inputs.class_counts.tolist()
+    return label_aware_smoothing(counts, settings.smooth_head, settings.smooth_tail, settings.smooth_shape).to(
+        inputs.labels.device
+    )
 
 
 def epoch_order(labels: torch.Tensor, sampling: str, generator: torch.Generator) -> torch.Tensor:
@@ -230,16 +316,32 @@ def borrowed(augmenter: StgAugmenter, inputs: Inputs) -> tuple[torch.Tensor, tor
 # -- classifiers -------------------------------------------------------------------------------------
 
 
-def _new_linear(inputs: Inputs, seed: int) -> nn.Module:
-    """cRT re-initialises the classifier (DESIGN default), from a private seed so outside RNG state is untouched."""
+def _new_linear(inputs: Inputs, seed: int) -> LinearClassifier:
+    """A freshly initialised linear layer from a private seed, so outside RNG state is untouched."""
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)  # torch.manual_seed would also reseed CUDA, outside the fork
         return LinearClassifier(inputs.dim, inputs.num_classes)
 
 
-def _lws_on_stage1(inputs: Inputs, seed: int) -> nn.Module:
+def _linear(inputs: Inputs, seed: int, init: str) -> nn.Module:
+    """cRT: re-initialised (Kang et al.; DESIGN default) or started from the stage-1 classifier (retrain.init)."""
+    model = _new_linear(inputs, seed)
+    if init == "stage1":
+        model.load_state_dict({"weight": inputs.weight.cpu(), "bias": inputs.bias.cpu()})
+    return model
+
+
+def _lws_on_stage1(inputs: Inputs, seed: int, init: str) -> nn.Module:
     """LWS starts from the stage-1 weights with unit scales: nothing random to seed."""
     return LwsClassifier(inputs.weight, inputs.bias)
+
+
+def _scaled_linear(inputs: Inputs, seed: int, init: str) -> nn.Module:
+    """MiSLAS: from the stage-1 classifier, or from a fresh layer when retrain.init=fresh, with unit scales."""
+    start = _new_linear(inputs, seed) if init == "fresh" else None
+    weight = start.weight.detach() if start is not None else inputs.weight
+    bias = start.bias.detach() if start is not None else inputs.bias
+    return ScaledLinearClassifier(weight.to(inputs.weight.device), bias.to(inputs.weight.device))
 
 
 def _fold_lws(model: LwsClassifier) -> tuple[torch.Tensor, torch.Tensor]:
@@ -248,9 +350,10 @@ def _fold_lws(model: LwsClassifier) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # name -> (build a trainable module, fold it into an effective (weight, bias))
-TRAINABLE: dict[str, tuple[Callable[[Inputs, int], nn.Module], Callable[[Any], tuple[torch.Tensor, torch.Tensor]]]] = {
-    "crt": (_new_linear, lambda model: (model.weight, model.bias)),
+TRAINABLE: dict[str, tuple[Callable[[Inputs, int, str], nn.Module], Callable[[Any], tuple[torch.Tensor, torch.Tensor]]]] = {
+    "crt": (_linear, lambda model: (model.weight, model.bias)),
     "lws": (_lws_on_stage1, _fold_lws),
+    "mislas": (_scaled_linear, lambda model: model.folded()),
 }
 
 # name -> (stage-1 weight, bias, settings) -> effective (weight, bias), no training
@@ -272,6 +375,8 @@ def _stg_arguments(augment: Any, inputs: Inputs, stg: Artifact | None, device: t
         "class_counts": inputs.class_counts,
         "lam": augment.lam,
         "t": augment.t,
+        "mu": augment.mu,
+        "class_means": class_means(inputs.features, inputs.labels, torch.arange(inputs.num_classes)),
     }
 
 
@@ -309,7 +414,12 @@ def check_inputs(settings: RetrainSettings, features: Artifact, stg: Artifact | 
     if settings.classifier in POST_HOC and settings.augment.name != "none":
         problems.append(
             f"classifier {settings.classifier!r} is not trained, so augment {settings.augment.name!r} would be "
-            "ignored; use --classifier crt or lws, or augment none."
+            "ignored; use --classifier crt, lws or mislas, or augment none."
+        )
+    if settings.init == "fresh" and settings.classifier not in ("crt", "mislas"):
+        problems.append(
+            f"classifier {settings.classifier!r} builds on the stage-1 classifier, so init 'fresh' does not apply; "
+            "use --classifier crt or mislas, or init auto."
         )
     train = features["train_features"]
     train_labels = features["train_labels"]

@@ -13,15 +13,16 @@ def dataset_step(ctx: Context, recipe: Recipe, *, name: str | None = None) -> Re
     from ltstg.stages.make_dataset import load_source, make_dataset
 
     settings = recipe.dataset
-    source = load_source(settings, recipe.seed)
+    # the data set is drawn by its own seed, so `--seeds` compares training runs on one data set
+    source = load_source(settings, settings.subset_seed)
     defining = {**id_settings(settings), "source_fingerprint": source.fingerprint}
     return run_stage(
         ctx,
         "dataset",
         defining,
         [],
-        lambda generator, checkpoint: make_dataset(settings, source, seed=recipe.seed, report=ctx.report),
-        seed=recipe.seed,
+        lambda generator, checkpoint: make_dataset(settings, source, seed=settings.subset_seed, report=ctx.report),
+        seed=settings.subset_seed,
         name=name,
         record=settings,
     )

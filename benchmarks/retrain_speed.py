@@ -56,7 +56,7 @@ def synthetic_features() -> Artifact:
 def random_stg(features: Artifact) -> Artifact:
     """An untrained STG in fit-stg's artifact layout: same shapes, so the same cost per step as a fitted one."""
     settings = StgSettings()
-    head = select_head_classes(features["class_counts"], settings.head_min_count)  # (H,)
+    head = select_head_classes(features["class_counts"], settings)  # (H,)
     model = build_stg(DIM, head.numel(), hidden=settings.hidden, depth=settings.depth, token_std=settings.token_std,
                       var_activation=settings.var_activation, seed=SEED)
     tensors = {f"stg.{name}": value.clone() for name, value in model.state_dict().items()}

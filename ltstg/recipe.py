@@ -75,7 +75,13 @@ class PretrainSettings(Settings):
 
 
 class StgSettings(Settings):
-    head_min_count: int = Field(100, ge=0, description="head class = more train images than this")
+    head_rule: Literal["count", "share", "half"] = Field(
+        "share",
+        description="which classes are head: count = more than head_min_count images; share = the largest classes "
+        "that together hold head_share of the training images; half = the larger half of the classes",
+    )
+    head_min_count: int = Field(100, ge=0, description="count rule: head class = more train images than this")
+    head_share: float = Field(0.8, gt=0, lt=1, description="share rule: the head holds this share of the images")
     memory: int = Field(1200, ge=0, description="size m of the FIFO memory dictionary; 0 = mini-batch only")
     hidden: int = Field(256, ge=1)
     depth: int = Field(2, ge=1, description="layers of each MLP (Linear-BN-ReLU ... Linear)")

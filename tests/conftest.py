@@ -26,7 +26,6 @@ pretrain:
   milestones: [1]
   eval_every: 1
 stg:
-  head_min_count: 10
   memory: 16
   epochs: 2
   batch_size: 16

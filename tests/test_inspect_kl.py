@@ -35,7 +35,7 @@ def stored(store: Store, artifact_id: str, output) -> Artifact:
 def fitted(tmp_path_factory):
     """Features and an STG trained on them by the real fit-stg stage (few epochs), stored and reloaded."""
     features = make_features()
-    settings = StgSettings(head_min_count=100, hidden=32, epochs=2, batch_size=32, memory=64)
+    settings = StgSettings(head_rule="count", head_min_count=100, hidden=32, epochs=2, batch_size=32, memory=64)
     output = fit_stg(settings, features, seed=0, device=torch.device("cpu"), generator=torch.Generator().manual_seed(0))
     store = Store(tmp_path_factory.mktemp("kl") / "store")
     return features, stored(store, "a" * 64, output), store

@@ -76,10 +76,51 @@ def _same_weights(a, b) -> bool:
     ],
 )
 def test_head_classes_with_top_half_fallback(counts, head_min_count, expected):
-    output = _fit(_features(counts), head_min_count=head_min_count, epochs=1, holdout=0.0)
+    output = _fit(_features(counts), head_rule="count", head_min_count=head_min_count, epochs=1, holdout=0.0)
     assert output.tensors["head_classes"].tolist() == expected
     assert output.info["head_class_names"] == [f"c{c}" for c in expected]
     assert output.tensors["stg.tokens"].shape == (len(expected), DIM)
+
+
+@pytest.mark.parametrize("imbalance", [100, 50, 10])
+@pytest.mark.parametrize("num_classes", [10, 100])
+def test_default_split_leaves_a_tail_at_every_cifar_imbalance(imbalance, num_classes):
+    """The paper reports STG gains at IM 10 and 50 too, so every CIFAR-LT setting needs tail classes; the old
+    count rule (> 100 images) leaves CIFAR-10-LT IM10 (5000 … 500) without one."""
+    from ltstg.data.longtail import make_profile
+    from ltstg.stages.fit_stg import select_head_classes
+
+    counts = torch.tensor(make_profile(5000 if num_classes == 10 else 500, num_classes, imbalance, "exp"))
+    head = select_head_classes(counts, StgSettings())
+    assert 2 <= head.numel() < num_classes
+    assert counts[head].sum() >= 0.8 * counts.sum() > counts[head[:-1]].sum()  # the fewest largest classes
+    assert counts[head].min() >= counts.max() / imbalance  # head classes are the largest ones
+    if num_classes == 10 and imbalance == 10:
+        assert select_head_classes(counts, StgSettings(head_rule="count")).numel() == 10  # why the default changed
+
+
+@pytest.mark.parametrize(
+    ("counts", "settings", "expected"),
+    [
+        ([100, 300, 50, 40], {"head_rule": "share", "head_share": 0.5}, [0, 1]),  # 300 alone holds 61%; at least 2
+        ([100, 300, 50, 40], {"head_rule": "share", "head_share": 0.8}, [0, 1]),  # 300 + 100 hold 82%
+        ([100, 300, 50, 40], {"head_rule": "share", "head_share": 0.85}, [0, 1, 2]),  # 92% with the 50
+        ([10, 20, 30, 40, 50], {"head_rule": "half"}, [3, 4]),
+    ],
+)
+def test_share_and_half_rules(counts, settings, expected):
+    from ltstg.stages.fit_stg import select_head_classes
+
+    assert select_head_classes(torch.tensor(counts), StgSettings(**settings)).tolist() == expected
+
+
+def test_split_and_tail_are_recorded_and_an_all_head_split_says_so():
+    output = _fit(epochs=1, holdout=0.0)
+    assert output.info["tail_classes"] == [c for c in range(8) if c not in output.tensors["head_classes"].tolist()]
+    assert output.info["split"].startswith("stg.head_rule=share")
+    assert output.metrics["num_tail_classes"] == len(output.info["tail_classes"]) > 0
+    everything = _fit(head_rule="count", head_min_count=1, epochs=1, holdout=0.0)
+    assert everything.info["tail_classes"] == [] and any("every class head" in n for n in everything.notes)
 
 
 def test_rejects_a_single_class_and_a_head_class_without_valid_anchors():
@@ -115,7 +156,7 @@ def test_output_tensors_metrics_and_reload():
     assert torch.isfinite(output.tensors["curve.loss"]).all()
     assert output.tensors["stg.tokens"].shape == (4, DIM)
     assert set(output.metrics) == {
-        "train_loss", "num_head_classes", "heldout_mu_mse", "heldout_var_mse",
+        "train_loss", "num_head_classes", "num_tail_classes", "heldout_mu_mse", "heldout_var_mse",
         "trivial_mu_mse", "trivial_var_mse", "heldout_gain",
     }
     assert output.metrics["train_loss"] == pytest.approx(float(output.tensors["curve.loss"][-1]))

@@ -131,3 +131,40 @@ def test_real_cifar10_jpeg_pipeline_two_epochs(cifar10_jpeg, tmp_path):
     for row in rows.values():
         assert 0.2 < row["all"] <= 1.0  # ten classes: chance is 0.1
     assert rows["cRT+mixup"]["medium"] > rows["Mixup"]["medium"]  # re-balancing lifts the rarer classes (IM100 has no few class)
+
+
+def test_seeds_keep_one_data_set_and_vary_from_retrain_shares_the_backbone(recipe_path, tmp_path):
+    recipe = load_recipe(recipe_path)
+    ctx = Context(store=Store(tmp_path / "store"))
+    runs, results = run_recipe(ctx, recipe, seeds=[0, 1], methods=["cRT"], vary_from="retrain")
+    by_kind: dict[str, set[str]] = {}
+    for result in results:
+        by_kind.setdefault(result.artifact.kind, set()).add(result.artifact.id)
+    assert len(by_kind["dataset"]) == 1  # the subset seed, not the run seed, draws the data set
+    assert len(by_kind["backbone"]) == len(by_kind["features"]) == 1  # stage 1 ran once, for seed 0
+    assert len(by_kind["classifier"]) == 2 and len({r.report.id for r in runs}) == 2
+    full, full_results = run_recipe(ctx, recipe, seeds=[0, 1], methods=["cRT"])
+    assert len({r.artifact.id for r in full_results if r.artifact.kind == "dataset"}) == 1
+    assert len({r.artifact.id for r in full_results if r.artifact.kind == "backbone"}) == 2
+    with pytest.raises(LtstgError, match="--vary-from"):
+        run_recipe(ctx, recipe, seeds=[0], vary_from="eval")
+
+
+def test_synthetic_100_recipe_short_version_end_to_end(tmp_path):
+    """The many-class path in CI: 100 classes, 66 tail classes, every recipe method, one short epoch each."""
+    recipe_file = Path(__file__).resolve().parents[1] / "recipes" / "synthetic-100-lt.yaml"
+    short = {
+        "pretrain.model": "resnet20_cifar", "pretrain.epochs": 1, "pretrain.warmup_epochs": 0,
+        "dataset.synthetic.test_per_class": 10, "stg.epochs": 1, "retrain.epochs": 2,
+    }
+    recipe = load_recipe(recipe_file, short)
+    runs, results = run_recipe(Context(store=Store(tmp_path / "store")), recipe, seeds=[0])
+    dataset = results[0].artifact
+    assert dataset.metrics["classes"] == 100 and dataset.metrics["train"] == 10847
+    assert (dataset.metrics["many"], dataset.metrics["medium"], dataset.metrics["few"]) == (35, 35, 30)
+    stg = next(r.artifact for r in results if r.artifact.kind == "stg")
+    assert (stg.metrics["num_head_classes"], stg.metrics["num_tail_classes"]) == (34, 66)  # 80% of the images
+    rows = {row["method"]: row for row in aggregate(runs)}
+    assert set(rows) == set(recipe.methods)
+    for row in rows.values():
+        assert row["few"] is not None and 0.0 <= row["all"] <= 1.0

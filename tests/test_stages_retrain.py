@@ -479,3 +479,31 @@ def test_stg_mu_modes_zero_and_relative():
     torch.testing.assert_close(outs["eq3"] - outs["zero"], predicted_mu * beta, atol=1e-5, rtol=1e-4)
     means = class_means(features["train_features"], features["train_labels"], torch.arange(6))  # (C, D)
     torch.testing.assert_close(outs["eq3"] - outs["relative"], (means[heads] - means[5]) * beta, atol=1e-5, rtol=1e-4)
+
+
+def test_stg_whose_split_has_no_tail_is_refused_before_training():
+    features = make_features()
+    stg = make_stg(features)
+    all_head = dict(stg.tensors, head_classes=torch.arange(6),
+                    head_prototypes=class_means(features["train_features"], features["train_labels"], torch.arange(6)))
+    info = dict(stg.info, num_tokens=6, split="stg.head_rule=count (more than 1 training images)")
+    with pytest.raises(LtstgError, match="makes all 6 classes head.*head_rule"):
+        run(RetrainSettings(augment=StgAugment(), **FAST), features, Artifact(stg.id, {"kind": "stg", "info": info}, all_head))
+
+
+@pytest.mark.parametrize("augment", [NoiseAugment(std=0.0), DropoutAugment(p=0.0), StgAugment(lam=0.0)])
+def test_an_augmenter_that_changes_no_sample_stops_the_run(augment, tmp_path):
+    features = make_features()
+    stg = make_stg(features) if augment.name == "stg" else None
+    store = Store(tmp_path / ".artifacts")
+    with pytest.raises(LtstgError, match="changed no training sample in epoch 1.*plain cRT"):
+        run(RetrainSettings(augment=augment, **FAST), features, stg, checkpoint=Checkpoint(store, "c" * 64))
+    assert store.load_checkpoint("c" * 64) is None  # stopped before the first checkpoint
+
+
+def test_augmented_share_counts_the_changed_draws():
+    features = make_features()
+    out = run(RetrainSettings(augment=StgAugment(), **FAST), features, make_stg(features))
+    assert 0.2 < out.metrics["augmented_share"] < 0.9  # tail draws (4 of 6 classes, balanced) with t = 0.5
+    noise = run(RetrainSettings(augment=NoiseAugment(), **FAST), features)
+    assert noise.metrics["augmented_share"] == 1.0

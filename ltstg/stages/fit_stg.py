@@ -39,7 +39,7 @@ def fit_stg(
     """Learn per-sample shift distributions on head classes only, so tail samples can borrow them later."""
     train_features, train_labels, class_counts = _checked_inputs(features)
     num_features = train_features.shape[1]
-    head = select_head_classes(class_counts, settings.head_min_count)  # (H,)
+    head = select_head_classes(class_counts, settings)  # (H,)
     num_tokens = head.numel()
     token_of_class = torch.full((class_counts.numel(),), -1, dtype=torch.long)  # (C,)
     token_of_class[head] = torch.arange(num_tokens)
@@ -142,9 +142,13 @@ def fit_stg(
     tensors["head_classes"] = head.clone()
     tensors["head_prototypes"] = prototypes.cpu()
     tensors["curve.loss"] = torch.tensor(curve, dtype=torch.float32)  # (epochs,)
+    tail = [c for c in range(class_counts.numel()) if c not in set(head.tolist())]
     info: dict[str, Any] = {
+        "split": split_rule(settings),
         "head_classes": head.tolist(),
         "head_class_names": head_names,
+        "tail_classes": tail,
+        "tail_class_names": [str(class_names[c]) for c in tail],
         "num_classes": int(class_counts.numel()),
         "num_features": num_features,
         "num_tokens": num_tokens,
@@ -155,18 +159,42 @@ def fit_stg(
         "num_train": num_train,
         "num_heldout": int(held_x.shape[0]),
     }
-    metrics = {"train_loss": curve[-1], "num_head_classes": float(num_tokens), **quality}
-    return Output("stg", tensors, metrics, info, key_metric="heldout_gain" if quality else "train_loss")
+    metrics = {"train_loss": curve[-1], "num_head_classes": float(num_tokens), "num_tail_classes": float(len(tail)), **quality}
+    notes = []
+    if not tail:
+        notes.append(f"{split_rule(settings)} makes every class head: no tail class will borrow from this STG")
+    return Output("stg", tensors, metrics, info, key_metric="heldout_gain" if quality else "train_loss", notes=notes)
 
 
-def select_head_classes(class_counts: torch.Tensor, head_min_count: int) -> torch.Tensor:
-    """Classes with more than `head_min_count` train images, else the top half by count, ascending."""
-    head = torch.nonzero(class_counts > head_min_count).flatten()
-    if head.numel() < 2:
-        # DESIGN: too few head classes -> the top half by count; stable sort keeps lower indices first on ties
-        order = torch.sort(-class_counts, stable=True).indices
-        head = torch.sort(order[: class_counts.numel() // 2]).values
-    return head.long()
+def select_head_classes(class_counts: torch.Tensor, settings: StgSettings) -> torch.Tensor:
+    """The head classes under the recipe's split rule (ascending ids); the others are tail.
+
+    paper is silent on the split ("most samples belong to only a few head classes"); stg.head_rule picks it.
+    Under the count rule, fewer than two head classes fall back to the larger half (DESIGN).
+    """
+    order = torch.sort(-class_counts, stable=True).indices  # (C,) largest first; ties keep lower ids first
+    larger_half = order[: max(class_counts.numel() // 2, 1)]
+    if settings.head_rule == "count":
+        head = torch.nonzero(class_counts > settings.head_min_count).flatten()
+        if head.numel() < 2:
+            head = larger_half
+    elif settings.head_rule == "share":
+        cumulative = torch.cumsum(class_counts[order].double(), dim=0) / class_counts.sum()  # (C,)
+        # the fewest largest classes whose images reach the share, and always at least two for the STG to contrast
+        size = max(int(torch.searchsorted(cumulative, torch.tensor(settings.head_share, dtype=torch.float64))) + 1, 2)
+        head = order[:size]
+    else:
+        head = larger_half
+    return torch.sort(head).values.long()
+
+
+def split_rule(settings: StgSettings) -> str:
+    """The split in words, for the artifact and for errors."""
+    if settings.head_rule == "count":
+        return f"stg.head_rule=count (more than {settings.head_min_count} training images)"
+    if settings.head_rule == "share":
+        return f"stg.head_rule=share (the largest classes holding {settings.head_share:g} of the training images)"
+    return "stg.head_rule=half (the larger half of the classes)"
 
 
 def build_stg(

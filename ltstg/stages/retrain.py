@@ -106,17 +106,17 @@ def retrain(
         augmenter = build_augmenter(settings, inputs, stg, device)
         build, fold = TRAINABLE[settings.classifier]
         model = build(inputs, seed, init).to(device)
-        curve = train(
+        curve, changed = train(
             settings, model, augmenter, inputs, generator=generator, report=report, checkpoint=checkpoint,
             on_resume=lambda epoch: notes.append(f"resumed from the checkpoint after epoch {epoch} of {settings.epochs}"),
         )
+        metrics["augmented_share"] = sum(changed) / (len(changed) * inputs.labels.numel())
         weight, bias = (value.detach().cpu() for value in fold(model))
         tensors["curve.loss"] = torch.tensor(curve, dtype=torch.float32)  # (epochs,)
         metrics.update(convergence(curve[-1], weight, bias, stage1_weight, stage1_bias, features))
         notes += convergence_notes(metrics, settings)
         if isinstance(augmenter, StgAugmenter):
             tensors["borrowed_head"], tensors["borrowed_cosine"] = borrowed(augmenter, inputs)
-            metrics["augmented_share"] = float(augmenter.is_tail.to(inputs.labels.device)[inputs.labels].float().mean())
     tensors["weight"] = weight.contiguous()  # (C, D)
     tensors["bias"] = bias.contiguous()  # (C,)
     test_metrics, _ = score(tensors["weight"], tensors["bias"], features, EvalSettings())
@@ -190,8 +190,12 @@ def train(
     report: Report = silent,
     checkpoint: Checkpoint | None = None,
     on_resume: Callable[[int], None] = lambda epoch: None,
-) -> list[float]:
-    """Adam + cross-entropy on augmented mini-batches for `epochs` × ceil(N / batch) steps; the per-epoch mean loss."""
+) -> tuple[list[float], list[int]]:
+    """Adam + cross-entropy on augmented mini-batches for `epochs` × ceil(N / batch) steps.
+
+    Returns the per-epoch mean loss and the per-epoch number of draws the augmenter changed; an
+    augmenter that changed none in an epoch stops the run, since its result would be plain cRT.
+    """
     num_train = inputs.labels.numel()
     steps_per_epoch = math.ceil(num_train / settings.batch_size)
     optimizer = torch.optim.Adam(parameter_groups(model, settings), lr=settings.lr, weight_decay=settings.wd)
@@ -202,6 +206,7 @@ def train(
     )
     augmenter_state = getattr(augmenter, "state_dict", None)  # only ISDA keeps running statistics
     curve: list[float] = []
+    changed: list[int] = []
     start_epoch = 0
     state = checkpoint.load() if checkpoint is not None else None
     if state is not None:
@@ -212,6 +217,7 @@ def train(
             augmenter.load_state_dict(state["augmenter"])
         generator.set_state(state["generator"])
         curve = [float(x) for x in state["curve"]]
+        changed = [int(x) for x in state["changed"]]
         start_epoch = int(state["epoch"]) + 1
         on_resume(start_epoch)
 
@@ -220,6 +226,7 @@ def train(
         order = epoch_order(inputs.labels, settings.sampling, generator)  # (N,)
         view = draw_views(inputs, generator)  # (N,) 0 = original, k = view k-1; None without views
         loss_sum = torch.zeros((), dtype=torch.float64, device=inputs.labels.device)
+        changed_sum = torch.zeros((), dtype=torch.long, device=inputs.labels.device)
         for step in range(steps_per_epoch):
             start, stop = step * settings.batch_size, (step + 1) * settings.batch_size
             batch = order[start:stop]  # (B,)
@@ -232,7 +239,14 @@ def train(
             optimizer.step()
             scheduler.step()
             loss_sum += loss.detach().double() * batch.numel()
+            changed_sum += (augmented != batch_features).any(dim=1).sum()
         curve.append(float(loss_sum) / num_train)
+        changed.append(int(changed_sum))
+        if changed[-1] == 0 and settings.augment.name != "none":
+            raise LtstgError(
+                f"augmenter {settings.augment.name!r} changed no training sample in epoch {epoch + 1}, so the result "
+                f"would be plain {CLASSIFIER_LABELS[settings.classifier]}; check its settings ({settings.augment})."
+            )
         if checkpoint is not None and epoch + 1 < settings.epochs:
             checkpoint.save(
                 {
@@ -243,11 +257,12 @@ def train(
                     "generator": generator.get_state(),
                     "epoch": epoch,
                     "curve": torch.tensor(curve, dtype=torch.float64),
+                    "changed": torch.tensor(changed, dtype=torch.long),
                 }
             )
         total_steps = settings.epochs * steps_per_epoch
         report("retrain", (epoch + 1) * steps_per_epoch, total_steps, epoch=epoch + 1, loss=curve[-1])
-    return curve
+    return curve, changed
 
 
 def parameter_groups(model: nn.Module, settings: RetrainSettings) -> Any:
@@ -485,5 +500,11 @@ def _stg_problems(stg: Artifact | None, num_classes: int, dim: int) -> list[str]
     elif head.min() < 0 or head.max() >= num_classes:
         problems.append(
             f"{label}: head classes lie outside [0, {num_classes}); fit the STG on the same features artifact."
+        )
+    elif torch.unique(head).numel() == num_classes:
+        split = stg.info.get("split", "its head/tail split")
+        problems.append(
+            f"{label}: {split} makes all {num_classes} classes head, so the STG augmenter would change no sample "
+            "and the result would be plain cRT; refit with a split that leaves a tail (stg.head_rule=share or half)."
         )
     return problems

@@ -168,3 +168,14 @@ def test_eval_compare_three_methods_table_json_markdown(tiny_recipe_path, tmp_pa
     markdown = invoke("eval", *compare, "--markdown", store=store).stdout.strip().splitlines()
     assert markdown[0].startswith("| Method | All |") and len(markdown) == 5
     assert len(Store(store).list("report")) == 3
+
+
+def test_unconverged_retrain_warns_on_stderr_and_records_it(tiny_recipe_path, tmp_path):
+    store = tmp_path / "store"
+    assert runner.invoke(app, ["--store", str(store), "run", str(tiny_recipe_path), "--until", "pretrain"]).exit_code == 0
+    result = invoke("retrain", "--recipe", str(tiny_recipe_path), "--lr", "1e-7", "--epochs", "1", "--name", "cold", store=store)
+    assert result.exit_code == 0, result.output
+    assert "did not converge" in result.stderr and "did not converge" not in result.stdout
+    classifier = Store(store).get(Store(store).resolve("cold", "classifier"))
+    assert classifier.metrics["converged"] == 0.0
+    assert any("did not converge" in note for note in classifier.meta["notes"])

@@ -429,25 +429,28 @@ def test_fresh_classifier_at_lr_1e4_for_10_epochs_does_not_converge_and_says_so(
     assert out.metrics["balanced_train_top1"] < out.metrics["stage1_balanced_train_top1"]
 
 
-@pytest.mark.parametrize("recipe_name", ["im100", "im50", "im10", "ablation-im100"])
-def test_cifar100_recipes_train_a_converged_classifier(recipe_name):
+def test_cifar100_recipes_train_a_converged_classifier():
+    """Every classifier setting the CIFAR-100 recipes train (augmenters aside) converges on CIFAR-100-shaped features."""
     from pathlib import Path
 
-    from ltstg.recipe import load_recipe, method_settings
+    from ltstg.recipe import NoAugment, load_recipe, method_settings
 
-    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "cifar100" / f"{recipe_name}.yaml")
+    distinct = {}
+    for path in sorted((Path(__file__).resolve().parents[1] / "recipes" / "cifar100").glob("*.yaml")):
+        recipe = load_recipe(path)
+        for method in recipe.methods:
+            settings = method_settings(recipe, method)
+            if settings.classifier in ("crt", "mislas"):
+                plain = settings.model_copy(update={"augment": NoAugment()})
+                distinct.setdefault(plain.model_dump_json(), (f"{path.name}: {method}", plain))
+    assert distinct
     features = cifar100_shaped_features()
-    trained = [m for m in recipe.methods if method_settings(recipe, m).classifier in ("crt", "mislas")]
-    assert trained
-    for method in trained:
-        settings = method_settings(recipe, method)
-        if settings.augment.name == "stg":
-            continue  # the STG needs a fitted stg artifact; its classifier settings are the ones checked here
+    stage1, _ = score(features["classifier.weight"], features["classifier.bias"], features, EvalSettings())
+    for where, settings in distinct.values():
         out = run(settings, features)
-        assert out.metrics["converged"] == 1.0, (method, out.notes)
-        assert out.metrics["train_loss"] < 0.5 * math.log(100), method
-        assert out.metrics["top1"] > 0.9, method
-        assert out.notes == []
+        assert out.metrics["converged"] == 1.0 and out.notes == [], (where, out.notes)
+        assert out.metrics["train_loss"] < 0.5 * math.log(100), where
+        assert out.metrics["top1"] > stage1["top1"] + 0.1, where  # 0.61 for the head-biased stage-1 classifier
 
 
 def test_converged_classifier_has_no_warning():

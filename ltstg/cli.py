@@ -69,6 +69,9 @@ def guarded(command: Callable[..., Any]) -> Callable[..., Any]:
             for line in str(error).splitlines() or ["error"]:
                 stderr.print(f"[red]error:[/red] {line}", markup=True, highlight=False)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            stderr.print("interrupted: nothing was committed; a rerun resumes from the last checkpoint", highlight=False)
+            raise typer.Exit(130) from None
 
     return wrapper
 
@@ -95,14 +98,16 @@ class RichReport:
         self.last_line: dict[str, float] = {}
 
     def __enter__(self) -> "RichReport":
-        self.progress.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.progress.stop()
+        if self.tasks:  # started on the first report: a command that fails early prints no empty bar line
+            self.progress.stop()
 
     def __call__(self, task: str, done: int, total: int, **metrics: float) -> None:
         shown = "  ".join(f"{k} {_fmt(v)}" for k, v in metrics.items())
+        if not self.tasks:
+            self.progress.start()
         if task not in self.tasks:
             self.tasks[task] = self.progress.add_task(task, total=total, metrics=shown)
         self.progress.update(self.tasks[task], completed=done, total=total, metrics=shown)
@@ -179,7 +184,13 @@ def _device(name: str):
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise LtstgError("--device cuda was asked for, but torch sees no CUDA device; use --device cpu.")
+        raise LtstgError(f"--device {name} was asked for, but torch sees no CUDA device; use --device cpu.")
+    if name.startswith("cuda:"):
+        index = name.split(":", 1)[1]
+        if not index.isdigit() or int(index) >= torch.cuda.device_count():
+            raise LtstgError(
+                f"--device {name} does not exist: torch sees {torch.cuda.device_count()} CUDA device(s) (cuda:0 …)."
+            )
     try:
         return torch.device(name)
     except RuntimeError:
@@ -190,10 +201,11 @@ def pick(run: Any, ref: Optional[str], kind: str, *, parent: Optional[str] = Non
     """The artifact a command works on; without a reference, the newest (of `parent`'s children) and say which."""
     if ref is not None:
         return run.store.get(run.store.resolve(ref, kind), kind)
-    candidates = [i for i in run.store.list(kind) if i.problem is None and (parent is None or i.parents[:1] == [parent])]
+    newest = run.store.resolve(None, kind)  # refuses when a damaged artifact might be the newest
+    candidates = [i for i in run.store.list(kind) if parent is None or i.parents[:1] == [parent]]
     if parent is not None and not candidates:
         raise LtstgError(f"no {kind} artifact made from {parent[:12]} in {run.store.root}; create one first or name one.")
-    artifact_id = candidates[-1].id if candidates else run.store.resolve(None, kind)
+    artifact_id = candidates[-1].id if parent is not None else newest
     run.note(f"using {kind} {artifact_id[:12]} (the newest{' for these features' if parent else ''})")
     return run.store.get(artifact_id, kind)
 
@@ -615,7 +627,10 @@ def inspect_artifacts(
 
     options = _options(ctx)
     store = Store(options.store)
+    store.require()
     names = store.names()
+    for odd in store.odd_refs():
+        stderr.print(f"[dim]skipped {odd}: not a name file (names are files in refs/)[/dim]", highlight=False)
     infos = store.list(kind)
     table = Table(title=f"artifacts in {store.root}", title_justify="left")
     for column in ("id", "kind", "name", "created", "parents", "size", "key metric"):
@@ -714,16 +729,24 @@ def inspect_verify(ctx: typer.Context) -> None:
 
     options = _options(ctx)
     store = Store(options.store)
+    store.require()
     results = store.verify()
+    stale = store.stale_files()
     table = Table(title=f"verify {store.root}", title_justify="left")
     for column in ("id", "kind", "status"):
         table.add_column(column, no_wrap=column != "status")
     for info, problem in results:
         table.add_row(info.id[:SHORT], info.kind, "[green]ok[/green]" if problem is None else f"[red]{problem}[/red]")
+    for path in stale:
+        table.add_row(path.name[:SHORT], "temp", f"[yellow]left by a killed writer: {path} (removed on the next write)[/yellow]")
     bad = [(info, problem) for info, problem in results if problem]
     emit(
         options,
-        {"checked": len(results), "corrupt": [{"id": i.id, "problem": p} for i, p in bad]},
+        {
+            "checked": len(results),
+            "corrupt": [{"id": i.id, "problem": p} for i, p in bad],
+            "stale_temp_files": [str(p) for p in stale],
+        },
         table,
     )
     if bad:

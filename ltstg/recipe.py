@@ -204,9 +204,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a recipe file safely; syntax errors name their line."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise LtstgError(f"{path}: cannot read the recipe ({error.strerror or error}).") from None
+    except UnicodeDecodeError as error:
+        raise LtstgError(f"{path}: not UTF-8 text (byte {error.start}); save the recipe as UTF-8.") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as error:
@@ -264,24 +266,35 @@ def _get_path(raw: dict[str, Any], dotted: str) -> Any:
 
 
 def validate(raw: dict[str, Any], source: str) -> Recipe:
-    """Validate once; every problem becomes one line `source: a.b.c: message`."""
+    """Validate once; every problem, the methods' included, becomes one line `source: a.b.c: message`."""
+    problems = []
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as error:
-        lines = []
-        for problem in error.errors():
-            loc = _loc(problem["loc"])
-            lines.append(f"{source}: {loc or '(top level)'}: {problem['msg']}")
-        raise LtstgError("\n".join(lines)) from None
-    problems = []
-    for method in recipe.methods:
-        try:
-            method_settings(recipe, method)
-        except LtstgError as error:
-            problems.extend(f"{source}: {line}" for line in str(error).splitlines())
+        recipe = None
+        problems = [f"{source}: {_loc(p['loc']) or '(top level)'}: {p['msg']}" for p in error.errors()]
+    methods = raw.get("methods") if isinstance(raw, dict) else None
+    if isinstance(methods, dict):
+        # checked against the defaults when the recipe's own retrain section is broken (reported above)
+        base = recipe.retrain if recipe is not None else _retrain_or_default(raw.get("retrain"))
+        for method, override in methods.items():
+            if not isinstance(override, dict):
+                continue  # pydantic already reported it
+            try:
+                _method_over(base, method, override)
+            except LtstgError as error:
+                problems.extend(f"{source}: {line}" for line in str(error).splitlines())
     if problems:
         raise LtstgError("\n".join(problems))
+    assert recipe is not None
     return recipe
+
+
+def _retrain_or_default(raw: Any) -> RetrainSettings:
+    try:
+        return RetrainSettings.model_validate(raw if isinstance(raw, dict) else {})
+    except ValidationError:
+        return RetrainSettings()
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
@@ -303,8 +316,11 @@ def method_settings(recipe: Recipe, method: str) -> RetrainSettings:
     if method not in recipe.methods:
         known = ", ".join(sorted(recipe.methods)) or "none"
         raise LtstgError(f"unknown method {method!r}; the recipe lists: {known}.")
-    base = recipe.retrain.model_dump(mode="json")
-    override = recipe.methods[method]
+    return _method_over(recipe.retrain, method, recipe.methods[method])
+
+
+def _method_over(retrain: RetrainSettings, method: str, override: dict[str, Any]) -> RetrainSettings:
+    base = retrain.model_dump(mode="json")
     flat = {f"retrain.{k}": v for k, v in _flatten(override).items()}
     merged = merge_overrides({"retrain": base}, flat)
     try:

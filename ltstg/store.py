@@ -4,7 +4,8 @@ Layout::
 
     objects/<id>.safetensors   tensors + one JSON metadata string (key "ltstg")
     refs/<name>                a name given with --name: holds an id
-    checkpoints/<id>.pt        resumable state of a stage that has not committed yet
+    checkpoints/<id>.pt        resumable state of a stage that has not committed yet, with its own digest
+    locks/<id>.lock            held while a stage computes <id>; removed when it is done
 
 An id is the sha256 of what defines the result (kind, settings, parents), so a repeated command
 finds its artifact. A digest of the file's content is stored inside it and checked on every load.
@@ -12,13 +13,15 @@ finds its artifact. A digest of the file's content is stored inside it and check
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
+import io
 import json
 import os
 import re
+import socket
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -35,6 +38,18 @@ METADATA_KEY = "ltstg"
 SHORT = 12
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _MAX_HEADER = 100 * 1024 * 1024
+_TEMP = re.compile(r"^\.tmp-(?P<host>.+)-(?P<pid>\d+)-")  # atomic_write's temporary files
+_CHECKPOINT_MAGIC = b"ltstg-checkpoint sha256 "  # followed by 64 hex digits and a newline, then torch.save bytes
+
+
+class DamagedCheckpoint(LtstgError):
+    """A checkpoint that fails its digest or does not load: the stage starts over instead of resuming from it."""
+
+
+def os_error(action: str, path: Path | str, error: OSError) -> LtstgError:
+    """One line naming the path and the OS's reason, for every file operation a user's setup can break."""
+    reason = error.strerror or str(error)
+    return LtstgError(f"cannot {action} {path} ({reason}); check the path, its permissions and free space.")
 
 
 def artifact_id(kind: str, settings: dict[str, Any], parents: list[str]) -> str:
@@ -151,10 +166,59 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _temp_path(path: Path) -> Path:
+    """Host and pid in the name, so a later write can tell a dead process's leftover from a live one's."""
+    return path.with_name(f".tmp-{socket.gethostname()}-{os.getpid()}-{path.name}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def stale_temp_files(folder: Path) -> list[Path]:
+    """Temporary files left by processes of this host that no longer run (a kill -9 mid-write)."""
+    if not folder.is_dir():
+        return []
+    host = socket.gethostname()
+    stale = []
+    for entry in folder.iterdir():
+        match = _TEMP.match(entry.name)
+        if match and match["host"] == host and not _alive(int(match["pid"])):
+            stale.append(entry)
+    return sorted(stale)
+
+
+def _missing_folders(*folders: Path) -> list[Path]:
+    """The folders that do not exist yet, outermost first."""
+    return [folder for folder in folders if not folder.exists()]
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove folders this process created, innermost first, where they are still empty."""
+    for folder in reversed(folders):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
 def atomic_write(path: Path, chunks: list[bytes | memoryview]) -> None:
-    """Write to a temporary file, fsync, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    """Write to a temporary file, fsync, then rename: readers never see half a file.
+
+    Leftovers of dead writers in the same folder are removed first; any OS failure (read-only store,
+    full disk, `ulimit -f`) is one LtstgError naming the path, and the temporary file is gone.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for leftover in stale_temp_files(path.parent):
+            leftover.unlink(missing_ok=True)
+    except OSError as error:
+        raise os_error("write to", path.parent, error) from None
+    tmp = _temp_path(path)
     try:
         with open(tmp, "wb") as handle:
             for chunk in chunks:
@@ -162,9 +226,12 @@ def atomic_write(path: Path, chunks: list[bytes | memoryview]) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as error:
+        raise os_error("write", path, error) from None
     finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 class Store:
@@ -183,6 +250,34 @@ class Store:
 
     def exists(self, artifact_id: str) -> bool:
         return self.path(artifact_id).is_file()
+
+    def check_writable(self) -> None:
+        """Fail before any work when the store can't take a result: a file in its place, no permission, no space.
+
+        Folders the check had to create are removed again, so a stage that then fails leaves no trace.
+        """
+        if self.root.exists() and not self.root.is_dir():
+            raise LtstgError(f"store path {self.root} is a file, not a folder; pass --store with a folder.")
+        created = _missing_folders(self.root, self.objects, self.root / "locks")
+        try:
+            for folder in (self.objects, self.root / "locks"):
+                probe = _temp_path(folder / "probe")
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                    with open(probe, "wb") as handle:
+                        handle.write(b"ltstg")
+                except OSError as error:
+                    raise os_error("write to", folder, error) from None
+                finally:
+                    with contextlib.suppress(OSError):
+                        probe.unlink(missing_ok=True)
+        finally:
+            _remove_empty(created)
+
+    def require(self) -> None:
+        """Commands that only read the store fail clearly when there is none."""
+        if not self.root.is_dir():
+            raise LtstgError(f"no store at {self.root}; pass --store (or LTSTG_STORE) with an existing store folder.")
 
     # -- write ---------------------------------------------------------------------------------
     def put(self, artifact_id: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
@@ -225,6 +320,8 @@ class Store:
             data = self.path(artifact_id).read_bytes()
         except FileNotFoundError:
             raise LtstgError(f"artifact {label} is not in {self.root}.") from None
+        except OSError as error:
+            raise os_error("read", self.path(artifact_id), error) from None
         header, body = _split_file(data, label)
         meta = _metadata(header, label)
         if meta.get("digest") != _digest(header, meta, body) or meta.get("id") != artifact_id:
@@ -263,25 +360,52 @@ class Store:
         return results
 
     # -- names and resolution ------------------------------------------------------------------
-    def set_name(self, name: str, artifact_id: str) -> None:
+    @staticmethod
+    def check_name(name: str) -> None:
         if not _NAME.match(name):
-            raise LtstgError(f"invalid name {name!r}: use letters, digits, '.', '_' and '-'.")
+            raise LtstgError(f"invalid name {name!r}: use letters, digits, '.', '_' and '-', starting with a letter or digit.")
+
+    def named(self, name: str) -> str | None:
+        """The id a name points at, or None."""
+        ref = self.root / "refs" / name
+        return ref.read_text().strip() if _NAME.match(name) and ref.is_file() else None
+
+    def set_name(self, name: str, artifact_id: str) -> str | None:
+        """Point `name` at `artifact_id`; returns the id it pointed at before, if another."""
+        self.check_name(name)
+        previous = self.named(name)
         atomic_write(self.root / "refs" / name, [artifact_id.encode()])
+        return previous if previous != artifact_id else None
 
     def names(self) -> dict[str, list[str]]:
-        """id -> names that point at it."""
+        """id -> names that point at it; entries of refs/ that are not name files are skipped (see odd_refs)."""
         out: dict[str, list[str]] = {}
         refs = self.root / "refs"
         if refs.is_dir():
             for ref in sorted(refs.iterdir()):
-                if not ref.name.startswith("."):
+                if not ref.name.startswith(".") and ref.is_file():
                     out.setdefault(ref.read_text().strip(), []).append(ref.name)
         return out
+
+    def odd_refs(self) -> list[Path]:
+        """Entries of refs/ that are not name files (a folder someone made there)."""
+        refs = self.root / "refs"
+        if not refs.is_dir():
+            return []
+        return sorted(ref for ref in refs.iterdir() if not ref.name.startswith(".") and not ref.is_file())
 
     def resolve(self, ref: str | None, kind: str) -> str:
         """An id from a name, a unique id prefix, or (ref None) the newest artifact of `kind`."""
         if ref is None:
-            candidates = [i for i in self.list(kind) if i.problem is None]
+            infos = self.list()
+            # a damaged file may be the newest of this kind: never fall back to an older one without a word
+            damaged = [i for i in infos if i.problem is not None and i.meta.get("kind") in (None, kind)]
+            if damaged:
+                raise LtstgError(
+                    f"{damaged[0].problem.rstrip('.')} — it may be the newest {kind}, so none is picked; "
+                    "delete it or name the artifact to use."
+                )
+            candidates = [i for i in infos if i.kind == kind]
             if not candidates:
                 raise LtstgError(f"no {kind} artifact in {self.root}; create one first (see `ltstg --help`).")
             return candidates[-1].id
@@ -291,6 +415,8 @@ class Store:
             if not self.exists(artifact_id):
                 raise LtstgError(f"name {ref!r} points at {artifact_id[:SHORT]}, which is no longer in {self.root}.")
             found = self.info(artifact_id)
+            if found.problem is not None:
+                raise LtstgError(found.problem)
             if found.kind != kind:
                 raise LtstgError(f"{ref!r} is a {found.kind} artifact, not a {kind}.")
             return artifact_id
@@ -299,9 +425,13 @@ class Store:
             known = self.list(kind)[-5:]
             listing = ", ".join(i.id[:SHORT] for i in known) or "none"
             raise LtstgError(f"no artifact or name {ref!r} in {self.root}; {kind} artifacts: {listing}.")
-        of_kind = [i for i in matches if self.info(i).kind == kind]
+        infos = [self.info(i) for i in matches]
+        damaged = [i for i in infos if i.problem is not None]
+        if damaged and len(matches) == 1:
+            raise LtstgError(damaged[0].problem)
+        of_kind = [i.id for i in infos if i.kind == kind]
         if not of_kind:
-            raise LtstgError(f"{ref!r} is a {self.info(matches[0]).kind} artifact, not a {kind}.")
+            raise LtstgError(f"{ref!r} is a {infos[0].kind} artifact, not a {kind}.")
         if len(of_kind) > 1:
             listing = ", ".join(i[:SHORT] for i in of_kind[:8])
             raise LtstgError(f"id prefix {ref!r} is ambiguous: {listing}; give more characters.")
@@ -317,47 +447,90 @@ class Store:
     # -- concurrency and resumption ------------------------------------------------------------
     @contextlib.contextmanager
     def lock(self, artifact_id: str, on_wait: Any = None) -> Iterator[None]:
-        """Exclusive per-id lock, so two runs of the same stage never compute one artifact twice."""
-        # the lock lives beside, not inside, the store: input that fails a stage leaves no trace there
-        where = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:16]
-        path = Path(tempfile.gettempdir()) / "ltstg-locks" / f"{where}-{artifact_id}.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as handle:
+        """Exclusive per-id lock, so two runs of the same stage never compute one artifact twice.
+
+        The lock file lives in the store, so every user and host that shares the store shares it (Linux
+        NFS clients carry flock to the server as a byte-range lock); its holder removes it when done,
+        and a waiter that wakes on a removed file retries on the new one.
+        """
+        path = self.root / "locks" / f"{artifact_id}.lock"
+        created = _missing_folders(self.root, path.parent)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise os_error("create the lock folder", path.parent, error) from None
+        try:
+            yield from self._locked(path, on_wait)
+        finally:
+            _remove_empty(created)  # a stage that failed leaves no trace in a store it created
+
+    @staticmethod
+    def _locked(path: Path, on_wait: Any) -> Iterator[None]:
+        waited = False
+        while True:
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if on_wait is not None:
-                    on_wait()
-                fcntl.flock(handle, fcntl.LOCK_EX)
+                path.parent.mkdir(parents=True, exist_ok=True)  # the last holder may have removed the folder
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as error:
+                raise os_error("create the lock file", path, error) from None
             try:
-                yield
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError as error:
+                    if error.errno not in (errno.EACCES, errno.EAGAIN, errno.EWOULDBLOCK):
+                        raise os_error("lock", path, error) from None
+                    if on_wait is not None and not waited:
+                        on_wait()
+                    waited = True
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    current = os.stat(path).st_ino
+                except FileNotFoundError:
+                    current = None
+                if current != os.fstat(fd).st_ino:  # the holder removed it while we waited: lock the new one
+                    continue
+                try:
+                    yield
+                finally:
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+                return
             finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                os.close(fd)  # closing drops the lock
 
     def checkpoint_path(self, artifact_id: str) -> Path:
         return self.root / "checkpoints" / f"{artifact_id}.pt"
 
     def save_checkpoint(self, artifact_id: str, state: dict[str, Any]) -> None:
-        """Resumable state (tensors, numbers, strings, dicts of them): loadable with weights_only."""
-        path = self.checkpoint_path(artifact_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-        try:
-            torch.save(state, tmp)
-            with open(tmp, "rb+") as handle:
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        """Resumable state (tensors, numbers, strings, dicts of them), loadable with weights_only, behind a digest."""
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        payload = buffer.getvalue()
+        digest = hashlib.sha256(payload).hexdigest().encode()
+        atomic_write(self.checkpoint_path(artifact_id), [_CHECKPOINT_MAGIC, digest, b"\n", payload])
 
     def load_checkpoint(self, artifact_id: str) -> dict[str, Any] | None:
+        """The saved state, None without a checkpoint; DamagedCheckpoint when it fails its digest or won't load."""
         path = self.checkpoint_path(artifact_id)
-        if not path.is_file():
-            return None
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            raise os_error("read", path, error) from None
+        head = len(_CHECKPOINT_MAGIC) + 65
+        digest, payload = data[len(_CHECKPOINT_MAGIC) : head - 1], data[head:]
+        if not data.startswith(_CHECKPOINT_MAGIC) or hashlib.sha256(payload).hexdigest().encode() != digest:
+            raise DamagedCheckpoint(f"checkpoint {path} is damaged (its digest does not match)")
+        try:
+            return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
         except Exception as error:  # torch raises many types for a damaged pickle
-            raise LtstgError(f"checkpoint {path} is unreadable ({error}); delete it or rerun with --force.") from None
+            raise DamagedCheckpoint(f"checkpoint {path} does not load ({error})") from None
 
     def clear_checkpoint(self, artifact_id: str) -> None:
-        self.checkpoint_path(artifact_id).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.checkpoint_path(artifact_id).unlink(missing_ok=True)
+
+    def stale_files(self) -> list[Path]:
+        """Temporary files of dead writers anywhere in the store, for `inspect verify`."""
+        return [p for folder in (self.objects, self.root / "refs", self.root / "checkpoints") for p in stale_temp_files(folder)]

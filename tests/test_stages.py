@@ -52,7 +52,7 @@ def test_failing_stage_writes_nothing(tmp_path):
 
     with pytest.raises(LtstgError):
         run_stage(Context(store=store), "stg", StgSettings(), [], broken, seed=0)
-    assert not tmp_path.exists() or list(tmp_path.iterdir()) == []  # not even a lock file
+    assert [p for p in tmp_path.rglob("*") if not p.is_dir()] == []  # not even a lock file
 
 
 def test_name_is_recorded(tmp_path):

@@ -139,7 +139,7 @@ def test_checkpoints_round_trip_and_clear(tmp_path):
     loaded = store.load_checkpoint("x" * 64)
     assert loaded["epoch"] == 3 and torch.equal(loaded["weights"], torch.arange(4.0)) and loaded["nested"] == {"a": [1, 2]}
     store.checkpoint_path("x" * 64).write_bytes(b"garbage")
-    with pytest.raises(LtstgError, match="unreadable"):
+    with pytest.raises(LtstgError, match="damaged"):
         store.load_checkpoint("x" * 64)
     store.clear_checkpoint("x" * 64)
     assert not store.checkpoint_path("x" * 64).exists()

@@ -96,20 +96,26 @@ def _files(root: str, folder: str) -> list[tuple[str, int]]:
 
 
 def decode_images(
-    root: str, paths: Sequence[str], size: int, *, strict: bool, report: Report = silent
-) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """RGB size×size uint8 images of the readable files, which ones were kept, and which were not.
+    root: str, paths: Sequence[str], size: int, *, report: Report = silent
+) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
+    """RGB size×size uint8 images of the readable files, which ones were kept, and (path, reason) of the others.
 
-    Decoding runs in a thread pool (PIL releases the GIL while decoding). Unreadable or empty
-    files are skipped and listed, or with strict=True raise one error after the whole pass.
+    Decoding runs in a thread pool (PIL releases the GIL while decoding). The caller decides whether
+    skipped files are an error (dataset.strict) after every split has been read, so both modes count alike.
     """
     images = np.zeros((len(paths), size, size, 3), dtype=np.uint8)  # (N, size, size, 3)
     keep = np.zeros(len(paths), dtype=bool)  # (N,)
+    reasons: dict[int, str] = {}
 
     def decode(index: int) -> None:
+        path = os.path.join(root, paths[index])
         try:
-            images[index] = _read(os.path.join(root, paths[index]), size)
-        except UNREADABLE:
+            if os.path.getsize(path) == 0:
+                reasons[index] = "empty file"
+                return
+            images[index] = _read(path, size)
+        except UNREADABLE as error:
+            reasons[index] = str(error).split("\n")[0] or type(error).__name__
             return
         keep[index] = True
 
@@ -117,15 +123,23 @@ def decode_images(
         for done, _ in enumerate(pool.map(decode, range(len(paths))), start=1):
             if done % REPORT_EVERY == 0 or done == len(paths):
                 report("decode images", done, len(paths))
-    unreadable = [path for path, kept in zip(paths, keep) if not kept]
-    if strict and unreadable:
-        raise LtstgError(
-            f"cannot read image {os.path.join(root, unreadable[0])} ({len(unreadable)} unreadable files in all); "
-            "replace or remove them, or run without strict to skip them."
-        )
+    unreadable = [(paths[i], reasons[i]) for i in sorted(reasons)]
     if unreadable:
         images = images[keep]
     return torch.from_numpy(images), torch.from_numpy(keep), unreadable
+
+
+def _to_8_bit(image: Image.Image) -> Image.Image:
+    """16-bit, 32-bit integer and float grey images scaled to 8 bits; PIL's convert would clip them to 255.
+
+    I;16 and I are read as 16-bit (0 … 65535, what PNG and TIFF store); F as 0 … 1 when it stays
+    within it, else as 0 … 255.
+    """
+    values = np.asarray(image)
+    if image.mode == "F":
+        scale = 255.0 if float(np.nanmax(values, initial=0.0)) <= 1.0 else 1.0
+        return Image.fromarray(np.clip(np.nan_to_num(values) * scale, 0, 255).round().astype(np.uint8), mode="L")
+    return Image.fromarray((np.clip(values.astype(np.int64), 0, 65535) / 257.0).round().astype(np.uint8), mode="L")
 
 
 def _read(path: str, size: int) -> np.ndarray:
@@ -134,6 +148,8 @@ def _read(path: str, size: int) -> np.ndarray:
         image.draft("RGB", (size, size))  # JPEG only: let the decoder downscale by 2^k, much faster for big files
         if image.mode == "P" and "transparency" in image.info:
             image = image.convert("RGBA")  # avoids PIL's warning for palette transparency
+        if image.mode.startswith("I") or image.mode == "F":
+            image = _to_8_bit(image)
         image = image.convert("RGB")
         if image.size != (size, size):
             image = image.resize((size, size), Image.Resampling.BICUBIC)

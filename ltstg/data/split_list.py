@@ -15,6 +15,7 @@ from ltstg.report import Report, silent
 
 SPLITS = ("train", "val", "test")
 REPORT_EVERY = 1000
+MAX_PROBLEMS = 10  # malformed lines listed at once; the rest are counted
 STAT_THREADS = 32  # stat is I/O-bound: on network file systems many requests in flight pay off
 
 
@@ -93,30 +94,29 @@ def _read_list(list_path: str, spec: SplitListFormat) -> list[tuple[str, int]]:
             f"split list {list_path} not found; pass --split-dir DIR with the {spec.title} lists "
             f"({spec.prefix}_train.txt, _val.txt, _test.txt)."
         )
-    entries = []
+    entries, problems = [], []
     try:
         with open(list_path, encoding="utf-8") as file:
             for line_number, line in enumerate(file, start=1):
                 if not line.strip():
                     continue
                 fields = line.rsplit(maxsplit=1)
+                problem = None
                 if len(fields) != 2:
-                    raise LtstgError(
-                        f"{name} line {line_number}: expected 'relative/path label', got {line.strip()!r}."
-                    )
-                path, label_text = fields
-                try:
-                    label = int(label_text)
-                except ValueError:
-                    raise LtstgError(f"{name} line {line_number}: label {label_text!r} is not an integer.") from None
-                if not 0 <= label < spec.num_classes:
-                    raise LtstgError(
-                        f"{name} line {line_number}: label {label} is out of range 0..{spec.num_classes - 1} "
-                        f"for {spec.title}."
-                    )
-                entries.append((path.strip().lstrip("/"), label))  # paths are relative to the image root
+                    problem = f"expected 'relative/path label', got {line.strip()!r}"
+                elif not fields[1].lstrip("-").isdigit():
+                    problem = f"label {fields[1]!r} is not an integer"
+                elif not 0 <= int(fields[1]) < spec.num_classes:
+                    problem = f"label {int(fields[1])} is out of range 0..{spec.num_classes - 1} for {spec.title}"
+                if problem is not None:
+                    problems.append(f"{name} line {line_number}: {problem}.")
+                    continue
+                entries.append((fields[0].strip().lstrip("/"), int(fields[1])))  # paths are relative to the image root
     except UnicodeDecodeError:
         raise LtstgError(f"split list {list_path} is not UTF-8 text; pass the standard {spec.title} lists.") from None
+    if problems:
+        more = [f"{name}: … and {len(problems) - MAX_PROBLEMS} more malformed lines."] if len(problems) > MAX_PROBLEMS else []
+        raise LtstgError("\n".join(problems[:MAX_PROBLEMS] + more))
     return entries
 
 

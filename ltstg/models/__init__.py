@@ -1,13 +1,11 @@
 """Backbone construction: every model, CIFAR or ImageNet-size, comes from timm's registry by name."""
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import timm
 import torch
 import torch.nn as nn
-from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from ltstg.errors import LtstgError
@@ -41,14 +39,20 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             state = load_file(str(path), device="cpu")
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, SafetensorError) as error:
-        raise LtstgError(f"Weights file {path} could not be read ({error}).") from error
+    except Exception as error:  # noqa: BLE001 — torch.load and safetensors raise many types for junk files
+        reason = f"{type(error).__name__}: {error}".splitlines()[0][:200]
+        raise LtstgError(f"Weights file {path} could not be read as .safetensors/.pth weights ({reason}).") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
         raise LtstgError(f"Weights file {path} does not hold a state dict of tensors.")
     return state
+
+
+def check_weights_file(path: str | Path) -> None:
+    """Read the file once before any training, so a junk weights file fails in seconds, not after an epoch."""
+    _read_state_dict(Path(path))
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:

@@ -17,7 +17,7 @@ import ltstg
 from ltstg.errors import LtstgError
 from ltstg.recipe import id_settings
 from ltstg.report import Report, silent
-from ltstg.store import SHORT, Artifact, Store, artifact_id
+from ltstg.store import SHORT, Artifact, DamagedCheckpoint, Store, artifact_id
 
 
 @dataclass(frozen=True)
@@ -35,20 +35,49 @@ class Output:
 class Checkpoint:
     """Resumable state of one in-flight artifact, kept in the store until the artifact commits.
 
-    Every rank loads it (so all resume alike); only the main rank writes it.
+    Every rank loads it (so all resume alike); only the main rank writes it. A resume and a damaged
+    checkpoint (discarded: the stage starts over) are said at once and kept in `notes`; the time
+    earlier attempts spent travels in the state, so the artifact's wall-clock covers all of them.
     """
 
-    def __init__(self, store: Store, pending_id: str, writable: bool = True) -> None:
+    def __init__(
+        self, store: Store, pending_id: str, writable: bool = True, note: Callable[[str], None] = lambda message: None
+    ) -> None:
         self.store = store
         self.pending_id = pending_id
         self.writable = writable
+        self.note = note
+        self.notes: list[str] = []
+        self.earlier_seconds = 0.0
+        self.started = time.perf_counter()
 
-    def load(self) -> dict[str, Any] | None:
-        return self.store.load_checkpoint(self.pending_id)
+    def _say(self, message: str) -> None:
+        self.notes.append(message)
+        self.note(message)
+
+    def load(self, of: int | None = None) -> dict[str, Any] | None:
+        """The saved state (None: start from scratch); `of` is the stage's epoch count, for the message."""
+        try:
+            state = self.store.load_checkpoint(self.pending_id)
+        except DamagedCheckpoint as error:
+            self._say(f"{error}; discarded it, starting over")
+            if self.writable:
+                self.store.clear_checkpoint(self.pending_id)
+            return None
+        if state is None:
+            return None
+        self.earlier_seconds = float(state.pop("_seconds", 0.0))
+        if "epoch" in state:
+            total = f" of {of}" if of is not None else ""
+            self._say(f"resuming from the checkpoint: epoch {int(state['epoch']) + 2}{total} is next")
+        else:
+            self._say("resuming from the checkpoint")
+        return state
 
     def save(self, state: dict[str, Any]) -> None:
         if self.writable:
-            self.store.save_checkpoint(self.pending_id, state)
+            seconds = self.earlier_seconds + time.perf_counter() - self.started
+            self.store.save_checkpoint(self.pending_id, {**state, "_seconds": seconds})
 
 
 @dataclass(frozen=True)
@@ -96,7 +125,11 @@ def run_stage(
     """
     pending = stage_id(kind, settings, seed, parents)
     store = ctx.store
+    if name is not None:
+        store.check_name(name)
     result = _reuse(ctx, pending, kind)
+    if result is None and ctx.is_main:
+        store.check_writable()  # before any work: a store that can't take the result fails now, not after it
     if result is None and not ctx.is_main:  # only rank 0 locks and writes; the others just compute
         result = _compute(ctx, pending, kind, record or settings, parents, call, seed)
     if result is None:
@@ -105,7 +138,9 @@ def run_stage(
             if result is None:
                 result = _compute(ctx, pending, kind, record or settings, parents, call, seed)
     if name is not None and ctx.is_main:
-        store.set_name(name, pending)
+        moved_from = store.set_name(name, pending)
+        if moved_from is not None:
+            ctx.note(f"name {name!r} moved from {moved_from[:SHORT]} to {pending[:SHORT]}")
     return result
 
 
@@ -130,10 +165,11 @@ def _compute(
         ctx.store.clear_checkpoint(pending)
     generator = torch.Generator(device=ctx.device).manual_seed(seed)
     started = time.perf_counter()
-    output = call(generator, Checkpoint(ctx.store, pending, writable=ctx.is_main))
+    checkpoint = Checkpoint(ctx.store, pending, writable=ctx.is_main, note=lambda message: ctx.note(f"{kind}: {message}"))
+    output = call(generator, checkpoint)
     if output.kind != kind:
         raise RuntimeError(f"stage returned a {output.kind} output for a {kind} artifact")
-    wall_clock = time.perf_counter() - started
+    wall_clock = checkpoint.earlier_seconds + time.perf_counter() - started  # summed over interrupted attempts
     for line in output.notes:
         ctx.note(f"{kind}: {line}")
     full = settings.model_dump(mode="json") if isinstance(settings, BaseModel) else dict(settings)
@@ -144,7 +180,7 @@ def _compute(
         "metrics": {k: float(v) for k, v in output.metrics.items()},
         "key_metric": output.key_metric,
         "info": output.info,
-        "notes": list(output.notes),
+        "notes": checkpoint.notes + list(output.notes),
         "version": ltstg.__version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds"),
         "wall_clock": round(wall_clock, 3),

@@ -66,7 +66,7 @@ def fit_stg(
     smoothed = SmoothedTargets(num_train, num_features, settings.smoothing, device)
     curve: list[float] = []
     start_epoch = 0
-    state = checkpoint.load() if checkpoint is not None else None
+    state = checkpoint.load(of=settings.epochs) if checkpoint is not None else None
     if state is not None:
         model.load_state_dict(state["stg"])
         optimizer.load_state_dict(state["optimizer"])

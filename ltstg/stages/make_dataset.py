@@ -63,12 +63,18 @@ def decode_strings(tensor: torch.Tensor) -> list[str]:
 def make_dataset(settings: DatasetSettings, source: Source, *, seed: int, report: Report = silent) -> Output:
     """Select the long-tailed training subset (Cao et al.) and store images or paths with counts and groups."""
     num_classes = len(source.class_names)
+    if num_classes < 2:
+        raise LtstgError(
+            f"the {source.name} source has {num_classes} class; a classification data set needs at least 2."
+        )
     train = source.splits["train"]
     source_counts = np.bincount(train.labels.numpy(), minlength=num_classes)  # (C,)
     notes: list[str] = []
     missing = [source.class_names[c] for c in range(num_classes) if source_counts[c] == 0]
     if missing:
-        raise LtstgError(f"classes without training images: {', '.join(missing[:5])}; remove or fill them.")
+        raise LtstgError(
+            f"{len(missing)} class(es) without training images: {', '.join(missing[:10])}; remove or fill them."
+        )
 
     if source.name in SPLIT_LIST_SOURCES or settings.imbalance == 1:
         protocol = "published split list" if source.name in SPLIT_LIST_SOURCES else "source as is"
@@ -97,13 +103,11 @@ def make_dataset(settings: DatasetSettings, source: Source, *, seed: int, report
         kept = select_long_tail(train.labels.numpy(), counts.tolist(), seed)
 
     tensors: dict[str, torch.Tensor] = {"train_index": torch.from_numpy(kept.astype(np.int64))}
-    skipped: list[str] = []
+    skipped: list[tuple[str, str]] = []  # (path, why)
     splits = {"train": _take(train, kept)} | {k: v for k, v in source.splits.items() if k != "train"}
     for split_name, split in splits.items():
         if split.images is None and source.name not in SPLIT_LIST_SOURCES:
-            images, keep, bad = decode_images(
-                source.root or "", split.paths or (), settings.size, strict=settings.strict, report=report
-            )
+            images, keep, bad = decode_images(source.root or "", split.paths or (), settings.size, report=report)
             skipped += bad
             split = Split(labels=split.labels[keep], images=images)
         tensors[f"{split_name}_labels"] = split.labels.to(torch.int64)
@@ -112,6 +116,25 @@ def make_dataset(settings: DatasetSettings, source: Source, *, seed: int, report
         else:
             tensors[f"{split_name}_paths"] = encode_strings(list(split.paths or ()))
 
+    if skipped:
+        listing = "; ".join(f"{path} ({why})" for path, why in skipped[:3]) + ("; …" if len(skipped) > 3 else "")
+        if settings.strict:
+            raise LtstgError(
+                f"{len(skipped)} unreadable image file(s) under {source.root}: {listing}; replace or remove them, "
+                "or run without dataset.strict to skip them."
+            )
+        notes.append(f"skipped {len(skipped)} unreadable image file(s): {listing} (dataset.strict=true stops instead)")
+    emptied = [
+        f"{source.class_names[c]} ({name})"
+        for name in splits
+        for c in range(num_classes)
+        if name in ("train", "test") and int((tensors[f"{name}_labels"] == c).sum()) == 0
+    ]
+    if emptied:
+        raise LtstgError(
+            f"{len(emptied)} class(es) have no readable image left: {', '.join(emptied[:10])}; "
+            "fix or replace their files."
+        )
     train_counts = torch.bincount(tensors["train_labels"], minlength=num_classes)  # (C,)
     tensors["class_counts"] = train_counts
     groups = assign_groups(train_counts.tolist(), settings.many_above, settings.few_below)
@@ -126,7 +149,7 @@ def make_dataset(settings: DatasetSettings, source: Source, *, seed: int, report
         "splits": sorted(splits),
         "storage": "paths" if source.name in SPLIT_LIST_SOURCES else "images",
         "selected_digest": selected,
-        "skipped": skipped[:20],
+        "skipped": [f"{path} ({why})" for path, why in skipped[:20]],
         "skipped_count": len(skipped),
     }
     counts = train_counts.tolist()
@@ -135,6 +158,7 @@ def make_dataset(settings: DatasetSettings, source: Source, *, seed: int, report
         "test": float(len(tensors["test_labels"])),
         "classes": float(num_classes),
         "imbalance": max(counts) / max(min(counts), 1),
+        "skipped": float(len(skipped)),
         "many": float(groups.count("many")),
         "medium": float(groups.count("medium")),
         "few": float(groups.count("few")),

@@ -97,7 +97,7 @@ def pretrain(
     mix_rng = np.random.default_rng(seed)
     history: dict[str, list[float]] = {"loss": [], "lr": [], "eval_epoch": [], "eval_top1": [], "img_s": []}
     start_epoch = 0
-    state = checkpoint.load() if checkpoint is not None else None
+    state = checkpoint.load(of=settings.epochs) if checkpoint is not None else None
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

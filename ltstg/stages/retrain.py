@@ -107,8 +107,7 @@ def retrain(
         build, fold = TRAINABLE[settings.classifier]
         model = build(inputs, seed, init).to(device)
         curve, changed = train(
-            settings, model, augmenter, inputs, generator=generator, report=report, checkpoint=checkpoint,
-            on_resume=lambda epoch: notes.append(f"resumed from the checkpoint after epoch {epoch} of {settings.epochs}"),
+            settings, model, augmenter, inputs, generator=generator, report=report, checkpoint=checkpoint
         )
         metrics["augmented_share"] = sum(changed) / (len(changed) * inputs.labels.numel())
         weight, bias = (value.detach().cpu() for value in fold(model))
@@ -189,7 +188,6 @@ def train(
     generator: torch.Generator,
     report: Report = silent,
     checkpoint: Checkpoint | None = None,
-    on_resume: Callable[[int], None] = lambda epoch: None,
 ) -> tuple[list[float], list[int]]:
     """Adam + cross-entropy on augmented mini-batches for `epochs` × ceil(N / batch) steps.
 
@@ -208,7 +206,7 @@ def train(
     curve: list[float] = []
     changed: list[int] = []
     start_epoch = 0
-    state = checkpoint.load() if checkpoint is not None else None
+    state = checkpoint.load(of=settings.epochs) if checkpoint is not None else None
     if state is not None:
         model.load_state_dict(state["classifier"])
         optimizer.load_state_dict(state["optimizer"])
@@ -219,7 +217,6 @@ def train(
         curve = [float(x) for x in state["curve"]]
         changed = [int(x) for x in state["changed"]]
         start_epoch = int(state["epoch"]) + 1
-        on_resume(start_epoch)
 
     model.train()
     for epoch in range(start_epoch, settings.epochs):

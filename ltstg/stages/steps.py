@@ -4,8 +4,9 @@ from __future__ import annotations
 import hashlib
 
 from ltstg.errors import LtstgError
+from ltstg.models import check_weights_file
 from ltstg.recipe import Recipe, RetrainSettings, id_settings
-from ltstg.stages import Context, Result, run_stage
+from ltstg.stages import Context, Result, run_stage, stage_id
 from ltstg.store import SHORT, Artifact
 
 
@@ -39,6 +40,8 @@ def pretrain_step(ctx: Context, recipe: Recipe, dataset: Artifact, *, name: str 
         defining.pop(untouched)
     if settings.init_weights is not None:  # the file's content defines the result, not where it sits
         defining["init_weights_sha256"] = file_sha256(settings.init_weights)
+        if not ctx.store.exists(stage_id("backbone", defining, recipe.seed, [dataset])) or ctx.force:
+            check_weights_file(settings.init_weights)
     return run_stage(
         ctx,
         "backbone",

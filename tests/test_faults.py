@@ -1,0 +1,402 @@
+"""The fault matrix: every fault a user can hit gets one clear line and exit 2, and no wrong result is stored.
+
+One test per row of the matrix (issue 13). Files are built in a temp folder; the data are tiny.
+"""
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from ltstg.cli import app
+from ltstg.errors import LtstgError
+from ltstg.recipe import RetrainSettings, load_recipe
+from ltstg.stages import Context
+from ltstg.stages import steps
+from ltstg.stages.pipeline import run_recipe
+from ltstg.store import Store
+
+runner = CliRunner()
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def invoke(store, *args):
+    return runner.invoke(app, ["--store", str(store), *args])
+
+
+def one_error_line(result, *expected):
+    """Exit 2, no traceback, one red error line with no blank line before it, saying it all."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = result.stderr.splitlines()
+    errors = [i for i, line in enumerate(lines) if line.startswith("error: ")]
+    assert errors, result.stderr
+    assert errors[0] == 0 or lines[errors[0] - 1].strip(), result.stderr
+    for text in expected:
+        assert text in result.stderr, result.stderr
+
+
+def write_image(path, value=(200, 30, 30), mode="RGB", size=8):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, (size, size), value).save(path)
+
+
+def image_folder(root, train_counts, test_count=2):
+    """train/<class>/*.png and test/<class>/*.png with one colour per class."""
+    for c, count in enumerate(train_counts):
+        for i in range(count):
+            write_image(root / "train" / f"class{c}" / f"{i}.png", (40 * c, 100, 50))
+        for i in range(test_count):
+            write_image(root / "test" / f"class{c}" / f"{i}.png", (40 * c, 100, 50))
+    return root
+
+
+# -- 1, 2, 3, 12, 13: data ---------------------------------------------------------------------------------------
+
+
+def test_01_unreadable_files_are_noted_counted_and_strict_counts_the_same(tmp_path):
+    root = image_folder(tmp_path / "images", [6, 6])
+    good = (root / "train/class0/0.png").read_bytes()
+    (root / "train/class0/truncated.png").write_bytes(good[: len(good) // 2])
+    (root / "train/class1/text.jpg").write_text("not an image")
+    (root / "train/class1/empty.png").write_bytes(b"")
+    store = tmp_path / "store"
+    made = invoke(store, "make-dataset", "imagefolder", "--root", str(root), "--imb", "1", "--name", "ds")
+    assert made.exit_code == 0, made.output
+    assert "skipped 3 unreadable image file(s)" in made.stderr and "(empty file)" in made.stderr
+    assert "train/class0/truncated.png" in made.stderr
+    dataset = Store(store).get(Store(store).resolve("ds", "dataset"))
+    assert dataset.info["skipped_count"] == 3 and dataset.metrics["skipped"] == 3
+    assert any("skipped 3" in note for note in dataset.meta["notes"])
+    strict = invoke(tmp_path / "strict", "make-dataset", "imagefolder", "--root", str(root), "--imb", "1", "--strict")
+    one_error_line(strict, "3 unreadable image file(s)")
+    assert not (tmp_path / "strict" / "objects").exists() or not any((tmp_path / "strict" / "objects").iterdir())
+
+
+def test_02_a_class_left_without_images_is_an_error(tmp_path):
+    root = image_folder(tmp_path / "images", [4, 4, 4])
+    for path in (root / "train/class2").iterdir():
+        path.write_text("broken")
+    result = invoke(tmp_path / "store", "make-dataset", "imagefolder", "--root", str(root), "--imb", "1")
+    one_error_line(result, "class2 (train)", "no readable image left")
+
+
+@pytest.mark.parametrize(
+    ("mode", "stored", "expected"),
+    [("I;16", 30000, round(30000 / 257)), ("I", 30000, round(30000 / 257)), ("F", 0.5, 128)],
+)
+def test_03_high_bit_depth_images_are_scaled_to_8_bits(tmp_path, mode, stored, expected):
+    from ltstg.data.imagefolder import decode_images
+
+    path = tmp_path / ("grey.png" if mode == "I;16" else "grey.tif")  # PNG stores 16 bits; TIFF also 32
+    Image.fromarray(np.full((8, 8), stored, dtype={"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode])).save(path)
+    images, keep, skipped = decode_images(str(tmp_path), [path.name], 8)
+    assert keep.all() and skipped == []
+    assert images.unique().tolist() == [expected]  # not 255: PIL's own convert clips to white
+
+
+def test_12_a_single_class_is_refused_at_make_dataset(tmp_path):
+    root = image_folder(tmp_path / "images", [5])
+    result = invoke(tmp_path / "store", "make-dataset", "imagefolder", "--root", str(root), "--imb", "1")
+    one_error_line(result, "needs at least 2")
+
+
+def test_13_capped_classes_are_noted_and_size_order_keeps_a_folders_shape(tmp_path):
+    root = image_folder(tmp_path / "images", [4, 30, 12])  # uneven: largest is class 1
+    store = tmp_path / "store"
+    made = invoke(store, "make-dataset", "imagefolder", "--root", str(root), "--imb", "10", "--name", "label")
+    assert made.exit_code == 0, made.output
+    assert "hold fewer images than the profile asks" in made.stderr and "achieved imbalance is" in made.stderr
+    by_size = invoke(store, "make-dataset", "imagefolder", "--root", str(root), "--imb", "10",
+                     "--recipe", str(_recipe(tmp_path, "dataset:\n  profile_order: size\n")), "--name", "size")
+    assert by_size.exit_code == 0, by_size.output
+    counts = Store(store).get(Store(store).resolve("size", "dataset"))["class_counts"].tolist()
+    assert counts == [3, 30, 9] and "fewer images" not in by_size.stderr  # 30 · 10^-(r/2) by size: 30, 9, 3
+
+
+def _recipe(tmp_path, text, name="recipe.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+# -- 4, 9: damaged artifacts -------------------------------------------------------------------------------------
+
+
+def test_04_a_damaged_newest_artifact_is_never_skipped_silently(tiny_recipe_path, tmp_path):
+    store = tmp_path / "store"
+    assert invoke(store, "make-dataset", "--recipe", str(tiny_recipe_path)).exit_code == 0
+    newer = invoke(store, "make-dataset", "--recipe", str(tiny_recipe_path), "--imb", "2")
+    assert newer.exit_code == 0
+    newest = Store(store).list("dataset")[-1]
+    newest.path.write_bytes(newest.path.read_bytes()[:5])  # truncated: its header (and kind) are gone
+    result = invoke(store, "pretrain", "--recipe", str(tiny_recipe_path), "--epochs", "1")
+    one_error_line(result, newest.id[:12], "corrupt")
+    assert Store(store).list("backbone") == []
+
+
+@pytest.mark.parametrize("damage", ["empty", "four bytes", "header length"])
+def test_09_a_damaged_file_is_called_corrupt_by_name_and_prefix(tiny_recipe_path, tmp_path, damage):
+    store = tmp_path / "store"
+    assert invoke(store, "make-dataset", "--recipe", str(tiny_recipe_path), "--name", "ds1").exit_code == 0
+    info = Store(store).list("dataset")[0]
+    data = info.path.read_bytes()
+    info.path.write_bytes({"empty": b"", "four bytes": data[:4], "header length": struct.pack("<Q", 2**40) + data[8:]}[damage])
+    for ref in ("ds1", info.id[:10]):
+        result = invoke(store, "inspect", "dataset", ref)
+        one_error_line(result, f"artifact {info.id[:12]} is corrupt")
+
+
+# -- 5, 14: checkpoints ------------------------------------------------------------------------------------------
+
+
+class Killed(Exception):
+    pass
+
+
+def _features_and_settings(tiny_run):
+    return tiny_run["features"], RetrainSettings(epochs=3, batch_size=16, lr=1e-2)
+
+
+def _retrain(ctx, recipe, features, settings):
+    return steps.retrain_step(ctx, recipe, settings, features, None)
+
+
+def test_05_a_damaged_checkpoint_is_reported_and_discarded(tiny_run, tmp_path):
+    features, settings = _features_and_settings(tiny_run)
+    recipe = tiny_run["recipe"]
+    clean = _retrain(Context(store=Store(tmp_path / "clean")), recipe, features, settings).artifact
+
+    def kill_after_epoch_2(task, done, total, **metrics):
+        if metrics.get("epoch") == 2:
+            raise Killed
+
+    store = Store(tmp_path / "store")
+    with pytest.raises(Killed):
+        _retrain(Context(store=store, report=kill_after_epoch_2), recipe, features, settings)
+    (checkpoint,) = (store.root / "checkpoints").iterdir()
+    data = bytearray(checkpoint.read_bytes())
+    data[-20] ^= 0xFF
+    checkpoint.write_bytes(bytes(data))
+    notes = []
+    again = _retrain(Context(store=store, note=notes.append), recipe, features, settings).artifact
+    assert any("damaged" in n and "starting over" in n for n in notes), notes
+    assert any("damaged" in n for n in again.meta["notes"])
+    assert again.id == clean.id and torch.equal(again["weight"], clean["weight"])
+
+
+def test_14_resume_is_said_and_wall_clock_covers_every_attempt(tiny_run, tmp_path):
+    features, settings = _features_and_settings(tiny_run)
+    store = Store(tmp_path / "store")
+    pending = []
+
+    def kill_after_epoch_2(task, done, total, **metrics):
+        if metrics.get("epoch") == 2:
+            pending.append(store.load_checkpoint(next((store.root / "checkpoints").iterdir()).stem))
+            raise Killed
+
+    with pytest.raises(Killed):
+        _retrain(Context(store=store, report=kill_after_epoch_2), tiny_run["recipe"], features, settings)
+    earlier = pending[0]["_seconds"]
+    notes = []
+    artifact = _retrain(Context(store=store, note=notes.append), tiny_run["recipe"], features, settings).artifact
+    assert any("resuming from the checkpoint: epoch 3 of 3 is next" in n for n in notes), notes
+    assert artifact.meta["wall_clock"] >= round(earlier, 3) > 0
+
+
+# -- 6, 7, 8, 10, 11: inputs and the store -----------------------------------------------------------------------
+
+
+def test_06_a_bad_name_fails_before_any_work(tiny_recipe_path, tmp_path):
+    store = tmp_path / "store"
+    result = invoke(store, "make-dataset", "--recipe", str(tiny_recipe_path), "--name", "bad/name")
+    one_error_line(result, "invalid name 'bad/name'")
+    assert not (store / "objects").exists() or not any((store / "objects").iterdir())
+
+
+def test_06_a_junk_weights_file_fails_before_training(tiny_recipe_path, tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(os.urandom(256))
+    store = tmp_path / "store"
+    assert invoke(store, "make-dataset", "--recipe", str(tiny_recipe_path)).exit_code == 0
+    result = invoke(store, "pretrain", "--recipe", str(tiny_recipe_path), "--init-weights", str(junk))
+    one_error_line(result, "junk.pt could not be read")
+    assert "pretrain" not in result.stderr.split("error:")[0]  # no epoch ran before the error
+    assert Store(store).list("backbone") == []
+
+
+def test_07_store_path_that_is_a_file_and_lock_folder_that_is_a_file(tiny_recipe_path, tmp_path):
+    not_a_folder = tmp_path / "store-file"
+    not_a_folder.write_text("x")
+    one_error_line(invoke(not_a_folder, "make-dataset", "--recipe", str(tiny_recipe_path)), "is a file, not a folder")
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "locks").write_text("x")
+    one_error_line(invoke(store, "make-dataset", "--recipe", str(tiny_recipe_path)), str(store / "locks"))
+    assert not (store / "objects").exists() or not any((store / "objects").iterdir())
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+def test_07_read_only_store(tiny_recipe_path, tmp_path):
+    store = tmp_path / "store"
+    (store / "objects").mkdir(parents=True)
+    store.chmod(0o555)
+    (store / "objects").chmod(0o555)
+    try:
+        one_error_line(invoke(store, "make-dataset", "--recipe", str(tiny_recipe_path)), "Permission denied")
+    finally:
+        (store / "objects").chmod(0o755)
+        store.chmod(0o755)
+
+
+def test_07_file_size_limit_is_one_line_and_leaves_no_temp_file(tiny_recipe_path, tmp_path):
+    store = tmp_path / "store"
+    script = textwrap.dedent(f"""
+        import resource, sys
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
+        from ltstg.cli import main
+        sys.argv = ["ltstg", "--store", {str(store)!r}, "make-dataset", "--recipe", {str(tiny_recipe_path)!r}]
+        main()
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and "File too large" in done.stderr
+    assert [p for p in store.rglob("*") if p.is_file()] == []
+
+
+def test_08_locks_live_in_the_store_and_are_removed(tmp_path):
+    store = Store(tmp_path / "store")
+    with store.lock("a" * 64):
+        lock = tmp_path / "store" / "locks" / f"{'a' * 64}.lock"
+        assert lock.is_file()
+        assert oct(lock.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+    assert not lock.exists()
+    # a waiter that wakes on a removed lock file takes the new one: two threads never hold one id together
+    import threading
+
+    inside, overlaps = [], []
+
+    def hold():
+        with store.lock("b" * 64):
+            inside.append(1)
+            overlaps.append(len(inside))
+            threading.Event().wait(0.05)
+            inside.pop()
+
+    threads = [threading.Thread(target=hold) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert overlaps == [1, 1, 1, 1]
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_10_non_utf8_recipe_is_one_line(tmp_path):
+    recipe = tmp_path / "latin1.yaml"
+    recipe.write_bytes("stg:\n  memory: 600 # mémoire\n".encode("latin-1"))
+    one_error_line(invoke(tmp_path / "store", "make-dataset", "--recipe", str(recipe)), "not UTF-8")
+
+
+def test_11_temp_files_of_dead_writers_are_listed_then_removed(tiny_recipe_path, tmp_path):
+    import socket
+
+    store = tmp_path / "store"
+    assert invoke(store, "make-dataset", "--recipe", str(tiny_recipe_path)).exit_code == 0
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    leftover = store / "objects" / f".tmp-{socket.gethostname()}-{dead.pid}-{'d' * 64}.safetensors"
+    leftover.write_bytes(b"half an artifact")
+    verify = invoke(store, "--json", "inspect", "verify")
+    assert verify.exit_code == 0 and str(leftover) in verify.stdout
+    assert invoke(store, "make-dataset", "--recipe", str(tiny_recipe_path), "--imb", "3").exit_code == 0
+    assert not leftover.exists()
+
+
+# -- 15: the small ones ------------------------------------------------------------------------------------------
+
+
+def test_15_verify_without_a_store(tmp_path):
+    one_error_line(invoke(tmp_path / "nowhere", "inspect", "verify"), "no store at")
+
+
+def test_15_a_folder_in_refs_is_skipped_and_mentioned(tiny_recipe_path, tmp_path):
+    store = tmp_path / "store"
+    assert invoke(store, "make-dataset", "--recipe", str(tiny_recipe_path), "--name", "ds").exit_code == 0
+    (store / "refs" / "folder").mkdir()
+    listed = invoke(store, "inspect", "artifacts")
+    assert listed.exit_code == 0 and "skipped" in listed.stderr and "ds" in listed.stdout
+
+
+def test_15_method_errors_come_with_the_others(tmp_path):
+    recipe = _recipe(tmp_path, "stg:\n  memroy: 1\nmethods:\n  A: {classifier: nope}\n")
+    result = invoke(tmp_path / "store", "make-dataset", "--recipe", str(recipe))
+    one_error_line(result, "stg.memroy", "methods.A.classifier")
+
+
+def test_15_split_list_problems_come_together(tmp_path):
+    from ltstg.data.split_list import read_split_lists
+
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    for split in ("train", "val", "test"):
+        (lists / f"ImageNet_LT_{split}.txt").write_text("a/1.jpg 0\nbroken\nb/2.jpg x\nc/3.jpg 5000\n")
+    with pytest.raises(LtstgError) as error:
+        read_split_lists("imagenet-lt", str(tmp_path), str(lists), check_files=False, expected=None)
+    lines = str(error.value).splitlines()
+    assert [line.split(":")[0] for line in lines] == ["ImageNet_LT_train.txt line 2", "ImageNet_LT_train.txt line 3",
+                                                     "ImageNet_LT_train.txt line 4"]
+
+
+def test_15_a_moved_name_is_said(tiny_recipe_path, tmp_path):
+    store = tmp_path / "store"
+    assert invoke(store, "make-dataset", "--recipe", str(tiny_recipe_path), "--name", "ds").exit_code == 0
+    moved = invoke(store, "make-dataset", "--recipe", str(tiny_recipe_path), "--imb", "2", "--name", "ds")
+    assert moved.exit_code == 0 and "name 'ds' moved from" in moved.stderr
+
+
+def test_15_the_device_as_given(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    one_error_line(invoke(tmp_path / "store", "--device", "cuda:7", "make-dataset"), "--device cuda:7")
+
+
+def test_interrupt_exits_130_and_keeps_the_checkpoint(tiny_recipe_path, tmp_path, monkeypatch):
+    from ltstg.stages import pretrain as pretrain_module
+
+    store = tmp_path / "store"
+    assert invoke(store, "make-dataset", "--recipe", str(tiny_recipe_path)).exit_code == 0
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pretrain_module, "pretrain", interrupted)
+    result = invoke(store, "pretrain", "--recipe", str(tiny_recipe_path))
+    assert result.exit_code == 130 and "interrupted" in result.stderr and "Traceback" not in result.output
+
+
+def test_pipeline_resume_message_through_run(tiny_recipe_path, tmp_path):
+    """The run command says it resumes, too (same runner)."""
+    recipe = load_recipe(tiny_recipe_path)
+
+    def killer(task, done, total, **metrics):
+        if task == "pretrain" and metrics.get("epoch", 0) >= 2:  # epoch 1 is checkpointed
+            raise Killed
+
+    store = Store(tmp_path / "store")
+    with pytest.raises(Killed):
+        run_recipe(Context(store=store, report=killer), recipe, seeds=[0], until="pretrain")
+    notes = []
+    run_recipe(Context(store=store, note=notes.append), recipe, seeds=[0], until="pretrain")
+    assert any("backbone: resuming from the checkpoint: epoch 2 of 2 is next" in n for n in notes), notes

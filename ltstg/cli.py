@@ -70,7 +70,10 @@ def guarded(command: Callable[..., Any]) -> Callable[..., Any]:
                 stderr.print(f"[red]error:[/red] {line}", markup=True, highlight=False)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            stderr.print("interrupted: nothing was committed; a rerun resumes from the last checkpoint", highlight=False)
+            stderr.print(
+                "interrupted: the stage in progress was not committed; a rerun resumes from its last checkpoint",
+                highlight=False,
+            )
             raise typer.Exit(130) from None
 
     return wrapper
@@ -554,7 +557,7 @@ def comparison_table(rows: list[dict[str, Any]], title: str) -> Table:
                 continue
             scale = 1 if key == "nll" else 100
             text = f"{value * scale:.2f}" if key == "nll" else f"{value * scale:.1f}"
-            if row.get(f"{key}_std"):
+            if f"{key}_std" in row:
                 text += f" ± {row[f'{key}_std'] * scale:.1f}"
             cells.append(text)
         table.add_row(row["method"], *cells)
@@ -597,7 +600,7 @@ def run_command(
         f"(earlier stages: seed {settings.seed}; data set: subset seed {settings.dataset.subset_seed})"
     )
     if markdown:
-        sys.stdout.write(f"{recipe} · {varied}\n\n" + markdown_table(rows) + "\n")
+        sys.stdout.write(f"{recipe} · {varied} · {elapsed:.0f} s\n\n" + markdown_table(rows) + "\n")
         return
     payload = {
         "recipe": str(recipe),

@@ -38,7 +38,7 @@ METADATA_KEY = "ltstg"
 SHORT = 12
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _MAX_HEADER = 100 * 1024 * 1024
-_TEMP = re.compile(r"^\.tmp-(?P<host>.+)-(?P<pid>\d+)-")  # atomic_write's temporary files
+_TEMP_PREFIX = ".tmp-"  # atomic_write's temporary files: .tmp-<host>-<pid>-<final name>
 _CHECKPOINT_MAGIC = b"ltstg-checkpoint sha256 "  # followed by 64 hex digits and a newline, then torch.save bytes
 
 
@@ -168,7 +168,7 @@ def _fsync_dir(path: Path) -> None:
 
 def _temp_path(path: Path) -> Path:
     """Host and pid in the name, so a later write can tell a dead process's leftover from a live one's."""
-    return path.with_name(f".tmp-{socket.gethostname()}-{os.getpid()}-{path.name}")
+    return path.with_name(f"{_TEMP_PREFIX}{socket.gethostname()}-{os.getpid()}-{path.name}")
 
 
 def _alive(pid: int) -> bool:
@@ -185,25 +185,13 @@ def stale_temp_files(folder: Path) -> list[Path]:
     """Temporary files left by processes of this host that no longer run (a kill -9 mid-write)."""
     if not folder.is_dir():
         return []
-    host = socket.gethostname()
+    ours = f"{_TEMP_PREFIX}{socket.gethostname()}-"
     stale = []
     for entry in folder.iterdir():
-        match = _TEMP.match(entry.name)
-        if match and match["host"] == host and not _alive(int(match["pid"])):
+        pid = entry.name[len(ours) :].split("-", 1)[0] if entry.name.startswith(ours) else ""
+        if pid.isdigit() and not _alive(int(pid)):
             stale.append(entry)
     return sorted(stale)
-
-
-def _missing_folders(*folders: Path) -> list[Path]:
-    """The folders that do not exist yet, outermost first."""
-    return [folder for folder in folders if not folder.exists()]
-
-
-def _remove_empty(folders: list[Path]) -> None:
-    """Remove folders this process created, innermost first, where they are still empty."""
-    for folder in reversed(folders):
-        with contextlib.suppress(OSError):
-            folder.rmdir()
 
 
 def atomic_write(path: Path, chunks: list[bytes | memoryview]) -> None:
@@ -254,25 +242,21 @@ class Store:
     def check_writable(self) -> None:
         """Fail before any work when the store can't take a result: a file in its place, no permission, no space.
 
-        Folders the check had to create are removed again, so a stage that then fails leaves no trace.
+        It may leave empty folders, never a file.
         """
         if self.root.exists() and not self.root.is_dir():
             raise LtstgError(f"store path {self.root} is a file, not a folder; pass --store with a folder.")
-        created = _missing_folders(self.root, self.objects, self.root / "locks")
-        try:
-            for folder in (self.objects, self.root / "locks"):
-                probe = _temp_path(folder / "probe")
-                try:
-                    folder.mkdir(parents=True, exist_ok=True)
-                    with open(probe, "wb") as handle:
-                        handle.write(b"ltstg")
-                except OSError as error:
-                    raise os_error("write to", folder, error) from None
-                finally:
-                    with contextlib.suppress(OSError):
-                        probe.unlink(missing_ok=True)
-        finally:
-            _remove_empty(created)
+        for folder in (self.objects, self.root / "locks", self.root / "refs"):
+            probe = _temp_path(folder / "probe")
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                with open(probe, "wb") as handle:
+                    handle.write(b"ltstg")
+            except OSError as error:
+                raise os_error("write to", folder, error) from None
+            finally:
+                with contextlib.suppress(OSError):
+                    probe.unlink(missing_ok=True)
 
     def require(self) -> None:
         """Commands that only read the store fail clearly when there is none."""
@@ -307,6 +291,8 @@ class Store:
             size = path.stat().st_size
         except FileNotFoundError:
             raise LtstgError(f"artifact {artifact_id[:SHORT]} is not in {self.root}.") from None
+        except OSError as error:  # a folder named like an artifact, a file without read permission
+            return ArtifactInfo(artifact_id, path, 0, {}, str(os_error("read", path, error)))
         try:
             header, _ = _split_file(first + rest, artifact_id[:SHORT])
             return ArtifactInfo(artifact_id, path, size, _metadata(header, artifact_id[:SHORT]))
@@ -398,8 +384,9 @@ class Store:
         """An id from a name, a unique id prefix, or (ref None) the newest artifact of `kind`."""
         if ref is None:
             infos = self.list()
-            # a damaged file may be the newest of this kind: never fall back to an older one without a word
-            damaged = [i for i in infos if i.problem is not None and i.meta.get("kind") in (None, kind)]
+            # a file whose header is damaged has no readable kind or date: it may be the newest of this
+            # kind, so never fall back to an older one without a word
+            damaged = [i for i in infos if i.problem is not None]
             if damaged:
                 raise LtstgError(
                     f"{damaged[0].problem.rstrip('.')} — it may be the newest {kind}, so none is picked; "
@@ -427,7 +414,7 @@ class Store:
             raise LtstgError(f"no artifact or name {ref!r} in {self.root}; {kind} artifacts: {listing}.")
         infos = [self.info(i) for i in matches]
         damaged = [i for i in infos if i.problem is not None]
-        if damaged and len(matches) == 1:
+        if damaged:  # even beside a sound match: the damaged one may be the artifact meant
             raise LtstgError(damaged[0].problem)
         of_kind = [i.id for i in infos if i.kind == kind]
         if not of_kind:
@@ -454,18 +441,6 @@ class Store:
         and a waiter that wakes on a removed file retries on the new one.
         """
         path = self.root / "locks" / f"{artifact_id}.lock"
-        created = _missing_folders(self.root, path.parent)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise os_error("create the lock folder", path.parent, error) from None
-        try:
-            yield from self._locked(path, on_wait)
-        finally:
-            _remove_empty(created)  # a stage that failed leaves no trace in a store it created
-
-    @staticmethod
-    def _locked(path: Path, on_wait: Any) -> Iterator[None]:
         waited = False
         while True:
             try:
@@ -521,7 +496,9 @@ class Store:
         head = len(_CHECKPOINT_MAGIC) + 65
         digest, payload = data[len(_CHECKPOINT_MAGIC) : head - 1], data[head:]
         if not data.startswith(_CHECKPOINT_MAGIC) or hashlib.sha256(payload).hexdigest().encode() != digest:
-            raise DamagedCheckpoint(f"checkpoint {path} is damaged (its digest does not match)")
+            raise DamagedCheckpoint(
+                f"checkpoint {path} is damaged or from an older ltstg (its digest does not match)"
+            )
         try:
             return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
         except Exception as error:  # torch raises many types for a damaged pickle

@@ -93,7 +93,15 @@ def test_crt_beats_biased_stage1_on_few_classes():
 
 
 def test_method_labels_and_registry_match():
+    from typing import get_args
+
+    from ltstg.augment.stg import MU_MODES
+    from ltstg.training import SMOOTH_SHAPES
+
     assert set(AUGMENTER_ARGUMENTS) == set(AUGMENTERS)
+    assert set(MU_MODES) == set(get_args(StgAugment.model_fields["mu"].annotation))
+    assert set(SMOOTH_SHAPES) == set(get_args(RetrainSettings.model_fields["smooth_shape"].annotation))
+    assert set(TRAINABLE) | {"tau-norm", "none"} == set(get_args(RetrainSettings.model_fields["classifier"].annotation))
     assert method_label(RetrainSettings(augment=StgAugment())) == "cRT+STG"
     assert method_label(RetrainSettings()) == "cRT"
     assert method_label(RetrainSettings(classifier="lws", augment=IsdaAugment())) == "LWS+ISDA"
@@ -494,13 +502,24 @@ def test_stg_whose_split_has_no_tail_is_refused_before_training():
         run(RetrainSettings(augment=StgAugment(), **FAST), features, Artifact(stg.id, {"kind": "stg", "info": info}, all_head))
 
 
-@pytest.mark.parametrize("augment", [NoiseAugment(std=0.0), DropoutAugment(p=0.0), StgAugment(lam=0.0)])
-def test_an_augmenter_that_changes_no_sample_stops_the_run(augment, tmp_path):
+@pytest.mark.parametrize(
+    "augment", [NoiseAugment(std=0.0), DropoutAugment(p=0.0), StgAugment(lam=0.0), IsdaAugment(lam=0.0)]
+)
+def test_a_zero_strength_augmenter_is_refused_before_training(augment, tmp_path):
     features = make_features()
     stg = make_stg(features) if augment.name == "stg" else None
     store = Store(tmp_path / ".artifacts")
-    with pytest.raises(LtstgError, match="changed no training sample in epoch 1.*plain cRT"):
+    with pytest.raises(LtstgError, match="changes no sample.*plain cRT"):
         run(RetrainSettings(augment=augment, **FAST), features, stg, checkpoint=Checkpoint(store, "c" * 64))
+    assert store.load_checkpoint("c" * 64) is None
+
+
+def test_an_augmenter_that_changed_no_sample_in_an_epoch_stops_the_run(monkeypatch, tmp_path):
+    """The backstop for what no setting shows: an augmenter that returns its input unchanged."""
+    monkeypatch.setattr(AUGMENTERS["noise"], "augment", lambda self, features, labels, *, generator: features.clone())
+    store = Store(tmp_path / ".artifacts")
+    with pytest.raises(LtstgError, match="changed no training sample in epoch 1"):
+        run(RetrainSettings(augment=NoiseAugment(), **FAST), make_features(), checkpoint=Checkpoint(store, "c" * 64))
     assert store.load_checkpoint("c" * 64) is None  # stopped before the first checkpoint
 
 

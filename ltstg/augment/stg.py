@@ -33,7 +33,7 @@ class StgAugmenter:
     ) -> None:
         num_classes = class_counts.numel()
         if head_classes.numel() == 0:
-            raise LtstgError("STG augmentation needs at least one head class; lower stg.head_min_count.")
+            raise LtstgError("STG augmentation needs at least one head class; check the split (stg.head_rule).")
         if prototypes.dim() != 2 or prototypes.shape[0] != head_classes.numel():
             raise LtstgError(
                 f"STG prototypes must be one row per head class: got shape {tuple(prototypes.shape)} "

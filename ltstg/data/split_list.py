@@ -101,17 +101,20 @@ def _read_list(list_path: str, spec: SplitListFormat) -> list[tuple[str, int]]:
                 if not line.strip():
                     continue
                 fields = line.rsplit(maxsplit=1)
-                problem = None
+                problem = label = None
                 if len(fields) != 2:
                     problem = f"expected 'relative/path label', got {line.strip()!r}"
-                elif not fields[1].lstrip("-").isdigit():
-                    problem = f"label {fields[1]!r} is not an integer"
-                elif not 0 <= int(fields[1]) < spec.num_classes:
-                    problem = f"label {int(fields[1])} is out of range 0..{spec.num_classes - 1} for {spec.title}"
+                else:
+                    try:
+                        label = int(fields[1])
+                    except ValueError:
+                        problem = f"label {fields[1]!r} is not an integer"
+                if label is not None and not 0 <= label < spec.num_classes:
+                    problem = f"label {label} is out of range 0..{spec.num_classes - 1} for {spec.title}"
                 if problem is not None:
                     problems.append(f"{name} line {line_number}: {problem}.")
                     continue
-                entries.append((fields[0].strip().lstrip("/"), int(fields[1])))  # paths are relative to the image root
+                entries.append((fields[0].strip().lstrip("/"), label))  # paths are relative to the image root
     except UnicodeDecodeError:
         raise LtstgError(f"split list {list_path} is not UTF-8 text; pass the standard {spec.title} lists.") from None
     if problems:

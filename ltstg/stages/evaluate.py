@@ -107,7 +107,7 @@ def markdown_table(rows: list[dict]) -> str:
         value, spread = row.get(key), row.get(f"{key}_std")
         if value is None:
             return "–"
-        return f"{100 * value:.1f} ± {100 * spread:.1f}" if spread else f"{100 * value:.1f}"
+        return f"{100 * value:.1f} ± {100 * spread:.1f}" if spread is not None else f"{100 * value:.1f}"
 
     lines = [
         "| Method | All | Many | Medium | Few | ECE | NLL | id |",

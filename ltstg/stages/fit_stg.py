@@ -142,7 +142,8 @@ def fit_stg(
     tensors["head_classes"] = head.clone()
     tensors["head_prototypes"] = prototypes.cpu()
     tensors["curve.loss"] = torch.tensor(curve, dtype=torch.float32)  # (epochs,)
-    tail = [c for c in range(class_counts.numel()) if c not in set(head.tolist())]
+    head_set = set(head.tolist())
+    tail = [c for c in range(class_counts.numel()) if c not in head_set]
     info: dict[str, Any] = {
         "split": split_rule(settings),
         "head_classes": head.tolist(),
@@ -317,7 +318,7 @@ def _holdout_mask(
             raise LtstgError(
                 f"head class {names[token]} keeps {count - take} training samples after the hold-out, too few for any "
                 f"sample to have stg.min_neighbors={settings.min_neighbors} same-class neighbours; lower "
-                "stg.min_neighbors or stg.holdout, or raise stg.head_min_count."
+                "stg.min_neighbors or stg.holdout, or choose a split whose head classes are larger (stg.head_rule)."
             )
         if take:
             pick = torch.randperm(count, generator=generator, device=generator.device)[:take].to(members.device)

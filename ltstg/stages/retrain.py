@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ltstg.augment import StgAugmenter, get_augmenter
@@ -34,6 +33,8 @@ CLASSIFIER_LABELS = {"crt": "cRT", "lws": "LWS", "mislas": "MiSLAS", "tau-norm":
 AUGMENT_LABELS = {"none": "", "stg": "STG", "isda": "ISDA", "noise": "Noise", "dropout": "Dropout"}
 BORROW_CHUNK = 8192  # rows per nearest-prototype lookup, so (N, H) similarities never sit in memory at once
 UNCONVERGED_LOSS = 0.9  # a final training loss above this share of ln C is what an untrained classifier gives
+BALANCED_MARGIN = 0.02  # class-balanced training accuracy this far below stage 1's means the classifier did not train
+NO_OP = {"stg": "lam", "isda": "lam", "noise": "std", "dropout": "p"}  # the setting at which an augmenter does nothing
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ def retrain(
         tensors["curve.loss"] = torch.tensor(curve, dtype=torch.float32)  # (epochs,)
         metrics.update(convergence(curve[-1], weight, bias, stage1_weight, stage1_bias, features))
         notes += convergence_notes(metrics, settings)
+        metrics["converged"] = float(not notes)
         if isinstance(augmenter, StgAugmenter):
             tensors["borrowed_head"], tensors["borrowed_cosine"] = borrowed(augmenter, inputs)
     tensors["weight"] = weight.contiguous()  # (C, D)
@@ -133,7 +135,10 @@ def retrain(
 
 def balanced_accuracy(weight: torch.Tensor, bias: torch.Tensor, features: torch.Tensor, labels: torch.Tensor) -> float:
     """Mean of per-class accuracies, so every class weighs the same however many samples it has."""
-    preds = (features.float() @ weight.float().T + bias.float()).argmax(dim=1)  # (N,)
+    weight, bias = weight.float(), bias.float()
+    preds = torch.cat(
+        [(chunk.float() @ weight.T + bias).argmax(dim=1) for chunk in torch.split(features, BORROW_CHUNK)]
+    )  # (N,), in chunks so (N, C) logits never sit in memory at once
     per_class = per_class_accuracy(preds, labels.long(), weight.shape[0])  # (C,)
     return float(per_class[~per_class.isnan()].mean())
 
@@ -169,13 +174,12 @@ def convergence_notes(metrics: dict[str, float], settings: RetrainSettings) -> l
             "or start from stage 1 (retrain.init=stage1)"
         )
     ours, stage1 = metrics["balanced_train_top1"], metrics["stage1_balanced_train_top1"]
-    if ours < stage1:
+    if ours < stage1 - BALANCED_MARGIN:
         notes.append(
             f"warning: the classifier did not converge: its class-balanced training accuracy {100 * ours:.1f}% is below "
             f"the stage-1 classifier's {100 * stage1:.1f}% it replaces; raise retrain.epochs or retrain.lr, "
             "or start from stage 1 (retrain.init=stage1)"
         )
-    metrics["converged"] = float(not notes)
     return notes
 
 
@@ -388,7 +392,9 @@ def _stg_arguments(augment: Any, inputs: Inputs, stg: Artifact | None, device: t
         "lam": augment.lam,
         "t": augment.t,
         "mu": augment.mu,
-        "class_means": class_means(inputs.features, inputs.labels, torch.arange(inputs.num_classes)),
+        # only the relative shift needs every class's mean (a loop over C)
+        "class_means": class_means(inputs.features, inputs.labels, torch.arange(inputs.num_classes))
+        if augment.mu == "relative" else None,
     }
 
 
@@ -427,6 +433,12 @@ def check_inputs(settings: RetrainSettings, features: Artifact, stg: Artifact | 
         problems.append(
             f"classifier {settings.classifier!r} is not trained, so augment {settings.augment.name!r} would be "
             "ignored; use --classifier crt, lws or mislas, or augment none."
+        )
+    strength = NO_OP.get(settings.augment.name)
+    if strength is not None and getattr(settings.augment, strength) == 0:
+        problems.append(
+            f"augment {settings.augment.name!r} with {strength} 0 changes no sample, so the result would be plain "
+            f"{CLASSIFIER_LABELS[settings.classifier]}; use augment none for that, or a {strength} above 0."
         )
     if settings.init == "fresh" and settings.classifier not in ("crt", "mislas"):
         problems.append(

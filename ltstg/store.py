@@ -493,16 +493,18 @@ class Store:
             return None
         except OSError as error:
             raise os_error("read", path, error) from None
+        legacy = not data.startswith(_CHECKPOINT_MAGIC)  # ltstg 0.1 wrote bare torch.save files, no digest
         head = len(_CHECKPOINT_MAGIC) + 65
-        digest, payload = data[len(_CHECKPOINT_MAGIC) : head - 1], data[head:]
-        if not data.startswith(_CHECKPOINT_MAGIC) or hashlib.sha256(payload).hexdigest().encode() != digest:
-            raise DamagedCheckpoint(
-                f"checkpoint {path} is damaged or from an older ltstg (its digest does not match)"
-            )
+        digest, payload = (b"", data) if legacy else (data[len(_CHECKPOINT_MAGIC) : head - 1], data[head:])
+        if not legacy and hashlib.sha256(payload).hexdigest().encode() != digest:
+            raise DamagedCheckpoint(f"checkpoint {path} is damaged (its digest does not match)")
         try:
-            return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+            state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
         except Exception as error:  # torch raises many types for a damaged pickle
             raise DamagedCheckpoint(f"checkpoint {path} does not load ({error})") from None
+        if legacy:
+            state["_legacy"] = True  # loaded, but nothing vouches for it: the caller says so
+        return state
 
     def clear_checkpoint(self, artifact_id: str) -> None:
         with contextlib.suppress(OSError):

@@ -139,7 +139,20 @@ def test_checkpoints_round_trip_and_clear(tmp_path):
     loaded = store.load_checkpoint("x" * 64)
     assert loaded["epoch"] == 3 and torch.equal(loaded["weights"], torch.arange(4.0)) and loaded["nested"] == {"a": [1, 2]}
     store.checkpoint_path("x" * 64).write_bytes(b"garbage")
-    with pytest.raises(LtstgError, match="damaged"):
+    with pytest.raises(LtstgError, match="does not load"):
         store.load_checkpoint("x" * 64)
     store.clear_checkpoint("x" * 64)
     assert not store.checkpoint_path("x" * 64).exists()
+
+
+def test_a_checkpoint_of_the_previous_format_still_loads_and_is_marked(tmp_path):
+    """ltstg 0.1 wrote bare torch.save files: a long run started before an upgrade must not start over."""
+    store = Store(tmp_path)
+    path = store.checkpoint_path("y" * 64)
+    path.parent.mkdir(parents=True)
+    torch.save({"epoch": 7, "weights": torch.ones(2)}, path)
+    state = store.load_checkpoint("y" * 64)
+    assert state["epoch"] == 7 and state["_legacy"] is True
+    path.write_bytes(b"\x80junk")
+    with pytest.raises(LtstgError, match="does not load"):
+        store.load_checkpoint("y" * 64)

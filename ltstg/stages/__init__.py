@@ -67,6 +67,8 @@ class Checkpoint:
         if state is None:
             return None
         self.earlier_seconds = float(state.pop("_seconds", 0.0))
+        if state.pop("_legacy", False):
+            self._say("the checkpoint was written by an older ltstg without a digest: resuming from it unverified")
         if "epoch" in state:
             total = f" of {of}" if of is not None else ""
             self._say(f"resuming from the checkpoint: epoch {int(state['epoch']) + 2}{total} is next")

@@ -202,8 +202,10 @@ def _device(name: str):
 
 def pick(run: Any, ref: Optional[str], kind: str, *, parent: Optional[str] = None):
     """The artifact a command works on; without a reference, the newest (of `parent`'s children) and say which."""
+    from ltstg.api import load
+
     if ref is not None:
-        return run.store.get(run.store.resolve(ref, kind), kind)
+        return load(run.store, kind, ref)
     newest = run.store.resolve(None, kind)  # refuses when a damaged artifact might be the newest
     candidates = [i for i in run.store.list(kind) if parent is None or i.parents[:1] == [parent]]
     if parent is not None and not candidates:

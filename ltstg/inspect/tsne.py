@@ -22,7 +22,8 @@ from ltstg.augment.stg import StgAugmenter
 from ltstg.errors import LtstgError
 from ltstg.inspect.kl import check_stg, checked_features, class_names
 from ltstg.stages import require_kind
-from ltstg.stages.fit_stg import load_stg
+from ltstg.recipe import StgAugment
+from ltstg.stages.retrain import stg_arguments
 from ltstg.store import SHORT, Artifact
 
 matplotlib.use("Agg")
@@ -185,9 +186,7 @@ def _augmented(
     """`per_sample` STG draws for each sampled tail feature (Eq. 3-4), at most `max_points // 2` in all."""
     if stg is None or per_sample == 0:
         return real.new_zeros(0, real.shape[1]), labels.new_zeros(0)
-    augmenter = StgAugmenter(
-        load_stg(stg, "cpu"), stg["head_prototypes"].float(), stg["head_classes"].long(), class_counts, lam=lam
-    )
+    augmenter = StgAugmenter(**stg_arguments(stg, StgAugment(lam=lam), class_counts, "cpu"))
     tail = torch.nonzero(augmenter.is_tail[labels]).flatten()  # (T,)
     keep = max_points // 2 // per_sample
     if tail.numel() > keep:

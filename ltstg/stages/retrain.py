@@ -382,26 +382,43 @@ POST_HOC: dict[str, Callable[[torch.Tensor, torch.Tensor, RetrainSettings], tupl
 # -- augmenters --------------------------------------------------------------------------------------
 
 
-def _stg_arguments(augment: Any, inputs: Inputs, stg: Artifact | None, device: torch.device) -> dict[str, Any]:
-    """The trained STG (eval mode) with the head classes and prototypes it was fit on; check_inputs vetted them."""
+def stg_arguments(
+    stg: Artifact,
+    augment: Any,
+    class_counts: torch.Tensor,
+    device: torch.device | str,
+    *,
+    features: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+) -> dict[str, Any]:
+    """StgAugmenter's arguments: the trained STG (eval mode), its head classes and prototypes, and the
+    classes' counts (and, for the relative shift, training means); shared by retrain and the library API."""
+    problems = _stg_problems(stg, class_counts.numel(), stg.info.get("num_features", -1))
+    if problems:
+        raise LtstgError("\n".join(problems))
+    means = None
+    if augment.mu == "relative":  # only the relative shift needs every class's mean (a loop over C)
+        if features is None or labels is None:
+            raise LtstgError("STG mu 'relative' needs the training features (a features artifact) for the class means.")
+        means = class_means(features.to(device, torch.float32), labels.to(device), torch.arange(class_counts.numel()))
     return {
         "predict": load_stg(stg, device),
         "prototypes": stg["head_prototypes"].to(device, torch.float32),
         "head_classes": stg["head_classes"].to(device, torch.long),
-        "class_counts": inputs.class_counts,
+        "class_counts": class_counts.to(device, torch.long),
         "lam": augment.lam,
         "t": augment.t,
         "mu": augment.mu,
-        # only the relative shift needs every class's mean (a loop over C)
-        "class_means": class_means(inputs.features, inputs.labels, torch.arange(inputs.num_classes))
-        if augment.mu == "relative" else None,
+        "class_means": means,
     }
 
 
 # augmenter name -> its constructor arguments; the classes come from the AUGMENTERS registry
 AUGMENTER_ARGUMENTS: dict[str, Callable[[Any, Inputs, Artifact | None, torch.device], dict[str, Any]]] = {
     "none": lambda augment, inputs, stg, device: {},
-    "stg": _stg_arguments,
+    "stg": lambda augment, inputs, stg, device: stg_arguments(
+        stg, augment, inputs.class_counts, device, features=inputs.features, labels=inputs.labels
+    ),
     "isda": lambda augment, inputs, stg, device: {
         "num_classes": inputs.num_classes, "dim": inputs.dim, "lam": augment.lam, "device": device,
     },

@@ -1,0 +1,87 @@
+"""The public Python API: the same functions the CLI runs, for use inside one's own code.
+
+    import ltstg
+    store = ltstg.open_store(".artifacts")
+    features = ltstg.load(store, "features")                    # newest, or a name / id prefix
+    augment = ltstg.stg_augmenter(ltstg.load(store, "stg"), features, lam=1.5)
+    x_aug = augment.augment(x, y, generator=torch.Generator().manual_seed(0))
+    model = ltstg.load_backbone(ltstg.load(store, "backbone"))  # a timm model
+
+Everything here checks its input as the CLI does and raises LtstgError with the same one-line messages.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ltstg.augment.stg import StgAugmenter
+from ltstg.errors import LtstgError
+from ltstg.recipe import StgAugment, load_recipe
+from ltstg.stages import Context
+from ltstg.stages.pipeline import MethodRun, run_recipe
+from ltstg.stages.pretrain import load_backbone as _load_backbone
+from ltstg.stages.retrain import stg_arguments
+from ltstg.store import Artifact, Store
+
+__all__ = [
+    "Artifact", "LtstgError", "Store", "StgAugmenter", "load", "load_backbone", "open_store", "run", "stg_augmenter",
+]
+
+
+def open_store(path: str | Path = ".artifacts") -> Store:
+    """An existing artifact store (as `--store`); a missing folder is an error, not an empty store."""
+    store = Store(path)
+    store.require()
+    return store
+
+
+def load(store: Store, kind: str, ref: str | None = None) -> Artifact:
+    """A verified artifact of `kind` by name, id prefix or, without `ref`, the newest (as the CLI picks it)."""
+    return store.get(store.resolve(ref, kind), kind)
+
+
+def stg_augmenter(
+    stg: Artifact,
+    source: Artifact,
+    *,
+    lam: float = 1.5,
+    t: float = 0.5,
+    mu: str = "eq3",
+    device: torch.device | str = "cpu",
+) -> StgAugmenter:
+    """The paper's tail-class augmentation (Eq. 3-4) from an stg artifact, for the classes of a features or
+    dataset artifact; call `.augment(features, labels, generator=...)` on any batch of those features."""
+    if source.kind not in ("features", "dataset"):
+        raise LtstgError(f"artifact {source.id[:12]} is a {source.kind} artifact; give a features or dataset artifact.")
+    settings = StgAugment(lam=lam, t=t, mu=mu)
+    features = source.tensors.get("train_features") if source.kind == "features" else None
+    arguments = stg_arguments(
+        stg, settings, source["class_counts"], device, features=features, labels=source.tensors.get("train_labels")
+    )
+    return StgAugmenter(**arguments)
+
+
+def load_backbone(backbone: Artifact, device: torch.device | str = "cpu") -> nn.Module:
+    """The trained stage-1 network of a backbone artifact as a timm model in eval mode
+    (`forward_features`, `forward_head(x, pre_logits=True)`, `num_features`)."""
+    if backbone.kind != "backbone":
+        raise LtstgError(f"artifact {backbone.id[:12]} is a {backbone.kind} artifact, not a backbone.")
+    return _load_backbone(backbone, torch.device(device))
+
+
+def run(
+    recipe: str | Path,
+    store: str | Path = ".artifacts",
+    *,
+    seeds: list[int] | None = None,
+    until: str = "eval",
+    vary_from: str = "pretrain",
+) -> list[MethodRun]:
+    """`ltstg run RECIPE` without the terminal: every stage, reusing what the store already holds."""
+    settings = load_recipe(recipe)
+    runs, _ = run_recipe(
+        Context(store=Store(store)), settings, seeds=seeds or [settings.seed], until=until, vary_from=vary_from
+    )
+    return runs

@@ -494,6 +494,13 @@ def eval_command(
         Optional[list[str]], typer.Option("--compare", help="Classifiers to compare side by side (repeatable).")
     ] = None,
     markdown: Annotated[bool, typer.Option("--markdown", help="Print the comparison as a Markdown table.")] = False,
+    plot: Annotated[
+        Optional[Path], typer.Option(help="Draw per-class accuracy against training count (PNG), one line per classifier.")
+    ] = None,
+    plot_norms: Annotated[Optional[Path], typer.Option(help="Draw each classifier's per-class weight norms (PNG).")] = None,
+    plot_reliability: Annotated[
+        Optional[Path], typer.Option(help="Draw a reliability diagram per classifier (PNG).")
+    ] = None,
     recipe: RecipeOption = None,
     name: NameOption = None,
     force: ForceOption = False,
@@ -518,6 +525,9 @@ def eval_command(
     for row, artifact_id in zip(rows, ids):  # a named classifier keeps its name in the table
         if names.get(artifact_id):
             row["method"] = f"{row['method']} ({names[artifact_id][0]})"
+    if plot or plot_norms or plot_reliability:
+        _eval_pictures(options, run.store, ids, [row["method"] for row in rows], plot, plot_norms, plot_reliability,
+                       settings.eval.ece_bins)
     if markdown:
         sys.stdout.write(markdown_table(rows) + "\n")
         return
@@ -525,6 +535,23 @@ def eval_command(
         show_results(options, results, "eval")
         return
     emit(options, {"rows": rows}, comparison_table(rows, "comparison"))
+
+
+def _eval_pictures(options: Options, store: Any, ids: list[str], labels: list[str], per_class: Optional[Path],
+                   norms: Optional[Path], reliability: Optional[Path], bins: int) -> None:
+    """The compared classifiers as pictures; they must share one features artifact (one x axis)."""
+    from ltstg.inspect import figures
+
+    classifiers = [(label, store.get(i, "classifier")) for label, i in zip(labels, ids)]
+    parents = {c.parents[0] for _, c in classifiers}
+    if len(parents) > 1:
+        raise LtstgError("the pictures compare classifiers of one features artifact; these come from several.")
+    features = store.get(parents.pop(), "features")
+    for path, draw in ((per_class, figures.per_class_figure), (norms, figures.weight_norms_figure)):
+        if path is not None:
+            _note(options, f"wrote {draw(classifiers, features, path)}")
+    if reliability is not None:
+        _note(options, f"wrote {figures.reliability_figure(classifiers, features, reliability, bins=bins)}")
 
 
 def parse_assignments(items: list[str]) -> dict[str, Any]:
@@ -800,6 +827,48 @@ def inspect_dataset(
     emit(options, payload, table)
 
 
+@inspect_app.command("confusion")
+@guarded
+def inspect_confusion(
+    ctx: typer.Context,
+    classifier: Annotated[Optional[str], typer.Argument(help="Classifier artifact (default newest).")] = None,
+    out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("confusion.png"),
+) -> None:
+    """Row-normalised test confusion matrix of one classifier, classes from the largest training class down."""
+    from ltstg.api import load
+    from ltstg.inspect.figures import confusion_figure
+    from ltstg.store import SHORT, Store
+
+    options = _options(ctx)
+    store = Store(options.store)
+    artifact = load(store, "classifier", classifier)
+    features = store.get(artifact.parents[0], "features")
+    label = artifact.info.get("method", artifact.id[:SHORT])
+    _note(options, f"wrote {confusion_figure(label, artifact, features, out)}")
+    emit(options, {"classifier": artifact.id, "out": str(out)}, None)
+
+
+@inspect_app.command("curves")
+@guarded
+def inspect_curves(
+    ctx: typer.Context,
+    backbone: Annotated[Optional[str], typer.Argument(help="Backbone artifact (default newest).")] = None,
+    stg: Annotated[Optional[str], typer.Option(help="Also the loss curve of this STG artifact.")] = None,
+    out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("curves.png"),
+) -> None:
+    """Stage-1 loss and test top-1 per epoch (and the STG's loss), from what the artifacts store."""
+    from ltstg.api import load
+    from ltstg.inspect.figures import curves_figure
+    from ltstg.store import Store
+
+    options = _options(ctx)
+    store = Store(options.store)
+    artifact = load(store, "backbone", backbone)
+    stg_artifact = load(store, "stg", stg) if stg is not None else None
+    _note(options, f"wrote {curves_figure(artifact, stg_artifact, out)}")
+    emit(options, {"backbone": artifact.id, "out": str(out)}, None)
+
+
 @inspect_app.command("kl-divergence")
 @guarded
 def inspect_kl_divergence(
@@ -810,6 +879,7 @@ def inspect_kl_divergence(
     samples: Annotated[int, typer.Option(min=1, help="Training samples of the class to compare.")] = 5,
     seed: Annotated[int, typer.Option(help="Seed of the sample choice.")] = 0,
     csv: Annotated[Optional[Path], typer.Option("--csv", help="Also write the matrix as CSV.")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Also draw the matrix as a heat map (PNG).")] = None,
     force: ForceOption = False,
 ) -> None:
     """Pairwise KL of the STG's per-sample Gaussians for samples of one tail class (paper Table 5)."""
@@ -842,6 +912,10 @@ def inspect_kl_divergence(
     if csv is not None:
         kl_csv(artifact, csv)
         _note(options, f"wrote {csv}")
+    if plot is not None:
+        from ltstg.inspect.figures import kl_figure
+
+        _note(options, f"wrote {kl_figure(artifact, plot)}")
     info, metrics = artifact.info, artifact.metrics
     title = (
         f"KL(N_i ‖ N_j) for {len(rows)} samples of class {info['class_index']} ({info['class_name']}, "

@@ -20,18 +20,25 @@ def per_class_accuracy(preds: torch.Tensor, labels: torch.Tensor, num_classes: i
     return matrix.diagonal().double() / totals  # 0/0 gives NaN for empty classes
 
 
-def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
-    """Guo et al.'s ECE: sum over equal-width confidence bins of |accuracy - confidence| weighted by bin size.
+def reliability_bins(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> dict[str, torch.Tensor]:
+    """Per equal-width confidence bin: sample count, summed confidence and summed correctness (bins,) each.
 
     Bin b covers ((b-1)/bins, b/bins], right-closed as in Guo et al.'s code; confidence is the top probability.
     """
     confidence, preds = probs.double().max(dim=1)  # (N,)
     correct = (preds == labels).double()
     index = (confidence * bins).ceil().long().sub(1).clamp(0, bins - 1)  # (N,)
-    size = torch.bincount(index, minlength=bins).double()  # (bins,)
-    confidence_sum = torch.bincount(index, weights=confidence, minlength=bins)
-    correct_sum = torch.bincount(index, weights=correct, minlength=bins)
-    return float((confidence_sum - correct_sum).abs().sum() / confidence.numel())
+    return {
+        "count": torch.bincount(index, minlength=bins).double(),
+        "confidence_sum": torch.bincount(index, weights=confidence, minlength=bins),
+        "correct_sum": torch.bincount(index, weights=correct, minlength=bins),
+    }
+
+
+def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
+    """Guo et al.'s ECE: sum over equal-width confidence bins of |accuracy - confidence| weighted by bin size."""
+    binned = reliability_bins(probs, labels, bins)
+    return float((binned["confidence_sum"] - binned["correct_sum"]).abs().sum() / max(labels.numel(), 1))
 
 
 def classification_metrics(

@@ -554,6 +554,24 @@ def _eval_pictures(options: Options, store: Any, ids: list[str], labels: list[st
         _note(options, f"wrote {figures.reliability_figure(classifiers, features, reliability, bins=bins)}")
 
 
+def parse_sweeps(items: list[str]) -> dict[str, list[Any]]:
+    """`a.b=v1,v2` items as field -> values (YAML scalars, as --set reads them)."""
+    import yaml
+
+    sweeps: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key.strip() or not values.strip():
+            raise LtstgError(f"--sweep {item!r}: expected FIELD=V1,V2,..., e.g. --sweep stg.memory=0,600,1200.")
+        if key.strip() in sweeps:
+            raise LtstgError(f"--sweep {key.strip()} is given twice; list all its values in one --sweep.")
+        try:
+            sweeps[key.strip()] = [yaml.safe_load(value) for value in values.split(",")]
+        except yaml.YAMLError:
+            raise LtstgError(f"--sweep {item!r}: a value is not a YAML scalar.") from None
+    return sweeps
+
+
 def parse_assignments(items: list[str]) -> dict[str, Any]:
     """`a.b=value` pairs; values are read as YAML scalars, so numbers and booleans keep their type."""
     import yaml
@@ -570,10 +588,13 @@ def parse_assignments(items: list[str]) -> dict[str, Any]:
     return overrides
 
 
-def comparison_table(rows: list[dict[str, Any]], title: str) -> Table:
-    """Methods as rows; all / many / medium / few / ECE as columns (percent), ± std where seeds vary."""
+def comparison_table(rows: list[dict[str, Any]], title: str, swept: Optional[list[str]] = None) -> Table:
+    """Methods as rows; swept fields, then all / many / medium / few / ECE as columns (percent), ± std over seeds."""
+    swept = swept or []
     table = Table(title=title, title_justify="left")
     table.add_column("method", no_wrap=True)
+    for field in swept:
+        table.add_column(field, justify="right")
     columns = [("all", "all"), ("many", "many"), ("medium", "medium"), ("few", "few"), ("ece", "ECE"), ("nll", "NLL")]
     for _, label in columns:
         table.add_column(label, justify="right")
@@ -589,7 +610,7 @@ def comparison_table(rows: list[dict[str, Any]], title: str) -> Table:
             if f"{key}_std" in row:
                 text += f" ± {row[f'{key}_std'] * scale:.1f}"
             cells.append(text)
-        table.add_row(row["method"], *cells)
+        table.add_row(row["method"], *(_fmt(row["swept"][field]) for field in swept), *cells)
     return table
 
 
@@ -609,38 +630,51 @@ def run_command(
     assignments: Annotated[
         Optional[list[str]], typer.Option("--set", help="Override a recipe field: --set stg.memory=600 (repeatable).")
     ] = None,
+    sweeps: Annotated[
+        Optional[list[str]],
+        typer.Option("--sweep", help="Run every value of a field: --sweep stg.memory=0,600,1200 (repeatable: a grid)."),
+    ] = None,
     force: ForceOption = False,
 ) -> None:
     """A whole recipe: make-dataset → pretrain → fit-stg → retrain (each method) → eval, then one table."""
     from ltstg.stages.evaluate import markdown_table
-    from ltstg.stages.pipeline import aggregate, run_recipe
+    from ltstg.stages.pipeline import aggregate, run_recipe, run_sweep
 
     options = _options(ctx)
-    settings = _recipe(options, recipe, parse_assignments(assignments or []))
+    overrides = parse_assignments(assignments or [])
+    if options.seed is not None:
+        overrides["seed"] = options.seed
+    settings = _recipe(options, recipe, overrides)
+    grid = parse_sweeps(sweeps or [])
     chosen_seeds = list(seeds) if seeds else [settings.seed]
     started = time.perf_counter()
     with RichReport(not options.json) as report:
         run = _context(options, report, force)
-        runs, results = run_recipe(run, settings, seeds=chosen_seeds, until=until, methods=methods, vary_from=vary_from)
-    rows = aggregate(runs)
+        if grid:
+            rows, results = run_sweep(run, recipe, overrides, grid, seeds=chosen_seeds, until=until, methods=methods,
+                                      vary_from=vary_from)
+        else:
+            runs, results = run_recipe(run, settings, seeds=chosen_seeds, until=until, methods=methods, vary_from=vary_from)
+            rows = aggregate(runs)
     elapsed = time.perf_counter() - started
     varied = (
         f"seeds {' '.join(map(str, chosen_seeds))} vary {vary_from} onwards "
         f"(earlier stages: seed {settings.seed}; data set: subset seed {settings.dataset.subset_seed})"
     )
     if markdown:
-        sys.stdout.write(f"{recipe} · {varied} · {elapsed:.0f} s\n\n" + markdown_table(rows) + "\n")
+        sys.stdout.write(f"{recipe} · {varied} · {elapsed:.0f} s\n\n" + markdown_table(rows, list(grid)) + "\n")
         return
     payload = {
         "recipe": str(recipe),
         "seeds": chosen_seeds,
         "vary_from": vary_from,
         "subset_seed": settings.dataset.subset_seed,
+        "swept": {field: list(values) for field, values in grid.items()},
         "rows": rows,
         "artifacts": [artifact_summary(r) for r in results],
         "wall_clock": elapsed,
     }
-    table = comparison_table(rows, f"{recipe} · {varied} · {elapsed:.0f} s") if rows else None
+    table = comparison_table(rows, f"{recipe} · {varied} · {elapsed:.0f} s", list(grid)) if rows else None
     if table is None:
         show_results(options, results, f"run {recipe} (until {until})")
         return

@@ -168,3 +168,34 @@ def test_synthetic_100_recipe_short_version_end_to_end(tmp_path):
     assert set(rows) == set(recipe.methods)
     for row in rows.values():
         assert row["few"] is not None and 0.0 <= row["all"] <= 1.0
+
+
+def test_sweep_is_a_grid_that_reuses_shared_artifacts(recipe_path, tmp_path):
+    from ltstg.stages.pipeline import run_sweep, sweep_grid
+
+    assert sweep_grid({"a": [1, 2], "b": ["x", "y"]}) == [
+        {"a": 1, "b": "x"}, {"a": 1, "b": "y"}, {"a": 2, "b": "x"}, {"a": 2, "b": "y"}
+    ]
+    sweeps = {"stg.memory": [0, 16], "methods.cRT+STG.augment.lam": [0.5, 1.5]}
+    rows, results = run_sweep(Context(store=Store(tmp_path / "s")), recipe_path, {}, sweeps, methods=["cRT", "cRT+STG"])
+    assert len(rows) == 8 and [row["swept"] for row in rows[::2]] == sweep_grid(sweeps)
+    made = {}
+    for result in results:
+        made.setdefault(result.artifact.kind, set()).add(result.artifact.id)
+    assert len(made["backbone"]) == 1 and len(made["stg"]) == 2  # stage 1 once; one STG per memory size
+    assert len(made["classifier"]) == 1 + 4  # plain cRT does not depend on the sweep; cRT+STG per combination
+    with pytest.raises(LtstgError, match="stg.memory: Input should be greater than or equal to 0"):
+        run_sweep(Context(store=Store(tmp_path / "t")), recipe_path, {}, {"stg.memory": [16, -1]})
+    assert not (tmp_path / "t" / "objects").exists()  # the bad value stopped the sweep before any work
+
+
+def test_sweep_through_the_cli_has_a_column_per_field(recipe_path, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["--store", str(tmp_path / "s"), "run", str(recipe_path), "--methods", "cRT+STG",
+                                 "--sweep", "methods.cRT+STG.augment.lam=0.5,1.5", "--markdown"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stdout.splitlines() if line.startswith("|")]
+    assert lines[0].startswith("| Method | methods.cRT+STG.augment.lam | All |") and len(lines) == 4
+    assert "| 0.5 |" in lines[2] and "| 1.5 |" in lines[3]
+    bad = runner.invoke(app, ["--store", str(tmp_path / "s"), "run", str(recipe_path), "--sweep", "stg.memory"])
+    assert bad.exit_code == 2 and "expected FIELD=V1,V2" in bad.stderr

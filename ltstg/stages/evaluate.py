@@ -100,8 +100,12 @@ def compare_rows(reports: list[Artifact]) -> list[dict]:
     return rows
 
 
-def markdown_table(rows: list[dict]) -> str:
-    """A README-ready table: accuracies and ECE in percent with one decimal (as the paper prints them), NLL with 3."""
+def markdown_table(rows: list[dict], swept: list[str] | None = None) -> str:
+    """A README-ready table: accuracies and ECE in percent with one decimal (as the paper prints them), NLL with 3.
+
+    `swept` adds one column per swept recipe field, after the method.
+    """
+    swept = swept or []
 
     def percent(row: dict, key: str) -> str:
         value, spread = row.get(key), row.get(f"{key}_std")
@@ -110,13 +114,14 @@ def markdown_table(rows: list[dict]) -> str:
         return f"{100 * value:.1f} ± {100 * spread:.1f}" if spread is not None else f"{100 * value:.1f}"
 
     lines = [
-        "| Method | All | Many | Medium | Few | ECE | NLL | id |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "| Method | " + "".join(f"{field} | " for field in swept) + "All | Many | Medium | Few | ECE | NLL | id |",
+        "|---|" + "---|" * len(swept) + "---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in rows:
         nll = "–" if row.get("nll") is None else f"{row['nll']:.3f}"
         cells = [
             str(row["method"]),
+            *(str(row["swept"][field]) for field in swept),
             percent(row, "all"),
             percent(row, "many"),
             percent(row, "medium"),

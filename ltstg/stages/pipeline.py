@@ -5,12 +5,14 @@ skips what was committed and resumes the stage that was in flight from its check
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ltstg.errors import LtstgError
-from ltstg.recipe import Recipe, RetrainSettings, method_settings, validate
+from ltstg.recipe import Recipe, RetrainSettings, load_recipe, method_settings, validate
 from ltstg.stages import Context, Result
 from ltstg.stages import steps
 from ltstg.store import SHORT, Artifact
@@ -136,3 +138,41 @@ def std(values: list[float]) -> float:
         return 0.0
     centre = mean(values)
     return math.sqrt(sum((v - centre) ** 2 for v in values) / (len(values) - 1))
+
+
+def sweep_grid(sweeps: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the swept fields' values, as override dicts, the first field varying slowest."""
+    if any(not values for values in sweeps.values()):
+        empty = [field for field, values in sweeps.items() if not values]
+        raise LtstgError(f"--sweep {empty[0]} has no values; write --sweep {empty[0]}=V1,V2.")
+    fields = list(sweeps)
+    return [dict(zip(fields, values)) for values in itertools.product(*(sweeps[f] for f in fields))]
+
+
+def run_sweep(
+    ctx: Context,
+    recipe_path: str | Path | None,
+    overrides: dict[str, Any],
+    sweeps: dict[str, list[Any]],
+    *,
+    seeds: list[int] | None = None,
+    until: str = "eval",
+    methods: list[str] | None = None,
+    vary_from: str = "pretrain",
+) -> tuple[list[dict[str, Any]], list[Result]]:
+    """One `run` per combination of the swept fields (Tables 6-7 are grids over several stages' settings).
+
+    Every combination is checked before the first runs, and artifacts shared between combinations
+    (the backbone, an STG that only stage 3 sweeps past) are computed once. Rows carry `swept`.
+    """
+    grid = sweep_grid(sweeps)
+    recipes = [load_recipe(recipe_path, {**overrides, **combo}) for combo in grid]  # all problems before any work
+    rows: list[dict[str, Any]] = []
+    results: list[Result] = []
+    for combo, recipe in zip(grid, recipes):
+        runs, done = run_recipe(
+            ctx, recipe, seeds=seeds or [recipe.seed], until=until, methods=methods, vary_from=vary_from
+        )
+        results += done
+        rows += [{**row, "swept": combo} for row in aggregate(runs)]
+    return rows, results

@@ -554,6 +554,32 @@ def _eval_pictures(options: Options, store: Any, ids: list[str], labels: list[st
         _note(options, f"wrote {figures.reliability_figure(classifiers, features, reliability, bins=bins)}")
 
 
+def _write_run_report(options: Options, store: Any, rows: list[dict[str, Any]], results: list[Any], title: str,
+                      out: Path, command: str) -> None:
+    """The HTML report of a run: its first seed's artifacts in the pictures, every seed in the table."""
+    from ltstg.inspect.report import RunReport, write_report
+
+    first = {}
+    for result in results:
+        first.setdefault(result.artifact.kind, result.artifact)
+    classifiers = [(row["method"], store.get(store.get(row["reports"][0], "report").parents[0], "classifier"))
+                   for row in rows]
+    stg = first.get("stg")
+    kl = _kl_of_rarest(stg, first["features"]) if stg is not None else None
+    report = RunReport(title, first["dataset"], first["features"], rows, classifiers, backbone=first.get("backbone"),
+                       stg=stg, kl=kl, commands={"methods": command} if command else {})
+    _note(options, f"wrote {write_report(report, out)}")
+
+
+def _kl_of_rarest(stg: Any, features: Any) -> Any:
+    from ltstg.inspect.kl import kl_report
+
+    try:
+        return kl_report(stg, features)
+    except LtstgError:  # e.g. the rarest class has a single image: the report goes without the section
+        return None
+
+
 def parse_sweeps(items: list[str]) -> dict[str, list[Any]]:
     """`a.b=v1,v2` items as field -> values (YAML scalars, as --set reads them)."""
     import yaml
@@ -634,6 +660,9 @@ def run_command(
         Optional[list[str]],
         typer.Option("--sweep", help="Run every value of a field: --sweep stg.memory=0,600,1200 (repeatable: a grid)."),
     ] = None,
+    report_path: Annotated[
+        Optional[Path], typer.Option("--report", help="Also write a one-file HTML report of the run.")
+    ] = None,
     force: ForceOption = False,
 ) -> None:
     """A whole recipe: make-dataset → pretrain → fit-stg → retrain (each method) → eval, then one table."""
@@ -661,6 +690,16 @@ def run_command(
         f"seeds {' '.join(map(str, chosen_seeds))} vary {vary_from} onwards "
         f"(earlier stages: seed {settings.seed}; data set: subset seed {settings.dataset.subset_seed})"
     )
+    if report_path is not None:
+        if grid or not rows:
+            raise LtstgError("--report needs a run up to eval without --sweep (one methods table).")
+        import shlex
+
+        flags = [str(recipe), *(f"--seeds {seed}" for seed in chosen_seeds), f"--vary-from {vary_from}",
+                 *(f"--set {shlex.quote(item)}" for item in assignments or []),
+                 *(f"--methods {shlex.quote(method)}" for method in methods or [])]
+        command = "ltstg run " + " ".join(flags)
+        _write_run_report(options, run.store, rows, results, f"{recipe} · {varied}", report_path, command)
     if markdown:
         sys.stdout.write(f"{recipe} · {varied} · {elapsed:.0f} s\n\n" + markdown_table(rows, list(grid)) + "\n")
         return
@@ -679,6 +718,91 @@ def run_command(
         show_results(options, results, f"run {recipe} (until {until})")
         return
     emit(options, payload, table)
+
+
+@app.command("report")
+@guarded
+def report_command(
+    ctx: typer.Context,
+    classifiers: Annotated[
+        Optional[list[str]], typer.Argument(help="Classifier artifacts (default: every classifier of the newest features).")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="HTML file to write.")] = Path("report.html"),
+    tsne: Annotated[bool, typer.Option(help="Include the t-SNE figure (a few seconds per 2000 points).")] = True,
+    recipe: RecipeOption = None,
+) -> None:
+    """One self-contained HTML file: data set, curves, methods table (± std over seeds) and every picture."""
+    from ltstg.inspect.report import RunReport, write_report
+    from ltstg.stages import steps
+    from ltstg.stages.pipeline import MethodRun, aggregate
+    from ltstg.store import SHORT
+
+    options = _options(ctx)
+    settings = _recipe(options, recipe, {})
+    with RichReport(not options.json) as progress:
+        run = _context(options, progress)
+        store = run.store
+        if classifiers:
+            picked = [pick(run, ref, "classifier") for ref in classifiers]
+        else:
+            features_id = store.resolve(None, "features")
+            picked = [store.get(i.id, "classifier") for i in store.list("classifier") if i.parents[:1] == [features_id]]
+            if not picked:
+                raise LtstgError(f"no classifier of features {features_id[:SHORT]} in {store.root}; run retrain first.")
+        parents = {c.parents[0] for c in picked}
+        if len(parents) > 1:
+            raise LtstgError("a report shows classifiers of one features artifact; these come from several.")
+        features = store.get(parents.pop(), "features")
+        backbone = store.get(features.parents[0], "backbone")
+        dataset = store.get(features.parents[1], "dataset")
+        labels = _group_labels(picked)
+        runs = [MethodRun(int(c.settings.get("seed", 0)), labels[c.id],
+                          steps.eval_step(run, settings, c, features).artifact) for c in picked]
+        stg_ids = {c.parents[1] for c in picked if len(c.parents) > 1}
+        stg = store.get(sorted(stg_ids)[0], "stg") if stg_ids else None
+    rows = aggregate(runs)
+    shown = []
+    for row in rows:
+        report_artifact = store.get(row["reports"][0], "report")
+        shown.append((row["method"], store.get(report_artifact.parents[0], "classifier")))
+    kl = _kl_of_rarest(stg, features) if stg is not None else None
+    report = RunReport(f"ltstg report · features {features.id[:SHORT]}", dataset, features, rows, shown,
+                       backbone=backbone, stg=stg, kl=kl, with_tsne=tsne,
+                       commands={"methods": "ltstg report " + " ".join(c.id[:SHORT] for c in picked)})
+    _note(options, f"wrote {write_report(report, out)}")
+    emit(options, {"out": str(out), "rows": rows}, comparison_table(rows, f"report {out}"))
+
+
+def _group_labels(classifiers: list[Any]) -> dict[str, str]:
+    """A table label per classifier: its method, plus the settings that tell apart methods of one name;
+    classifiers that differ only in the seed share a label, so the table averages them."""
+    import json as json_module
+
+    def defining(c: Any) -> dict[str, Any]:
+        flat = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for key, item in value.items():
+                    walk(f"{prefix}{key}.", item)
+            else:
+                flat[prefix[:-1]] = value
+
+        walk("", {k: v for k, v in c.settings.items() if k != "seed"})
+        return flat
+
+    by_method: dict[str, list[Any]] = {}
+    for c in classifiers:
+        by_method.setdefault(c.info.get("method", "?"), []).append(c)
+    labels = {}
+    for method, group in by_method.items():
+        settings = [defining(c) for c in group]
+        keys = sorted({k for s in settings for k in s})
+        differing = [k for k in keys if len({json_module.dumps(s.get(k)) for s in settings}) > 1]
+        for c, s in zip(group, settings):
+            extra = ", ".join(f"{k.split('.')[-1]} {s.get(k)}" for k in differing)
+            labels[c.id] = f"{method} ({extra})" if extra else method
+    return labels
 
 
 # -- inspect: the store --------------------------------------------------------------------------

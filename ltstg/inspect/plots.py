@@ -93,8 +93,13 @@ def plot_reliability(panels: dict[str, dict[str, Any]], path: str | Path) -> Pat
 
     Each panel holds `count`, `confidence_sum`, `correct_sum` per bin (metrics.reliability_bins) and `ece`.
     """
-    figure, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), dpi=100, squeeze=False)
-    for axis, (label, panel) in zip(axes[0], panels.items()):
+    columns = min(len(panels), 4)
+    rows = -(-len(panels) // columns)
+    figure, grid = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.4 * rows), dpi=100, squeeze=False)
+    axes = grid.flatten()
+    for axis in axes[len(panels) :]:
+        axis.set_visible(False)
+    for axis, (label, panel) in zip(axes, panels.items()):
         count = panel["count"].clamp_min(1)
         bins = count.numel()
         filled = (panel["count"] > 0).numpy()
@@ -109,8 +114,9 @@ def plot_reliability(panels: dict[str, dict[str, Any]], path: str | Path) -> Pat
         axis.set_ylim(0, 1)
         axis.set_xlabel("confidence")
         axis.set_title(f"{label}\nECE {100 * panel['ece']:.1f}%", fontsize=9)
-    axes[0][0].set_ylabel("accuracy")
-    axes[0][0].legend(fontsize=7, loc="upper left")
+    for row in grid:
+        row[0].set_ylabel("accuracy")
+    axes[0].legend(fontsize=7, loc="upper left")
     return _save(figure, path)
 
 

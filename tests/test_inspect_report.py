@@ -1,0 +1,91 @@
+"""`ltstg report` and `ltstg run --report`: one HTML file whose every section is there and every image decodes."""
+import base64
+import io
+from html.parser import HTMLParser
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from ltstg.cli import app
+
+runner = CliRunner()
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+METHODS = """
+methods:
+  CE: {classifier: none}
+  cRT: {classifier: crt}
+  cRT+STG: {augment: {name: stg, lam: 1.5}}
+"""
+SECTIONS = ["Data set", "Training curves", "Methods", "Per-class accuracy against training count",
+            "Classifier weight norms per class", "Reliability diagrams", "t-SNE of the features"]
+
+
+class Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.headings, self.images, self.cells, self._in = [], [], [], None
+
+    def handle_starttag(self, tag, attrs):
+        self._in = tag
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+
+    def handle_endtag(self, tag):
+        self._in = None
+
+    def handle_data(self, data):
+        if self._in == "h2":
+            self.headings.append(data)
+        elif self._in == "td":
+            self.cells.append(data)
+
+
+def parse(path):
+    page = Page()
+    page.feed(path.read_text(encoding="utf-8"))
+    for src in page.images:
+        assert src.startswith("data:image/png;base64,")  # embedded: no file or network reference
+        with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as image:
+            image.load()
+            assert image.size[0] >= 200 and image.size[1] >= 100
+    return page
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory):
+    from tests.conftest import TINY
+
+    path = tmp_path_factory.mktemp("report") / "tiny.yaml"
+    path.write_text(TINY + METHODS)
+    return path
+
+
+def test_run_report_has_every_section_and_the_seeds(recipe, tmp_path):
+    out = tmp_path / "run.html"
+    result = runner.invoke(app, ["--store", str(tmp_path / "s"), "run", str(recipe), "--seeds", "0", "--seeds", "1",
+                                 "--vary-from", "retrain", "--report", str(out)])
+    assert result.exit_code == 0, result.output
+    page = parse(out)
+    for section in SECTIONS:
+        assert section in page.headings, page.headings
+    assert any(h.startswith("What the STG learned") for h in page.headings)
+    assert len(page.images) == len(SECTIONS) + 1 - 1  # every section but the table has one picture, plus KL
+    assert any("±" in cell for cell in page.cells)  # two seeds: mean ± std
+    assert "ltstg run" in out.read_text()
+
+
+def test_report_command_groups_seeds_and_needs_one_features_artifact(recipe, tmp_path):
+    store = tmp_path / "s"
+    assert runner.invoke(app, ["--store", str(store), "run", str(recipe), "--seeds", "0", "--seeds", "1",
+                               "--vary-from", "retrain"]).exit_code == 0
+    out = tmp_path / "report.html"
+    result = runner.invoke(app, ["--store", str(store), "report", "--out", str(out), "--no-tsne"])
+    assert result.exit_code == 0, result.output
+    page = parse(out)
+    assert "t-SNE of the features" not in page.headings and "Methods" in page.headings
+    methods = [cell for cell in page.cells if cell in ("CE (stage 1)", "cRT", "cRT+STG")]
+    assert sorted(methods) == ["CE (stage 1)", "cRT", "cRT+STG"]  # two seeds each, one row each
+    empty = runner.invoke(app, ["--store", str(tmp_path / "none"), "report"])
+    assert empty.exit_code == 2 and "no features artifact" in empty.stderr

@@ -565,19 +565,22 @@ def _write_run_report(options: Options, store: Any, rows: list[dict[str, Any]], 
     classifiers = [(row["method"], store.get(store.get(row["reports"][0], "report").parents[0], "classifier"))
                    for row in rows]
     stg = first.get("stg")
-    kl = _kl_of_rarest(stg, first["features"]) if stg is not None else None
+    kl, omitted = _kl_of_rarest(options, stg, first["features"]) if stg is not None else (None, [])
     report = RunReport(title, first["dataset"], first["features"], rows, classifiers, backbone=first.get("backbone"),
-                       stg=stg, kl=kl, commands={"methods": command} if command else {})
+                       stg=stg, kl=kl, omitted=omitted, commands={"methods": command} if command else {})
     _note(options, f"wrote {write_report(report, out)}")
 
 
-def _kl_of_rarest(stg: Any, features: Any) -> Any:
+def _kl_of_rarest(options: Options, stg: Any, features: Any) -> tuple[Any, list[str]]:
+    """The KL report of the rarest tail class, or None and the reason, said on stderr and kept in the report."""
     from ltstg.inspect.kl import kl_report
 
     try:
-        return kl_report(stg, features)
-    except LtstgError:  # e.g. the rarest class has a single image: the report goes without the section
-        return None
+        return kl_report(stg, features), []
+    except LtstgError as error:  # e.g. the rarest class has a single image
+        reason = f"the KL section is left out: {error}"
+        _note(options, reason)
+        return None, [reason]
 
 
 def parse_sweeps(items: list[str]) -> dict[str, list[Any]]:
@@ -765,9 +768,9 @@ def report_command(
     for row in rows:
         report_artifact = store.get(row["reports"][0], "report")
         shown.append((row["method"], store.get(report_artifact.parents[0], "classifier")))
-    kl = _kl_of_rarest(stg, features) if stg is not None else None
+    kl, omitted = _kl_of_rarest(options, stg, features) if stg is not None else (None, [])
     report = RunReport(f"ltstg report · features {features.id[:SHORT]}", dataset, features, rows, shown,
-                       backbone=backbone, stg=stg, kl=kl, with_tsne=tsne,
+                       backbone=backbone, stg=stg, kl=kl, omitted=omitted, with_tsne=tsne,
                        commands={"methods": "ltstg report " + " ".join(c.id[:SHORT] for c in picked)})
     _note(options, f"wrote {write_report(report, out)}")
     emit(options, {"out": str(out), "rows": rows}, comparison_table(rows, f"report {out}"))

@@ -489,7 +489,7 @@ class Store:
         path = self.checkpoint_path(artifact_id)
         try:
             data = path.read_bytes()
-        except FileNotFoundError:
+        except FileNotFoundError:  # no checkpoint: the stage starts from scratch, nothing is skipped
             return None
         except OSError as error:
             raise os_error("read", path, error) from None

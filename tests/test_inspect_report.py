@@ -12,12 +12,6 @@ from ltstg.cli import app
 runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-METHODS = """
-methods:
-  CE: {classifier: none}
-  cRT: {classifier: crt}
-  cRT+STG: {augment: {name: stg, lam: 1.5}}
-"""
 SECTIONS = ["Data set", "Training curves", "Methods", "Per-class accuracy against training count",
             "Classifier weight norms per class", "Reliability diagrams", "t-SNE of the features"]
 
@@ -55,10 +49,10 @@ def parse(path):
 
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory):
-    from tests.conftest import TINY
+    from tests.conftest import TINY, TINY_METHODS
 
     path = tmp_path_factory.mktemp("report") / "tiny.yaml"
-    path.write_text(TINY + METHODS)
+    path.write_text(TINY + TINY_METHODS)
     return path
 
 
@@ -89,3 +83,22 @@ def test_report_command_groups_seeds_and_needs_one_features_artifact(recipe, tmp
     assert sorted(methods) == ["CE (stage 1)", "cRT", "cRT+STG"]  # two seeds each, one row each
     empty = runner.invoke(app, ["--store", str(tmp_path / "none"), "report"])
     assert empty.exit_code == 2 and "no features artifact" in empty.stderr
+
+
+def test_a_section_that_cannot_be_drawn_is_said_not_dropped(recipe, tmp_path, monkeypatch):
+    from ltstg.errors import LtstgError
+    from ltstg.inspect import kl
+
+    store = tmp_path / "s"
+    assert runner.invoke(app, ["--store", str(store), "run", str(recipe)]).exit_code == 0
+
+    def refuse(*args, **kwargs):
+        raise LtstgError("class truck has 1 training image")
+
+    monkeypatch.setattr(kl, "kl_report", refuse)
+    out = tmp_path / "report.html"
+    result = runner.invoke(app, ["--store", str(store), "report", "--out", str(out), "--no-tsne"])
+    assert result.exit_code == 0, result.output
+    assert "the KL section is left out: class truck has 1 training image" in result.stderr
+    page = parse(out)
+    assert "Left out" in page.headings and not any(h.startswith("What the STG learned") for h in page.headings)

@@ -35,6 +35,7 @@ class RunReport:
     stg: Artifact | None = None
     kl: Any = None  # a kl-report Output or Artifact, for the rarest tail class
     with_tsne: bool = True
+    omitted: list[str] = field(default_factory=list)  # sections left out, each with the reason
     commands: dict[str, str] = field(default_factory=dict)  # section -> command that reproduces it
 
 
@@ -72,6 +73,9 @@ def write_report(report: RunReport, out: str | Path) -> Path:
             png = picture("tsne", draw_tsne)
             sections.append(_section("t-SNE of the features", _ids(report.features, report.stg, *picked),
                                      report.commands.get("tsne"), png))
+    if report.omitted:
+        items = "".join(f"<li>{html.escape(reason)}</li>" for reason in report.omitted)
+        sections.append(f"<section><h2>Left out</h2><ul>{items}</ul></section>")
     page = _PAGE.format(title=html.escape(report.title), body="\n".join(sections))
     out = Path(out)
     out.write_text(page, encoding="utf-8")

@@ -34,6 +34,13 @@ retrain:
   batch_size: 16
 """
 
+TINY_METHODS = """
+methods:
+  CE: {classifier: none}
+  cRT: {classifier: crt}
+  cRT+STG: {augment: {name: stg, lam: 1.5}}
+"""
+
 
 @pytest.fixture
 def tiny_recipe_path(tmp_path) -> Path:

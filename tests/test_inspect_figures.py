@@ -9,12 +9,6 @@ from ltstg.cli import app
 runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-METHODS = """
-methods:
-  CE: {classifier: none}
-  cRT: {classifier: crt}
-  cRT+STG: {augment: {name: stg, lam: 1.5}}
-"""
 
 
 def assert_picture(path, min_size=(300, 200)):
@@ -28,11 +22,11 @@ def assert_picture(path, min_size=(300, 200)):
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    from tests.conftest import TINY
+    from tests.conftest import TINY, TINY_METHODS
 
     root = tmp_path_factory.mktemp("figures")
     recipe = root / "tiny.yaml"
-    recipe.write_text(TINY + METHODS)
+    recipe.write_text(TINY + TINY_METHODS)
     store = root / "store"
     result = runner.invoke(app, ["--store", str(store), "run", str(recipe)])
     assert result.exit_code == 0, result.output

@@ -51,18 +51,27 @@ def _shade_groups(axis: Any, groups: Sequence[str]) -> None:
             start = index
 
 
-def plot_per_class(
-    series: dict[str, Sequence[float]], counts: Sequence[int], groups: Sequence[str], path: str | Path
-) -> Path:
-    """Per-class test accuracy of each classifier against the classes' training counts (largest first)."""
+def _per_class_lines(
+    series: dict[str, Sequence[float]], counts: Sequence[int], groups: Sequence[str], scale: float, ylabel: str
+) -> tuple[Any, Any]:
+    """One line per series over classes ordered by training count, with the shot groups shaded."""
     order = _count_order(counts)
     figure, axis = plt.subplots(figsize=(9, 4.5), dpi=100)
     _shade_groups(axis, [groups[c] for c in order])
     for label, values in series.items():
-        axis.plot(range(len(order)), [100 * float(values[c]) for c in order], marker=".", lw=1.2, label=label)
+        axis.plot(range(len(order)), [scale * float(values[c]) for c in order], marker=".", lw=1.2, label=label)
     axis.set_xlabel("classes, from the most to the fewest training images")
-    axis.set_ylabel("test accuracy (%)")
+    axis.set_ylabel(ylabel)
+    return figure, axis
+
+
+def plot_per_class(
+    series: dict[str, Sequence[float]], counts: Sequence[int], groups: Sequence[str], path: str | Path
+) -> Path:
+    """Per-class test accuracy of each classifier against the classes' training counts (largest first)."""
+    figure, axis = _per_class_lines(series, counts, groups, 100, "test accuracy (%)")
     axis.set_ylim(0, 100)
+    order = _count_order(counts)
     counts_axis = axis.twinx()
     counts_axis.plot(range(len(order)), [counts[c] for c in order], color="black", ls="--", lw=1, label="train images")
     counts_axis.set_yscale("log")
@@ -77,13 +86,7 @@ def plot_weight_norms(
     series: dict[str, Sequence[float]], counts: Sequence[int], groups: Sequence[str], path: str | Path
 ) -> Path:
     """‖w_c‖ per class for each classifier, classes by training count: the picture behind τ-norm and LWS."""
-    order = _count_order(counts)
-    figure, axis = plt.subplots(figsize=(9, 4), dpi=100)
-    _shade_groups(axis, [groups[c] for c in order])
-    for label, norms in series.items():
-        axis.plot(range(len(order)), [float(norms[c]) for c in order], marker=".", lw=1.2, label=label)
-    axis.set_xlabel("classes, from the most to the fewest training images")
-    axis.set_ylabel("classifier weight norm ‖w_c‖")
+    figure, axis = _per_class_lines(series, counts, groups, 1, "classifier weight norm ‖w_c‖")
     axis.legend(fontsize=8)
     return _save(figure, path)
 

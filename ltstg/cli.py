@@ -643,6 +643,21 @@ def comparison_table(rows: list[dict[str, Any]], title: str, swept: Optional[lis
     return table
 
 
+def wide_rich_table(rows: list[dict[str, Any]], title: str, field: str, swept: list[str]) -> Table:
+    """The sweep pivoted on `field`: one top-1 column (percent, ± std over seeds) per value."""
+    from ltstg.stages.evaluate import wide_table
+
+    labels, columns, body = wide_table(rows, field, swept)
+    table = Table(title=title, title_justify="left")
+    for label in labels:
+        table.add_column(label, no_wrap=True)
+    for column in columns:
+        table.add_column(column, justify="right")
+    for cells in body:
+        table.add_row(*cells)
+    return table
+
+
 # -- run -------------------------------------------------------------------------------------------
 @app.command("run")
 @guarded
@@ -663,13 +678,18 @@ def run_command(
         Optional[list[str]],
         typer.Option("--sweep", help="Run every value of a field: --sweep stg.memory=0,600,1200 (repeatable: a grid)."),
     ] = None,
+    columns: Annotated[
+        Optional[str],
+        typer.Option("--columns", help="Pivot the table: one top-1 column per value of this swept field "
+                                       "(Table 1: --sweep dataset.imbalance=100,50,10 --columns dataset.imbalance)."),
+    ] = None,
     report_path: Annotated[
         Optional[Path], typer.Option("--report", help="Also write a one-file HTML report of the run.")
     ] = None,
     force: ForceOption = False,
 ) -> None:
     """A whole recipe: make-dataset → pretrain → fit-stg → retrain (each method) → eval, then one table."""
-    from ltstg.stages.evaluate import markdown_table
+    from ltstg.stages.evaluate import markdown_table, markdown_wide_table, require_swept
     from ltstg.stages.pipeline import aggregate, run_recipe, run_sweep
 
     options = _options(ctx)
@@ -678,6 +698,8 @@ def run_command(
         overrides["seed"] = options.seed
     settings = _recipe(options, recipe, overrides)
     grid = parse_sweeps(sweeps or [])
+    if columns is not None:
+        require_swept(columns, list(grid))  # before hours of training, not after
     chosen_seeds = list(seeds) if seeds else [settings.seed]
     started = time.perf_counter()
     with RichReport(not options.json) as report:
@@ -704,7 +726,8 @@ def run_command(
         command = "ltstg run " + " ".join(flags)
         _write_run_report(options, run.store, rows, results, f"{recipe} · {varied}", report_path, command)
     if markdown:
-        sys.stdout.write(f"{recipe} · {varied} · {elapsed:.0f} s\n\n" + markdown_table(rows, list(grid)) + "\n")
+        body = markdown_wide_table(rows, columns, list(grid)) if columns else markdown_table(rows, list(grid))
+        sys.stdout.write(f"{recipe} · {varied} · {elapsed:.0f} s\n\n" + body + "\n")
         return
     payload = {
         "recipe": str(recipe),
@@ -712,11 +735,18 @@ def run_command(
         "vary_from": vary_from,
         "subset_seed": settings.dataset.subset_seed,
         "swept": {field: list(values) for field, values in grid.items()},
+        "columns": columns,
         "rows": rows,
         "artifacts": [artifact_summary(r) for r in results],
         "wall_clock": elapsed,
     }
-    table = comparison_table(rows, f"{recipe} · {varied} · {elapsed:.0f} s", list(grid)) if rows else None
+    title = f"{recipe} · {varied} · {elapsed:.0f} s"
+    if not rows:
+        table = None
+    elif columns:
+        table = wide_rich_table(rows, title, columns, list(grid))
+    else:
+        table = comparison_table(rows, title, list(grid))
     if table is None:
         show_results(options, results, f"run {recipe} (until {until})")
         return

@@ -107,3 +107,24 @@ def test_missing_group_shows_a_dash():
 def test_compare_rows_rejects_other_kinds():
     with pytest.raises(LtstgError, match="not a report"):
         compare_rows([features_artifact()])
+
+
+def test_wide_table_puts_one_swept_field_side_by_side():
+    from ltstg.stages.evaluate import markdown_wide_table, wide_table
+
+    def row(method, imbalance, views, top1, spread=None):
+        out = {"method": method, "all": top1, "swept": {"views": views, "imb": imbalance}}
+        if spread is not None:
+            out["all_std"] = spread
+        return out
+
+    rows = [row("cRT", 100, 0, 0.735, 0.003), row("STG", 100, 0, 0.761, 0.001), row("cRT", 50, 0, 0.8),
+            row("cRT", 100, 4, 0.736, 0.002), row("STG", 100, 4, 0.766, 0.002)]
+    labels, columns, body = wide_table(rows, "imb", ["views", "imb"])
+    assert (labels, columns) == (["Method", "views"], ["imb=100", "imb=50"])
+    assert body == [["cRT", "0", "73.5 ± 0.3", "80.0"], ["cRT", "4", "73.6 ± 0.2", "–"],
+                    ["STG", "0", "76.1 ± 0.1", "–"], ["STG", "4", "76.6 ± 0.2", "–"]]
+    assert markdown_wide_table(rows, "imb", ["views", "imb"]).splitlines()[:3] == [
+        "| Method | views | imb=100 | imb=50 |", "|---|---|---:|---:|", "| cRT | 0 | 73.5 ± 0.3 | 80.0 |"]
+    with pytest.raises(LtstgError, match="--columns seed: not a swept field"):
+        wide_table(rows, "seed", ["views", "imb"])

@@ -199,3 +199,23 @@ def test_sweep_through_the_cli_has_a_column_per_field(recipe_path, tmp_path):
     assert "| 0.5 |" in lines[2] and "| 1.5 |" in lines[3]
     bad = runner.invoke(app, ["--store", str(tmp_path / "s"), "run", str(recipe_path), "--sweep", "stg.memory"])
     assert bad.exit_code == 2 and "expected FIELD=V1,V2" in bad.stderr
+
+
+def test_sweep_pivoted_on_a_field_has_a_column_per_value(recipe_path, tmp_path):
+    runner = CliRunner()
+    store = ["--store", str(tmp_path / "s")]
+    sweep = ["--methods", "cRT", "--methods", "cRT+STG", "--sweep", "methods.cRT+STG.augment.lam=0.5,1.5"]
+    result = runner.invoke(app, [*store, "run", str(recipe_path), *sweep, "--columns", "methods.cRT+STG.augment.lam",
+                                 "--markdown"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stdout.splitlines() if line.startswith("|")]
+    assert lines[0] == "| Method | methods.cRT+STG.augment.lam=0.5 | methods.cRT+STG.augment.lam=1.5 |"
+    assert [line.split(" | ")[0] for line in lines[2:]] == ["| cRT", "| cRT+STG"]
+    crt = lines[2].strip("| ").split(" | ")[1:]
+    assert crt[0] == crt[1]  # plain cRT does not read lam: one classifier in both columns
+    payload = json.loads(runner.invoke(app, [*store, "--json", "run", str(recipe_path), *sweep, "--columns",
+                                             "methods.cRT+STG.augment.lam"]).stdout)
+    assert payload["columns"] == "methods.cRT+STG.augment.lam" and len(payload["rows"]) == 4
+    unswept = runner.invoke(app, [*store, "run", str(recipe_path), *sweep, "--columns", "stg.memory"])
+    assert unswept.exit_code == 2 and "--columns stg.memory: not a swept field" in unswept.stderr
+    assert unswept.stderr.count("\n") == 1  # refused before any stage ran

@@ -100,19 +100,56 @@ def compare_rows(reports: list[Artifact]) -> list[dict]:
     return rows
 
 
+def percent(row: dict, key: str) -> str:
+    """A fraction as percent with one decimal, ± the std over seeds when there is one; – when missing."""
+    value, spread = row.get(key), row.get(f"{key}_std")
+    if value is None:
+        return "–"
+    return f"{100 * value:.1f} ± {100 * spread:.1f}" if spread is not None else f"{100 * value:.1f}"
+
+
+def require_swept(field: str, swept: list[str]) -> None:
+    """A table can only be pivoted on a field the run swept."""
+    if field not in swept:
+        raise LtstgError(f"--columns {field}: not a swept field; sweep it, e.g. --sweep {field}=V1,V2.")
+
+
+def wide_table(rows: list[dict], field: str, swept: list[str]) -> tuple[list[str], list[str], list[list[str]]]:
+    """A sweep's rows pivoted: one top-1 column per value of `field` (the paper's Table 1 puts imbalances side by side).
+
+    Returns the label columns' names, the value columns' names and the body as text cells; a method
+    never run at a value shows –.
+    """
+    require_swept(field, swept)
+    others = [name for name in swept if name != field]
+    values: list = []
+    cells: dict[tuple, dict] = {}
+    for row in rows:
+        value = row["swept"][field]
+        if value not in values:
+            values.append(value)
+        key = (row["method"], *(row["swept"][name] for name in others))
+        cells.setdefault(key, {})[value] = percent(row, "all")
+    methods = list(dict.fromkeys(row["method"] for row in rows))
+    keys = sorted(cells, key=lambda key: methods.index(key[0]))  # each method's rows together, in recipe order
+    body = [[str(part) for part in key] + [cells[key].get(value, "–") for value in values] for key in keys]
+    return ["Method", *others], [f"{field}={value}" for value in values], body
+
+
+def markdown_wide_table(rows: list[dict], field: str, swept: list[str]) -> str:
+    """`wide_table` as Markdown: top-1 in percent, mean ± std over seeds."""
+    labels, columns, body = wide_table(rows, field, swept)
+    lines = ["| " + " | ".join(labels + columns) + " |", "|" + "---|" * len(labels) + "---:|" * len(columns)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    return "\n".join(lines) + "\n"
+
+
 def markdown_table(rows: list[dict], swept: list[str] | None = None) -> str:
     """A README-ready table: accuracies and ECE in percent with one decimal (as the paper prints them), NLL with 3.
 
     `swept` adds one column per swept recipe field, after the method.
     """
     swept = swept or []
-
-    def percent(row: dict, key: str) -> str:
-        value, spread = row.get(key), row.get(f"{key}_std")
-        if value is None:
-            return "–"
-        return f"{100 * value:.1f} ± {100 * spread:.1f}" if spread is not None else f"{100 * value:.1f}"
-
     lines = [
         "| Method | " + "".join(f"{field} | " for field in swept) + "All | Many | Medium | Few | ECE | NLL | id |",
         "|---|" + "---|" * len(swept) + "---:|---:|---:|---:|---:|---:|---|",

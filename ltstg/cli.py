@@ -663,7 +663,9 @@ def wide_rich_table(rows: list[dict[str, Any]], title: str, field: str, swept: l
 @guarded
 def run_command(
     ctx: typer.Context,
-    recipe: Annotated[Path, typer.Argument(help="YAML recipe (see recipes/).")],
+    recipes: Annotated[
+        list[Path], typer.Argument(help="YAML recipe(s) (see recipes/); several run in turn into one table.")
+    ],
     seeds: Annotated[Optional[list[int]], typer.Option("--seeds", help="Seeds to run (repeatable).")] = None,
     until: Annotated[str, typer.Option(help="Last stage: dataset | pretrain | fit-stg | retrain | eval.")] = "eval",
     methods: Annotated[Optional[list[str]], typer.Option("--methods", help="Only these recipe methods.")] = None,
@@ -680,76 +682,70 @@ def run_command(
     ] = None,
     columns: Annotated[
         Optional[str],
-        typer.Option("--columns", help="Pivot the table: one top-1 column per value of this swept field "
-                                       "(Table 1: --sweep dataset.imbalance=100,50,10 --columns dataset.imbalance)."),
+        typer.Option("--columns", help="Pivot the table: one top-1 column per value of a swept field, or per recipe "
+                                       "with `recipe` (Table 1: one recipe per imbalance, --columns recipe)."),
     ] = None,
     report_path: Annotated[
         Optional[Path], typer.Option("--report", help="Also write a one-file HTML report of the run.")
     ] = None,
     force: ForceOption = False,
 ) -> None:
-    """A whole recipe: make-dataset → pretrain → fit-stg → retrain (each method) → eval, then one table."""
+    """Whole recipes: make-dataset → pretrain → fit-stg → retrain (each method) → eval, then one table."""
     from ltstg.stages.evaluate import markdown_table, markdown_wide_table, require_swept
-    from ltstg.stages.pipeline import aggregate, run_recipe, run_sweep
+    from ltstg.stages.pipeline import run_sweep
 
     options = _options(ctx)
     overrides = parse_assignments(assignments or [])
     if options.seed is not None:
         overrides["seed"] = options.seed
-    settings = _recipe(options, recipe, overrides)
+    settings = [_recipe(options, path, overrides) for path in recipes]
     grid = parse_sweeps(sweeps or [])
+    swept = (["recipe"] if len(recipes) > 1 else []) + list(grid)
     if columns is not None:
-        require_swept(columns, list(grid))  # before hours of training, not after
-    chosen_seeds = list(seeds) if seeds else [settings.seed]
+        require_swept(columns, swept)  # before hours of training, not after
+    if report_path is not None and (swept or until != "eval"):
+        raise LtstgError("--report needs one recipe run up to eval without --sweep (one methods table).")
     started = time.perf_counter()
     with RichReport(not options.json) as report:
         run = _context(options, report, force)
-        if grid:
-            rows, results = run_sweep(run, recipe, overrides, grid, seeds=chosen_seeds, until=until, methods=methods,
-                                      vary_from=vary_from)
-        else:
-            runs, results = run_recipe(run, settings, seeds=chosen_seeds, until=until, methods=methods, vary_from=vary_from)
-            rows = aggregate(runs)
+        rows, results = run_sweep(run, list(recipes), overrides, grid, seeds=seeds or None, until=until,
+                                  methods=methods, vary_from=vary_from)
     elapsed = time.perf_counter() - started
+    name = " ".join(map(str, recipes))
+    recipe_seeds = " ".join(map(str, sorted({s.seed for s in settings})))
+    subset_seeds = " ".join(map(str, sorted({s.dataset.subset_seed for s in settings})))
     varied = (
-        f"seeds {' '.join(map(str, chosen_seeds))} vary {vary_from} onwards "
-        f"(earlier stages: seed {settings.seed}; data set: subset seed {settings.dataset.subset_seed})"
+        f"seeds {' '.join(map(str, seeds or [recipe_seeds]))} vary {vary_from} onwards "
+        f"(earlier stages: seed {recipe_seeds}; data set: subset seed {subset_seeds})"
     )
     if report_path is not None:
-        if grid or not rows:
-            raise LtstgError("--report needs a run up to eval without --sweep (one methods table).")
         import shlex
 
-        flags = [str(recipe), *(f"--seeds {seed}" for seed in chosen_seeds), f"--vary-from {vary_from}",
+        flags = [name, *(f"--seeds {seed}" for seed in seeds or []), f"--vary-from {vary_from}",
                  *(f"--set {shlex.quote(item)}" for item in assignments or []),
                  *(f"--methods {shlex.quote(method)}" for method in methods or [])]
         command = "ltstg run " + " ".join(flags)
-        _write_run_report(options, run.store, rows, results, f"{recipe} · {varied}", report_path, command)
+        _write_run_report(options, run.store, rows, results, f"{name} · {varied}", report_path, command)
+    title = f"{name} · {varied} · {elapsed:.0f} s"
     if markdown:
-        body = markdown_wide_table(rows, columns, list(grid)) if columns else markdown_table(rows, list(grid))
-        sys.stdout.write(f"{recipe} · {varied} · {elapsed:.0f} s\n\n" + body + "\n")
+        body = markdown_wide_table(rows, columns, swept) if columns else markdown_table(rows, swept)
+        sys.stdout.write(f"{title}\n\n" + body + "\n")
         return
     payload = {
-        "recipe": str(recipe),
-        "seeds": chosen_seeds,
+        "recipes": [str(path) for path in recipes],
+        "seeds": seeds or sorted({s.seed for s in settings}),
         "vary_from": vary_from,
-        "subset_seed": settings.dataset.subset_seed,
+        "subset_seeds": sorted({s.dataset.subset_seed for s in settings}),
         "swept": {field: list(values) for field, values in grid.items()},
         "columns": columns,
         "rows": rows,
         "artifacts": [artifact_summary(r) for r in results],
         "wall_clock": elapsed,
     }
-    title = f"{recipe} · {varied} · {elapsed:.0f} s"
     if not rows:
-        table = None
-    elif columns:
-        table = wide_rich_table(rows, title, columns, list(grid))
-    else:
-        table = comparison_table(rows, title, list(grid))
-    if table is None:
-        show_results(options, results, f"run {recipe} (until {until})")
+        show_results(options, results, f"run {name} (until {until})")
         return
+    table = wide_rich_table(rows, title, columns, swept) if columns else comparison_table(rows, title, swept)
     emit(options, payload, table)
 
 

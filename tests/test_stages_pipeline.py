@@ -177,7 +177,7 @@ def test_sweep_is_a_grid_that_reuses_shared_artifacts(recipe_path, tmp_path):
         {"a": 1, "b": "x"}, {"a": 1, "b": "y"}, {"a": 2, "b": "x"}, {"a": 2, "b": "y"}
     ]
     sweeps = {"stg.memory": [0, 16], "methods.cRT+STG.augment.lam": [0.5, 1.5]}
-    rows, results = run_sweep(Context(store=Store(tmp_path / "s")), recipe_path, {}, sweeps, methods=["cRT", "cRT+STG"])
+    rows, results = run_sweep(Context(store=Store(tmp_path / "s")), [recipe_path], {}, sweeps, methods=["cRT", "cRT+STG"])
     assert len(rows) == 8 and [row["swept"] for row in rows[::2]] == sweep_grid(sweeps)
     made = {}
     for result in results:
@@ -185,7 +185,7 @@ def test_sweep_is_a_grid_that_reuses_shared_artifacts(recipe_path, tmp_path):
     assert len(made["backbone"]) == 1 and len(made["stg"]) == 2  # stage 1 once; one STG per memory size
     assert len(made["classifier"]) == 1 + 4  # plain cRT does not depend on the sweep; cRT+STG per combination
     with pytest.raises(LtstgError, match="stg.memory: Input should be greater than or equal to 0"):
-        run_sweep(Context(store=Store(tmp_path / "t")), recipe_path, {}, {"stg.memory": [16, -1]})
+        run_sweep(Context(store=Store(tmp_path / "t")), [recipe_path], {}, {"stg.memory": [16, -1]})
     assert not (tmp_path / "t" / "objects").exists()  # the bad value stopped the sweep before any work
 
 
@@ -219,3 +219,30 @@ def test_sweep_pivoted_on_a_field_has_a_column_per_value(recipe_path, tmp_path):
     unswept = runner.invoke(app, [*store, "run", str(recipe_path), *sweep, "--columns", "stg.memory"])
     assert unswept.exit_code == 2 and "--columns stg.memory: not a swept field" in unswept.stderr
     assert unswept.stderr.count("\n") == 1  # refused before any stage ran
+
+
+def test_several_recipes_run_into_one_table_with_a_column_each(recipe_path, tmp_path):
+    """Table 1 is one recipe per imbalance (each with its own MiSLAS settings): `--columns recipe` lines them up."""
+    stronger = recipe_path.parent / "stronger-stg.yaml"
+    stronger.write_text(recipe_path.read_text().replace("lam: 1.5", "lam: 0.5"))
+    runner = CliRunner()
+    store = tmp_path / "s"
+    both = ["--store", str(store), "run", str(recipe_path), str(stronger), "--methods", "cRT", "--methods", "cRT+STG"]
+    result = runner.invoke(app, [*both, "--columns", "recipe", "--markdown"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stdout.splitlines() if line.startswith("|")]
+    assert lines[0] == f"| Method | recipe={recipe_path.stem} | recipe=stronger-stg |"
+    crt = lines[2].strip("| ").split(" | ")
+    assert crt[0] == "cRT" and crt[1] == crt[2]  # one backbone, one cRT classifier: the recipes differ in stage 3 only
+    payload = json.loads(runner.invoke(app, [*both[:2], "--json", *both[2:]]).stdout)
+    assert payload["recipes"] == [str(recipe_path), str(stronger)]
+    assert [row["swept"] for row in payload["rows"]] == [{"recipe": recipe_path.stem}] * 2 + [{"recipe": "stronger-stg"}] * 2
+    assert len({row["reports"][0] for row in payload["rows"] if row["method"] == "cRT+STG"}) == 2
+
+    broken = recipe_path.parent / "broken.yaml"
+    broken.write_text(recipe_path.read_text() + "stg: {memory: -1}\n")
+    refused = runner.invoke(app, ["--store", str(tmp_path / "t"), "run", str(recipe_path), str(broken)])
+    assert refused.exit_code == 2 and "memory" in refused.stderr
+    assert not (tmp_path / "t" / "objects").exists()  # the second recipe's problem stopped the first from running
+    lone = runner.invoke(app, ["--store", str(store), "run", str(recipe_path), "--columns", "recipe"])
+    assert lone.exit_code == 2 and "--columns recipe: not a swept field; give several recipes" in lone.stderr

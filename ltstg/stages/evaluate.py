@@ -111,7 +111,8 @@ def percent(row: dict, key: str) -> str:
 def require_swept(field: str, swept: list[str]) -> None:
     """A table can only be pivoted on a field the run swept."""
     if field not in swept:
-        raise LtstgError(f"--columns {field}: not a swept field; sweep it, e.g. --sweep {field}=V1,V2.")
+        how = "give several recipes" if field == "recipe" else f"sweep it, e.g. --sweep {field}=V1,V2"
+        raise LtstgError(f"--columns {field}: not a swept field; {how}.")
 
 
 def wide_table(rows: list[dict], field: str, swept: list[str]) -> tuple[list[str], list[str], list[list[str]]]:

@@ -149,9 +149,15 @@ def sweep_grid(sweeps: dict[str, list[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(fields, values)) for values in itertools.product(*(sweeps[f] for f in fields))]
 
 
+def recipe_labels(paths: list[str | Path]) -> list[str]:
+    """Short names for a table's recipe column: each file's stem, or its path where two stems clash."""
+    stems = [Path(path).stem for path in paths]
+    return [stem if stems.count(stem) == 1 else str(path) for stem, path in zip(stems, paths)]
+
+
 def run_sweep(
     ctx: Context,
-    recipe_path: str | Path | None,
+    recipe_paths: list[str | Path | None],
     overrides: dict[str, Any],
     sweeps: dict[str, list[Any]],
     *,
@@ -160,19 +166,25 @@ def run_sweep(
     methods: list[str] | None = None,
     vary_from: str = "pretrain",
 ) -> tuple[list[dict[str, Any]], list[Result]]:
-    """One `run` per combination of the swept fields (Tables 6-7 are grids over several stages' settings).
+    """One `run` per recipe and combination of the swept fields (Tables 6-7 are grids over several stages'
+    settings; Table 1 is one recipe per imbalance, each with its own MiSLAS settings).
 
-    Every combination is checked before the first runs, and artifacts shared between combinations
-    (the backbone, an STG that only stage 3 sweeps past) are computed once. Rows carry `swept`.
+    Every recipe and combination is checked before the first runs, and artifacts shared between
+    combinations (the backbone, an STG that only stage 3 sweeps past) are computed once. Rows carry
+    `swept`: the combination, plus `recipe` (its label) when there are several recipes.
     """
     grid = sweep_grid(sweeps)
-    recipes = [load_recipe(recipe_path, {**overrides, **combo}) for combo in grid]  # all problems before any work
+    labels = recipe_labels([path or "defaults" for path in recipe_paths])
+    planned = [  # all problems before any work
+        ({"recipe": label, **combo} if len(recipe_paths) > 1 else combo, load_recipe(path, {**overrides, **combo}))
+        for path, label in zip(recipe_paths, labels) for combo in grid
+    ]
     rows: list[dict[str, Any]] = []
     results: list[Result] = []
-    for combo, recipe in zip(grid, recipes):
+    for swept, recipe in planned:
         runs, done = run_recipe(
             ctx, recipe, seeds=seeds or [recipe.seed], until=until, methods=methods, vary_from=vary_from
         )
         results += done
-        rows += [{**row, "swept": combo} for row in aggregate(runs)]
+        rows += [{**row, "swept": swept} for row in aggregate(runs)]
     return rows, results

@@ -692,7 +692,7 @@ def run_command(
 ) -> None:
     """Whole recipes: make-dataset → pretrain → fit-stg → retrain (each method) → eval, then one table."""
     from ltstg.stages.evaluate import markdown_table, markdown_wide_table, require_swept
-    from ltstg.stages.pipeline import run_sweep
+    from ltstg.stages.pipeline import recipe_labels, run_sweep
 
     options = _options(ctx)
     overrides = parse_assignments(assignments or [])
@@ -703,6 +703,8 @@ def run_command(
     swept = (["recipe"] if len(recipes) > 1 else []) + list(grid)
     if columns is not None:
         require_swept(columns, swept)  # before hours of training, not after
+        if until != "eval":
+            raise LtstgError(f"--columns needs a run up to eval (it pivots the test top-1); this one stops at {until}.")
     if report_path is not None and (swept or until != "eval"):
         raise LtstgError("--report needs one recipe run up to eval without --sweep (one methods table).")
     started = time.perf_counter()
@@ -724,7 +726,7 @@ def run_command(
         flags = [name, *(f"--seeds {seed}" for seed in seeds or []), f"--vary-from {vary_from}",
                  *(f"--set {shlex.quote(item)}" for item in assignments or []),
                  *(f"--methods {shlex.quote(method)}" for method in methods or [])]
-        command = "ltstg run " + " ".join(flags)
+        command = ("ltstg " + (f"--seed {options.seed} " if options.seed is not None else "")) + "run " + " ".join(flags)
         _write_run_report(options, run.store, rows, results, f"{name} · {varied}", report_path, command)
     title = f"{name} · {varied} · {elapsed:.0f} s"
     if markdown:
@@ -736,7 +738,8 @@ def run_command(
         "seeds": seeds or sorted({s.seed for s in settings}),
         "vary_from": vary_from,
         "subset_seeds": sorted({s.dataset.subset_seed for s in settings}),
-        "swept": {field: list(values) for field, values in grid.items()},
+        "swept": {**({"recipe": recipe_labels(list(recipes))} if len(recipes) > 1 else {}),
+                  **{field: list(values) for field, values in grid.items()}},
         "columns": columns,
         "rows": rows,
         "artifacts": [artifact_summary(r) for r in results],

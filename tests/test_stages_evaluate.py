@@ -128,3 +128,8 @@ def test_wide_table_puts_one_swept_field_side_by_side():
         "| Method | views | imb=100 | imb=50 |", "|---|---|---:|---:|", "| cRT | 0 | 73.5 ± 0.3 | 80.0 |"]
     with pytest.raises(LtstgError, match="--columns seed: not a swept field"):
         wide_table(rows, "seed", ["views", "imb"])
+
+    mappings = [{"method": "cRT", "all": 0.7, "swept": {"aug": {"name": "noise"}}},
+                {"method": "cRT", "all": 0.6, "swept": {"aug": True}}, {"method": "cRT", "all": 0.5, "swept": {"aug": 1}}]
+    assert wide_table(mappings, "aug", ["aug"])[1:] == (
+        ["aug={'name': 'noise'}", "aug=True", "aug=1"], [["cRT", "70.0", "60.0", "50.0"]])

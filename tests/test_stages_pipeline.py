@@ -236,6 +236,7 @@ def test_several_recipes_run_into_one_table_with_a_column_each(recipe_path, tmp_
     assert crt[0] == "cRT" and crt[1] == crt[2]  # one backbone, one cRT classifier: the recipes differ in stage 3 only
     payload = json.loads(runner.invoke(app, [*both[:2], "--json", *both[2:]]).stdout)
     assert payload["recipes"] == [str(recipe_path), str(stronger)]
+    assert payload["swept"] == {"recipe": [recipe_path.stem, "stronger-stg"]}
     assert [row["swept"] for row in payload["rows"]] == [{"recipe": recipe_path.stem}] * 2 + [{"recipe": "stronger-stg"}] * 2
     assert len({row["reports"][0] for row in payload["rows"] if row["method"] == "cRT+STG"}) == 2
 
@@ -246,3 +247,23 @@ def test_several_recipes_run_into_one_table_with_a_column_each(recipe_path, tmp_
     assert not (tmp_path / "t" / "objects").exists()  # the second recipe's problem stopped the first from running
     lone = runner.invoke(app, ["--store", str(store), "run", str(recipe_path), "--columns", "recipe"])
     assert lone.exit_code == 2 and "--columns recipe: not a swept field; give several recipes" in lone.stderr
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--methods", "cRT+STG λ0.5"], "unknown method(s) cRT+STG λ0.5"),  # the first recipe has it, the second not
+    (["--report", "r.html"], "--report needs one recipe"),
+    (["--columns", "recipe", "--until", "pretrain"], "--columns needs a run up to eval"),
+])
+def test_several_recipes_are_refused_before_any_work(recipe_path, tmp_path, extra, message):
+    second = recipe_path.parent / "second.yaml"
+    second.write_text(recipe_path.read_text() + "  cRT+STG λ0.5: {augment: {name: stg, lam: 0.5}}\n")
+    store = tmp_path / "s"
+    result = CliRunner().invoke(app, ["--store", str(store), "run", str(second), str(recipe_path), *extra])
+    assert result.exit_code == 2 and message in result.stderr, result.output
+    assert not (store / "objects").exists()
+
+
+def test_a_recipe_given_twice_is_refused(recipe_path, tmp_path, monkeypatch):
+    monkeypatch.chdir(recipe_path.parent)
+    result = CliRunner().invoke(app, ["--store", str(tmp_path / "s"), "run", recipe_path.name, f"./{recipe_path.name}"])
+    assert result.exit_code == 2 and "is given twice" in result.stderr

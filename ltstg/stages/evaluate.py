@@ -123,17 +123,17 @@ def wide_table(rows: list[dict], field: str, swept: list[str]) -> tuple[list[str
     """
     require_swept(field, swept)
     others = [name for name in swept if name != field]
-    values: list = []
+    values: list[str] = []  # as text: a swept value may be a mapping, and 1, 1.0 and true must stay apart
     cells: dict[tuple, dict] = {}
     for row in rows:
-        value = row["swept"][field]
+        value = str(row["swept"][field])
         if value not in values:
             values.append(value)
-        key = (row["method"], *(row["swept"][name] for name in others))
+        key = (row["method"], *(str(row["swept"][name]) for name in others))
         cells.setdefault(key, {})[value] = percent(row, "all")
     methods = list(dict.fromkeys(row["method"] for row in rows))
     keys = sorted(cells, key=lambda key: methods.index(key[0]))  # each method's rows together, in recipe order
-    body = [[str(part) for part in key] + [cells[key].get(value, "–") for value in values] for key in keys]
+    body = [list(key) + [cells[key].get(value, "–") for value in values] for key in keys]
     return ["Method", *others], [f"{field}={value}" for value in values], body
 
 

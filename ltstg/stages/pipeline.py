@@ -44,6 +44,15 @@ def with_seed(recipe: Recipe, seed: int) -> Recipe:
     return validate({**recipe.model_dump(mode="json"), "seed": seed}, f"seed {seed}")
 
 
+def check_run(recipe: Recipe, until: str, methods: list[str] | None, vary_from: str) -> dict[str, RetrainSettings]:
+    """The stages and methods a run names exist in this recipe; returns the chosen methods."""
+    if until not in STAGES:
+        raise LtstgError(f"unknown stage {until!r} for --until; use one of {', '.join(STAGES)}.")
+    if vary_from not in SEEDED:
+        raise LtstgError(f"unknown stage {vary_from!r} for --vary-from; use one of {', '.join(SEEDED)}.")
+    return methods_of(recipe, methods)
+
+
 def run_recipe(
     ctx: Context,
     recipe: Recipe,
@@ -58,11 +67,7 @@ def run_recipe(
     Stages before `vary_from` run once with the recipe's own seed and are shared by every seed (Table 7:
     several seeds of stage 3 on one backbone); `vary_from` and later stages take each seed in turn.
     """
-    if until not in STAGES:
-        raise LtstgError(f"unknown stage {until!r} for --until; use one of {', '.join(STAGES)}.")
-    if vary_from not in SEEDED:
-        raise LtstgError(f"unknown stage {vary_from!r} for --vary-from; use one of {', '.join(SEEDED)}.")
-    chosen = methods_of(recipe, methods)
+    chosen = check_run(recipe, until, methods, vary_from)
     last = STAGES.index(until)
     needs_stg = any(s.augment.name == "stg" for s in chosen.values()) or until == "fit-stg"
     per_seed = 1 + (last >= 1) * 2 + (last >= 2 and needs_stg) + (last >= 3) * len(chosen) * (1 + (last >= 4))
@@ -157,7 +162,7 @@ def recipe_labels(paths: list[str | Path]) -> list[str]:
 
 def run_sweep(
     ctx: Context,
-    recipe_paths: list[str | Path | None],
+    recipe_paths: list[str | Path | None] | str | Path | None,
     overrides: dict[str, Any],
     sweeps: dict[str, list[Any]],
     *,
@@ -169,16 +174,28 @@ def run_sweep(
     """One `run` per recipe and combination of the swept fields (Tables 6-7 are grids over several stages'
     settings; Table 1 is one recipe per imbalance, each with its own MiSLAS settings).
 
-    Every recipe and combination is checked before the first runs, and artifacts shared between
+    Every recipe and combination is checked (its fields, the stages and the method names) before the
+    first runs, and a recipe given twice is refused; artifacts shared between
     combinations (the backbone, an STG that only stage 3 sweeps past) are computed once. Rows carry
     `swept`: the combination, plus `recipe` (its label) when there are several recipes.
     """
     grid = sweep_grid(sweeps)
+    if recipe_paths is None or isinstance(recipe_paths, (str, Path)):
+        recipe_paths = [recipe_paths]
+    seen: dict[Path | None, str | Path | None] = {}
+    for path in recipe_paths:  # one recipe twice would print as one column of twice-run rows
+        key = Path(path).resolve() if path is not None else None
+        if key in seen:
+            raise LtstgError(f"recipe {path or 'defaults'} is given twice (also as {seen[key] or 'defaults'}); "
+                             "give each recipe once.")
+        seen[key] = path
     labels = recipe_labels([path or "defaults" for path in recipe_paths])
-    planned = [  # all problems before any work
-        ({"recipe": label, **combo} if len(recipe_paths) > 1 else combo, load_recipe(path, {**overrides, **combo}))
-        for path, label in zip(recipe_paths, labels) for combo in grid
-    ]
+    planned = []
+    for path, label in zip(recipe_paths, labels):  # every problem a recipe can show without data, before any work
+        for combo in grid:
+            recipe = load_recipe(path, {**overrides, **combo})
+            check_run(recipe, until, methods, vary_from)
+            planned.append(({"recipe": label, **combo} if len(recipe_paths) > 1 else combo, recipe))
     rows: list[dict[str, Any]] = []
     results: list[Result] = []
     for swept, recipe in planned:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ltstg.errors import LtstgError
 
@@ -29,6 +29,9 @@ class SyntheticSettings(Settings):
     num_classes: int = Field(10, ge=2, le=100, description="the generator draws 100 kinds of images")
     train_per_class: int = Field(500, ge=1)
     test_per_class: int = Field(100, ge=1)
+
+
+SPLIT_LIST_SOURCES = ("imagenet-lt", "places-lt")  # their counts come from the published split lists
 
 
 class DatasetSettings(Settings):
@@ -50,6 +53,33 @@ class DatasetSettings(Settings):
     many_above: int = Field(100, ge=0, description="a class with more train images is 'many'")
     few_below: int = Field(20, ge=1, description="a class with fewer train images is 'few'")
     synthetic: SyntheticSettings = SyntheticSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_list_settings(cls, data: Any) -> Any:
+        """A split list fixes the counts, so a profile asked of it would be silently ignored: refused here;
+        and its images are ImageNet-sized, so the crop defaults to 224, not CIFAR's 32."""
+        if not isinstance(data, dict) or data.get("source") not in SPLIT_LIST_SOURCES:
+            return data
+        fields = cls.model_fields
+        changed = [key for key in ("imbalance", "profile", "profile_order", "subset_seed")
+                   if key in data and data[key] != fields[key].default]
+        if changed:
+            raise ValueError(
+                f"{data['source']} takes its class counts from the published split list; "
+                f"remove {', '.join(f'dataset.{key}' for key in changed)}"
+            )
+        return {"size": 224, **data}
+
+    @model_validator(mode="after")
+    def _groups_do_not_overlap(self) -> "DatasetSettings":
+        """Caught here, not by eval after hours of training."""
+        if self.few_below > self.many_above + 1:
+            raise ValueError(
+                f"few_below ({self.few_below}) must not exceed many_above + 1 ({self.many_above + 1}): "
+                "a class would be both many and few"
+            )
+        return self
 
 
 class PretrainSettings(Settings):

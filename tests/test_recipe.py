@@ -41,6 +41,26 @@ def test_every_problem_is_one_line(tmp_path):
     assert f"{path}: retrain.augment.t: Input should be less than 1" in lines
 
 
+def test_overlapping_many_and_few_groups_fail_at_load_not_after_training(tmp_path):
+    path = write(tmp_path, "dataset:\n  many_above: 100\n  few_below: 200\n")
+    with pytest.raises(LtstgError) as error:
+        load_recipe(path)
+    assert str(error.value) == (f"{path}: dataset: Value error, few_below (200) must not exceed many_above + 1 (101): "
+                                "a class would be both many and few")
+    assert load_recipe(None, {"dataset.few_below": 101}).dataset.few_below == 101
+
+
+def test_split_list_sources_refuse_a_profile_and_crop_at_224(tmp_path):
+    with pytest.raises(LtstgError, match="imagenet-lt takes its class counts from the published split list; "
+                                         "remove dataset.imbalance, dataset.profile$"):
+        load_recipe(None, {"dataset.source": "imagenet-lt", "dataset.imbalance": 50, "dataset.profile": "step"})
+    recipe = load_recipe(None, {"dataset.source": "places-lt"})
+    assert recipe.dataset.size == 224 and recipe.dataset.imbalance == 100  # the default: unused, never refused
+    assert Recipe.model_validate(recipe.model_dump(mode="json")) == recipe  # a dumped recipe loads back unchanged
+    assert load_recipe(None, {"dataset.source": "places-lt", "dataset.size": 160}).dataset.size == 160
+    assert load_recipe(None, {"dataset.source": "cifar10"}).dataset.size == 32
+
+
 def test_yaml_syntax_error_names_line(tmp_path):
     path = write(tmp_path, "stg:\n  memory: 600\n  epochs: [1, 2\n")
     with pytest.raises(LtstgError, match=rf"{path}: line \d+"):

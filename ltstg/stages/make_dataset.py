@@ -14,11 +14,10 @@ from ltstg.data.longtail import assign_groups, make_profile, select_long_tail
 from ltstg.data.split_list import read_split_lists
 from ltstg.data.synthetic import make_synthetic
 from ltstg.errors import LtstgError
-from ltstg.recipe import DatasetSettings
+from ltstg.recipe import SPLIT_LIST_SOURCES, DatasetSettings
 from ltstg.report import Report, silent
 from ltstg.stages import Output
 
-SPLIT_LIST_SOURCES = ("imagenet-lt", "places-lt")
 
 
 def _need_root(settings: DatasetSettings) -> str:

@@ -507,7 +507,7 @@ def eval_command(
 ) -> None:
     """Stage 4: top-1, many/medium/few, ECE and NLL on the test split; --compare for a table of methods."""
     from ltstg.stages import steps
-    from ltstg.stages.evaluate import compare_rows, markdown_table
+    from ltstg.stages.evaluate import compare_rows, converged, markdown_table
 
     options = _options(ctx)
     settings = _recipe(options, recipe, {})
@@ -515,12 +515,15 @@ def eval_command(
     with RichReport(not options.json) as report:
         run = _context(options, report, force)
         ids = [run.store.resolve(ref, "classifier") for ref in refs] or [run.store.resolve(None, "classifier")]
-        results = []
+        results, chosen = [], []
         for artifact_id in ids:
             classifier = run.store.get(artifact_id, "classifier")
             features = run.store.get(classifier.parents[0], "features")
             results.append(steps.eval_step(run, settings, classifier, features, name=name if len(ids) == 1 else None))
+            chosen.append(classifier)
     rows = compare_rows([r.artifact for r in results])
+    for row, classifier in zip(rows, chosen):
+        row["not_converged"] = int(not converged(classifier))
     names = run.store.names()
     for row, artifact_id in zip(rows, ids):  # a named classifier keeps its name in the table
         if names.get(artifact_id):
@@ -619,6 +622,8 @@ def parse_assignments(items: list[str]) -> dict[str, Any]:
 
 def comparison_table(rows: list[dict[str, Any]], title: str, swept: Optional[list[str]] = None) -> Table:
     """Methods as rows; swept fields, then all / many / medium / few / ECE as columns (percent), ± std over seeds."""
+    from ltstg.stages.evaluate import method_cell
+
     swept = swept or []
     table = Table(title=title, title_justify="left")
     table.add_column("method", no_wrap=True)
@@ -639,7 +644,7 @@ def comparison_table(rows: list[dict[str, Any]], title: str, swept: Optional[lis
             if f"{key}_std" in row:
                 text += f" ± {row[f'{key}_std'] * scale:.1f}"
             cells.append(text)
-        table.add_row(row["method"], *(_fmt(row["swept"][field]) for field in swept), *cells)
+        table.add_row(method_cell(row), *(_fmt(row["swept"][field]) for field in swept), *cells)
     return table
 
 
@@ -766,6 +771,7 @@ def report_command(
     """One self-contained HTML file: data set, curves, methods table (± std over seeds) and every picture."""
     from ltstg.inspect.report import RunReport, write_report
     from ltstg.stages import steps
+    from ltstg.stages.evaluate import converged
     from ltstg.stages.pipeline import MethodRun, aggregate
     from ltstg.store import SHORT
 
@@ -789,7 +795,7 @@ def report_command(
         dataset = store.get(features.parents[1], "dataset")
         labels = _group_labels(picked)
         runs = [MethodRun(int(c.settings.get("seed", 0)), labels[c.id],
-                          steps.eval_step(run, settings, c, features).artifact) for c in picked]
+                          steps.eval_step(run, settings, c, features).artifact, converged(c)) for c in picked]
         stg_ids = {c.parents[1] for c in picked if len(c.parents) > 1}
         stg = store.get(sorted(stg_ids)[0], "stg") if stg_ids else None
     rows = aggregate(runs)

@@ -51,6 +51,24 @@ def test_aggregate_mean_and_sample_std_per_method():
     assert "| cRT | 60.0 ± 10.0 | – | – | 20.0 ± 10.0 | – | – |" in table
 
 
+def test_a_classifier_that_did_not_converge_is_flagged_in_every_table():
+    from ltstg.stages.evaluate import converged, wide_table
+
+    runs = [MethodRun(seed, "cRT", fake_report({"top1": 0.6}), converged=seed != 1) for seed in (0, 1, 2)]
+    runs += [MethodRun(seed, "STG", fake_report({"top1": 0.7})) for seed in (0, 1, 2)]
+    rows = aggregate(runs)
+    assert [row["not_converged"] for row in rows] == [1, 0]
+    table = markdown_table(rows)
+    assert "| cRT [not converged: 1 of 3] | 60.0 ± 0.0 |" in table and "| STG | 70.0 ± 0.0 |" in table
+    for row in rows:
+        row["swept"] = {"recipe": "im100"}
+    _, _, body = wide_table(rows, "recipe", ["recipe"])
+    assert body == [["cRT", "60.0 ± 0.0 [not converged: 1 of 3]"], ["STG", "70.0 ± 0.0"]]
+    classifier = lambda value: Artifact("c" * 64, {"kind": "classifier", "metrics": value}, {})  # noqa: E731
+    assert not converged(classifier({"converged": 0.0}))
+    assert converged(classifier({"converged": 1.0})) and converged(classifier({}))  # stage 1's own: not trained here
+
+
 def test_methods_selection(recipe_path):
     recipe = load_recipe(recipe_path)
     assert list(methods_of(recipe, None)) == ["CE", "cRT", "cRT+STG"]

@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 from PIL import Image
 
 from ltstg.inspect import figures, plots
+from ltstg.stages.evaluate import method_cell
 from ltstg.store import SHORT, Artifact
 
 MAX_WIDTH = 900  # pixels: embedded pictures are downscaled to this, so the file stays small
@@ -145,7 +146,7 @@ def _methods_table(rows: list[dict[str, Any]]) -> str:
             if value is not None and spread is not None:
                 text += f" ± {scale * spread:.1f}" if key != "nll" else f" ± {spread:.3f}"
             cells.append(f"<td>{text}</td>")
-        body.append(f"<tr><td>{html.escape(str(row['method']))}</td>{''.join(cells)}</tr>")
+        body.append(f"<tr><td>{html.escape(method_cell(row))}</td>{''.join(cells)}</tr>")
     return f"<table><tr><th>method</th>{head}</tr>{''.join(body)}</table>"
 
 

@@ -79,6 +79,21 @@ def evaluate(classifier: Artifact, features: Artifact, settings: EvalSettings, *
     return Output("report", tensors, metrics, info, key_metric="top1")
 
 
+def converged(classifier: Artifact) -> bool:
+    """False when retrain recorded that this classifier did not converge (a classifier it did not train passes)."""
+    return classifier.metrics.get("converged", 1.0) != 0.0
+
+
+def method_cell(row: dict) -> str:
+    """The method's name, flagged when a classifier behind the row did not converge: its number is no result."""
+    return f"{row['method']}{flag(row)}"
+
+
+def flag(row: dict) -> str:
+    missed = row.get("not_converged") or 0
+    return f" [not converged: {missed} of {len(row.get('reports') or [None])}]" if missed else ""
+
+
 def compare_rows(reports: list[Artifact]) -> list[dict]:
     """One flat row per report (fractions, None for an empty group), ready for a table or JSON."""
     rows = []
@@ -95,6 +110,7 @@ def compare_rows(reports: list[Artifact]) -> list[dict]:
                 "ece": metrics.get("ece"),
                 "nll": metrics.get("nll"),
                 "id": report.id[:SHORT],
+                "not_converged": 0,
             }
         )
     return rows
@@ -130,7 +146,7 @@ def wide_table(rows: list[dict], field: str, swept: list[str]) -> tuple[list[str
         if value not in values:
             values.append(value)
         key = (row["method"], *(str(row["swept"][name]) for name in others))
-        cells.setdefault(key, {})[value] = percent(row, "all")
+        cells.setdefault(key, {})[value] = percent(row, "all") + flag(row)
     methods = list(dict.fromkeys(row["method"] for row in rows))
     keys = sorted(cells, key=lambda key: methods.index(key[0]))  # each method's rows together, in recipe order
     body = [list(key) + [cells[key].get(value, "–") for value in values] for key in keys]
@@ -158,7 +174,7 @@ def markdown_table(rows: list[dict], swept: list[str] | None = None) -> str:
     for row in rows:
         nll = "–" if row.get("nll") is None else f"{row['nll']:.3f}"
         cells = [
-            str(row["method"]),
+            method_cell(row),
             *(str(row["swept"][field]) for field in swept),
             percent(row, "all"),
             percent(row, "many"),

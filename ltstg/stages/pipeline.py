@@ -15,6 +15,7 @@ from ltstg.errors import LtstgError
 from ltstg.recipe import Recipe, RetrainSettings, load_recipe, method_settings, validate
 from ltstg.stages import Context, Result
 from ltstg.stages import steps
+from ltstg.stages.evaluate import converged
 from ltstg.store import SHORT, Artifact
 
 STAGES = ("dataset", "pretrain", "fit-stg", "retrain", "eval")
@@ -27,6 +28,7 @@ class MethodRun:
     seed: int
     method: str
     report: Artifact
+    converged: bool = True  # False: the stage-3 classifier behind the report did not converge
 
 
 def methods_of(recipe: Recipe, chosen: list[str] | None) -> dict[str, RetrainSettings]:
@@ -103,7 +105,7 @@ def run_recipe(
             classifier = step(steps.retrain_step(ctx, at("retrain"), settings, features, stg)).artifact
             if last >= 4:
                 report = step(steps.eval_step(ctx, at("retrain"), classifier, features)).artifact
-                runs.append(MethodRun(seed, method, report))
+                runs.append(MethodRun(seed, method, report, converged(classifier)))
     return runs, results
 
 
@@ -123,6 +125,7 @@ def aggregate(runs: list[MethodRun]) -> list[dict[str, Any]]:
             "seeds": [r.seed for r in group],
             "reports": [r.report.id for r in group],
             "id": ",".join(r.report.id[:SHORT] for r in group),
+            "not_converged": sum(not r.converged for r in group),
         }
         for metric, column in COLUMNS.items():
             values = [r.report.metrics[metric] for r in group if metric in r.report.metrics]

@@ -36,6 +36,32 @@ def test_file_inputs_are_seeded_and_leave_the_global_rng_alone(tmp_path):
     assert torch.equal(torch.cat([y for _, y in test]), labels) and test[0][0].shape == (4, 3, 16, 16)
 
 
+def test_file_inputs_draw_the_same_crops_with_any_worker_count(tmp_path):
+    paths = write_images(tmp_path, 6)
+    labels = torch.tensor([i % 2 for i in range(6)])
+    splits = {"train": (paths, labels)}
+    epochs = []
+    for workers in (0, 2):
+        inputs = FileInputs(str(tmp_path), splits, 16, torch.device("cpu"), workers=workers)
+        generator = torch.Generator().manual_seed(0)
+        epochs.append([x for x, _ in inputs.train_batches(2, generator)] + list(inputs.view_batches(4, generator)))
+    assert len(epochs[0]) == len(epochs[1]) == 5
+    assert all(torch.equal(a, b) for a, b in zip(*epochs))
+
+
+def test_train_steps_count_the_batches_an_epoch_yields(tmp_path):
+    for count, batch_size, world_size in ((10, 4, 1), (9, 4, 1), (9, 4, 2), (11, 4, 2), (12, 4, 2), (13, 4, 1)):
+        images = torch.randint(0, 256, (count, 8, 8, 3), dtype=torch.uint8)
+        inputs = TensorInputs({"train": (images, torch.arange(count))}, torch.device("cpu"))
+        yielded = len(list(inputs.train_batches(batch_size, torch.Generator().manual_seed(0), 0, world_size)))
+        assert inputs.train_steps(batch_size, world_size) == yielded, (count, batch_size, world_size)
+    paths = write_images(tmp_path, 7)
+    inputs = FileInputs(str(tmp_path), {"train": (paths, torch.zeros(7, dtype=torch.long))}, 16, torch.device("cpu"), workers=0)
+    for batch_size, world_size in ((2, 1), (4, 1), (4, 2), (2, 2)):
+        yielded = len(list(inputs.train_batches(batch_size, torch.Generator().manual_seed(0), 0, world_size)))
+        assert inputs.train_steps(batch_size, world_size) == yielded, (batch_size, world_size)
+
+
 def test_tensor_inputs_shard_a_global_batch_between_ranks():
     images = torch.randint(0, 256, (10, 8, 8, 3), dtype=torch.uint8)
     labels = torch.arange(10)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Callable, Iterator, Protocol
+from typing import Iterator, Protocol
 
 import torch
 from PIL import Image
@@ -27,6 +27,8 @@ class ImageInputs(Protocol):
     num_train: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+
+    def train_steps(self, batch_size: int, world_size: int = 1) -> int: ...
 
     def train_batches(self, batch_size: int, generator: torch.Generator, rank: int = 0, world_size: int = 1) -> Iterator[Batch]: ...
 
@@ -50,6 +52,11 @@ class TensorInputs:
         train = self.splits["train"][0]
         self.num_train = len(train)
         self.mean, self.std = channel_stats(train)
+
+    def train_steps(self, batch_size: int, world_size: int = 1) -> int:
+        """Batches per epoch, as train_batches yields them (the schedule counts steps)."""
+        last = self.num_train % batch_size
+        return self.num_train // batch_size + (last - last % world_size >= 2 * world_size)
 
     def train_batches(self, batch_size: int, generator: torch.Generator, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
         """One epoch: a seeded permutation, augmented per global batch so every rank draws the same numbers."""
@@ -95,25 +102,19 @@ def channel_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[tuple[float,
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
-def seeded(make_loader: Callable[[torch.Generator], DataLoader], generator: torch.Generator, workers: int) -> Iterator[Any]:
-    """Iterate with transform randomness derived from the stage generator, leaving the global RNG alone.
-
-    Workers get their seeds from the loader's own generator; without workers the transforms draw in
-    this process, so they run inside a forked, seeded global RNG.
-    """
-    seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
-    loader = make_loader(torch.Generator().manual_seed(seed))
-    if workers > 0:
-        yield from loader
-        return
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)
-        yield from loader
+def epoch_seed(generator: torch.Generator) -> int:
+    """One draw from the stage generator that seeds every random transform of one pass over the files."""
+    return int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
 
 
 class _Files(Dataset):
-    def __init__(self, root: str, paths: list[str], labels: torch.Tensor, transform: v2.Transform) -> None:
-        self.root, self.paths, self.labels, self.transform = root, paths, labels, transform
+    """Image files; with a seed, each sample's transform draws from its own seeded RNG, so the result is the
+    same however many workers load it (the worker count is a run option, never part of an id)."""
+
+    def __init__(
+        self, root: str, paths: list[str], labels: torch.Tensor, transform: v2.Transform, seed: int | None = None
+    ) -> None:
+        self.root, self.paths, self.labels, self.transform, self.seed = root, paths, labels, transform, seed
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -125,7 +126,11 @@ class _Files(Dataset):
                 rgb = image.convert("RGB")
         except OSError as error:
             raise LtstgError(f"cannot read image {path} ({error}).") from None
-        return self.transform(rgb), int(self.labels[index])
+        if self.seed is None:
+            return self.transform(rgb), int(self.labels[index])
+        with torch.random.fork_rng(devices=[]):  # torchvision's transforms draw from the global RNG
+            torch.default_generator.manual_seed((self.seed + index) % 2**63)
+            return self.transform(rgb), int(self.labels[index])
 
 
 class FileInputs:
@@ -143,24 +148,24 @@ class FileInputs:
         self.train_transform = v2.Compose([v2.RandomResizedCrop(size), v2.RandomHorizontalFlip(), *to_input])
         self.eval_transform = v2.Compose([v2.Resize(math.ceil(size * 256 / 224)), v2.CenterCrop(size), *to_input])
 
-    def _loader(
-        self, split: str, transform: v2.Transform, batch_size: int, sampler=None, generator: torch.Generator | None = None
-    ) -> DataLoader:
+    def _loader(self, split: str, transform: v2.Transform, batch_size: int, sampler=None, seed: int | None = None) -> DataLoader:
         paths, labels = self.splits[split]
         return DataLoader(
-            _Files(self.root, paths, labels, transform), batch_size=batch_size, sampler=sampler,
+            _Files(self.root, paths, labels, transform, seed), batch_size=batch_size, sampler=sampler,
             num_workers=self.workers, pin_memory=self.device.type == "cuda", drop_last=sampler is not None,
-            generator=generator,
+            generator=torch.Generator().manual_seed(seed or 0),  # else the loader draws its base seed from the global RNG
         )
+
+    def train_steps(self, batch_size: int, world_size: int = 1) -> int:
+        """Batches per epoch: each rank's share, in full batches only (the loader drops the last partial one)."""
+        return (self.num_train // world_size) // (batch_size // world_size)
 
     def train_batches(self, batch_size: int, generator: torch.Generator, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
         """One epoch; the permutation comes from the stage generator, so it is seeded and resumable."""
         order = torch.randperm(self.num_train, generator=generator, device=generator.device).cpu()
         mine = shard(order[: self.num_train - self.num_train % world_size], rank, world_size).tolist()
-        def make(seeded_generator: torch.Generator) -> DataLoader:
-            return self._loader("train", self.train_transform, batch_size // world_size, mine, seeded_generator)
-
-        for images, labels in seeded(make, generator, self.workers):
+        loader = self._loader("train", self.train_transform, batch_size // world_size, mine, epoch_seed(generator))
+        for images, labels in loader:
             yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
@@ -168,8 +173,5 @@ class FileInputs:
             yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
     def view_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-        def make(seeded_generator: torch.Generator) -> DataLoader:
-            return self._loader("train", self.train_transform, batch_size, generator=seeded_generator)
-
-        for images, _ in seeded(make, generator, self.workers):
+        for images, _ in self._loader("train", self.train_transform, batch_size, seed=epoch_seed(generator)):
             yield images.to(self.device, non_blocking=True)

@@ -4,7 +4,7 @@ import torch
 from safetensors.torch import save_file
 
 from ltstg.errors import LtstgError
-from ltstg.models import build_model, extract_pooled, feature_dim
+from ltstg.models import build_model, extract_pooled, feature_dim, load_weights
 
 
 def _same_weights(a, b):
@@ -40,7 +40,8 @@ def test_init_weights_drop_classifier_of_other_size(tmp_path, file_name, wrap):
     state = {k: v.contiguous() for k, v in source.state_dict().items()}
     path = tmp_path / file_name
     _save({wrap: state} if wrap else state, path)
-    model = build_model("resnet20_cifar", 365, seed=1, init_weights=path)
+    model = build_model("resnet20_cifar", 365, seed=1)
+    assert load_weights(model, path) == ["fc.bias", "fc.weight"]
     fresh = build_model("resnet20_cifar", 365, seed=1)
     loaded = model.state_dict()
     for key, value in loaded.items():
@@ -53,24 +54,26 @@ def test_init_weights_same_classifier_size_is_loaded(tmp_path):
     source = build_model("resnet20_cifar", 10, seed=0)
     path = tmp_path / "w.pth"
     torch.save(source.state_dict(), path)
-    assert _same_weights(build_model("resnet20_cifar", 10, seed=5, init_weights=path), source)
+    model = build_model("resnet20_cifar", 10, seed=5)
+    assert load_weights(model, path) == []
+    assert _same_weights(model, source)
 
 
 def test_missing_corrupt_and_mismatched_weights_are_user_errors(tmp_path):
     with pytest.raises(LtstgError, match="does not exist"):
-        build_model("resnet20_cifar", 10, seed=0, init_weights=tmp_path / "nope.pth")
+        load_weights(build_model("resnet20_cifar", 10, seed=0), tmp_path / "nope.pth")
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"not a checkpoint at all")
     with pytest.raises(LtstgError, match="could not be read"):
-        build_model("resnet20_cifar", 10, seed=0, init_weights=corrupt)
+        load_weights(build_model("resnet20_cifar", 10, seed=0), corrupt)
     corrupt_st = tmp_path / "corrupt.safetensors"
     corrupt_st.write_bytes(b"\x00" * 16)
     with pytest.raises(LtstgError, match="could not be read"):
-        build_model("resnet20_cifar", 10, seed=0, init_weights=corrupt_st)
+        load_weights(build_model("resnet20_cifar", 10, seed=0), corrupt_st)
     other = tmp_path / "resnet32.pth"
     torch.save(build_model("resnet32_cifar", 10, seed=0).state_dict(), other)
     with pytest.raises(LtstgError, match="does not fit"):
-        build_model("resnet20_cifar", 10, seed=0, init_weights=other)
+        load_weights(build_model("resnet20_cifar", 10, seed=0), other)
 
 
 def test_feature_dim_and_extract_pooled_for_cifar_and_timm_models():

@@ -184,3 +184,18 @@ def test_backbone_id_ignores_settings_that_change_no_weight(tiny_run, tiny_recip
     recipe = load_recipe(tiny_recipe_path, {"pretrain.feature_views": 2, "pretrain.eval_every": 7})
     again = steps.pretrain_step(tiny_run["ctx"], recipe, tiny_run["dataset"])
     assert again.reused and again.artifact.id == tiny_run["backbone"].id
+
+
+def test_init_weights_of_another_class_count_say_the_classifier_starts_fresh(tmp_path, tiny_run, tiny_recipe_path):
+    from safetensors.torch import save_file
+
+    from ltstg.models import build_model
+
+    path = tmp_path / "ten_classes.safetensors"
+    save_file({k: v.contiguous() for k, v in build_model("resnet20_cifar", 10, seed=0).state_dict().items()}, str(path))
+    said = []
+    recipe = load_recipe(tiny_recipe_path, {"pretrain.init_weights": str(path), "pretrain.epochs": 1})
+    ctx = Context(store=Store(tmp_path / "store"), note=said.append)
+    backbone = steps.pretrain_step(ctx, recipe, steps.dataset_step(ctx, recipe).artifact).artifact
+    expected = "init_weights: dropped fc.bias, fc.weight (another class count); the 4-class classifier starts from random weights"
+    assert backbone.meta["notes"] == [expected] and f"backbone: {expected}" in said

@@ -14,7 +14,7 @@ from ltstg.models import cifar_resnet  # noqa: F401  (registers the *_cifar entr
 CIFAR_MODELS = tuple(f"resnet{depth}_cifar" for depth in cifar_resnet.CIFAR_DEPTHS)
 
 
-def build_model(name: str, num_classes: int, *, seed: int, init_weights: str | Path | None = None) -> nn.Module:
+def build_model(name: str, num_classes: int, *, seed: int) -> nn.Module:
     """Build on the CPU from a private seed, so the global RNG is untouched and every device starts alike."""
     if not timm.is_model(name):
         raise LtstgError(
@@ -23,8 +23,6 @@ def build_model(name: str, num_classes: int, *, seed: int, init_weights: str | P
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
         model = timm.create_model(name, pretrained=False, num_classes=num_classes)
-    if init_weights is not None:
-        load_weights(model, init_weights)
     return model
 
 
@@ -55,8 +53,11 @@ def check_weights_file(path: str | Path) -> None:
     _read_state_dict(Path(path))
 
 
-def load_weights(model: nn.Module, path: str | Path) -> None:
-    """Load local weights, dropping a classifier of another class count so ImageNet weights can start a Places model."""
+def load_weights(model: nn.Module, path: str | Path) -> list[str]:
+    """Load local weights, dropping a classifier of another class count so ImageNet weights can start a Places model.
+
+    Returns the dropped keys (sorted), so the caller can say that the classifier starts fresh.
+    """
     path = Path(path)
     state = _read_state_dict(path)
     own = model.state_dict()
@@ -78,6 +79,7 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
                     if keys]
         raise LtstgError(f"Weights file {path} does not fit this model: {', '.join(problems)}.")
     model.load_state_dict(state, strict=False)
+    return sorted(dropped)
 
 
 def feature_dim(model: nn.Module) -> int:

@@ -7,7 +7,6 @@ Each epoch ends with a checkpoint, so a killed run continues where it stopped.
 from __future__ import annotations
 
 import json
-import math
 import time
 
 import numpy as np
@@ -17,7 +16,7 @@ import torch.nn as nn
 
 from ltstg.data.inputs import FileInputs, ImageInputs, TensorInputs
 from ltstg.errors import LtstgError
-from ltstg.models import build_model, feature_dim
+from ltstg.models import build_model, feature_dim, load_weights
 from ltstg.recipe import PretrainSettings
 from ltstg.report import Report, silent
 from ltstg.stages import Checkpoint, Output
@@ -81,9 +80,15 @@ def pretrain(
     if settings.batch_size % world_size:
         raise LtstgError(f"batch size {settings.batch_size} does not split evenly over {world_size} processes.")
 
-    model = build_model(settings.model, num_classes, seed=seed, init_weights=settings.init_weights).to(device)
-    model = model.to(memory_format=memory_format)
-    steps_per_epoch = math.ceil(inputs.num_train / settings.batch_size)
+    notes = []
+    model = build_model(settings.model, num_classes, seed=seed)
+    if settings.init_weights is not None:
+        dropped = load_weights(model, settings.init_weights)
+        if dropped:
+            notes.append(f"init_weights: dropped {', '.join(dropped)} (another class count); "
+                         f"the {num_classes}-class classifier starts from random weights")
+    model = model.to(device).to(memory_format=memory_format)
+    steps_per_epoch = inputs.train_steps(settings.batch_size, world_size)
     optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.wd)
     scheduler = make_scheduler(
         optimizer,
@@ -179,7 +184,7 @@ def pretrain(
         "world_size": world_size,
         "history": {"eval_epoch": history["eval_epoch"], "eval_top1": history["eval_top1"]},
     }
-    return Output("backbone", tensors, metrics, info, key_metric="test_top1")
+    return Output("backbone", tensors, metrics, info, key_metric="test_top1", notes=notes)
 
 
 @torch.no_grad()

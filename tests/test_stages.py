@@ -6,7 +6,7 @@ import torch
 
 from ltstg.errors import LtstgError
 from ltstg.recipe import StgSettings
-from ltstg.stages import Context, Output, run_stage, stage_id
+from ltstg.stages import Checkpoint, Context, Output, run_stage, stage_id
 from ltstg.store import Store
 
 
@@ -33,6 +33,36 @@ def test_compute_then_reuse_then_force(tmp_path):
     meta = first.artifact.meta
     assert meta["settings"]["memory"] == 1200 and meta["settings"]["seed"] == 0 and meta["metrics"] == {"value": 1.0}
     assert meta["version"] and meta["created"] and meta["wall_clock"] >= 0
+
+
+def test_a_reused_artifact_says_its_notes_and_an_older_version_again(tmp_path, monkeypatch):
+    import ltstg
+
+    def noted(generator, checkpoint):
+        return Output("stg", {"w": torch.zeros(2)}, {}, notes=["skipped 3 unreadable image file(s)"])
+
+    said = []
+    ctx = Context(store=Store(tmp_path), note=said.append)
+    run_stage(ctx, "stg", StgSettings(), [], noted, seed=0)
+    assert said == ["stg: skipped 3 unreadable image file(s)"]
+    said.clear()
+    again = run_stage(ctx, "stg", StgSettings(), [], noted, seed=0)
+    assert again.reused and any("was made with a note: skipped 3 unreadable image file(s)" in line for line in said)
+    assert not any("made by ltstg" in line for line in said)
+    monkeypatch.setattr(ltstg, "__version__", "9.9.9")
+    said.clear()
+    run_stage(ctx, "stg", StgSettings(), [], noted, seed=0)
+    assert any(f"was made by ltstg {again.artifact.meta['version']}, this is 9.9.9" in line for line in said)
+
+
+def test_a_checkpoint_from_another_device_type_is_refused_not_misloaded(tmp_path):
+    store = Store(tmp_path)
+    Checkpoint(store, "d" * 64, device=torch.device("meta")).save({"epoch": 3})
+    with pytest.raises(LtstgError, match="written on meta, this run is on cpu: rerun with --device meta"):
+        Checkpoint(store, "d" * 64).load()
+    assert store.checkpoint_path("d" * 64).is_file()  # kept for the device that can resume it
+    Checkpoint(store, "e" * 64).save({"epoch": 3})
+    assert Checkpoint(store, "e" * 64).load()["epoch"] == 3
 
 
 def test_seed_settings_and_parents_change_the_id(tmp_path):

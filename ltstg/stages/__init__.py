@@ -41,12 +41,18 @@ class Checkpoint:
     """
 
     def __init__(
-        self, store: Store, pending_id: str, writable: bool = True, note: Callable[[str], None] = lambda message: None
+        self,
+        store: Store,
+        pending_id: str,
+        writable: bool = True,
+        note: Callable[[str], None] = lambda message: None,
+        device: torch.device = torch.device("cpu"),
     ) -> None:
         self.store = store
         self.pending_id = pending_id
         self.writable = writable
         self.note = note
+        self.device = device
         self.notes: list[str] = []
         self.earlier_seconds = 0.0
         self.started = time.perf_counter()
@@ -66,6 +72,12 @@ class Checkpoint:
             return None
         if state is None:
             return None
+        saved_on = state.pop("_device", self.device.type)
+        if saved_on != self.device.type:  # generator states and device placement don't carry across device types
+            raise LtstgError(
+                f"the checkpoint of {self.pending_id[:SHORT]} was written on {saved_on}, this run is on "
+                f"{self.device.type}: rerun with --device {saved_on} to resume it, or --force to start over here."
+            )
         self.earlier_seconds = float(state.pop("_seconds", 0.0))
         if state.pop("_legacy", False):
             self._say("the checkpoint was written by an older ltstg without a digest: resuming from it unverified")
@@ -79,7 +91,7 @@ class Checkpoint:
     def save(self, state: dict[str, Any]) -> None:
         if self.writable:
             seconds = self.earlier_seconds + time.perf_counter() - self.started
-            self.store.save_checkpoint(self.pending_id, {**state, "_seconds": seconds})
+            self.store.save_checkpoint(self.pending_id, {**state, "_seconds": seconds, "_device": self.device.type})
 
 
 @dataclass(frozen=True)
@@ -151,6 +163,12 @@ def _reuse(ctx: Context, pending: str, kind: str) -> Result | None:
         return None
     artifact = ctx.store.get(pending, kind)
     ctx.note(f"reused {kind} {pending[:SHORT]} (same settings and parents; --force recomputes)")
+    for line in artifact.meta.get("notes", []):  # a deviation stays said, however often the result is reused
+        ctx.note(f"{kind} {pending[:SHORT]} was made with a note: {line}")
+    made_by = artifact.meta.get("version")
+    if made_by != ltstg.__version__:
+        ctx.note(f"{kind} {pending[:SHORT]} was made by ltstg {made_by or 'of unknown version'}, "
+                 f"this is {ltstg.__version__}; --force recomputes it")
     return Result(artifact, reused=True)
 
 
@@ -167,7 +185,8 @@ def _compute(
         ctx.store.clear_checkpoint(pending)
     generator = torch.Generator(device=ctx.device).manual_seed(seed)
     started = time.perf_counter()
-    checkpoint = Checkpoint(ctx.store, pending, writable=ctx.is_main, note=lambda message: ctx.note(f"{kind}: {message}"))
+    checkpoint = Checkpoint(ctx.store, pending, writable=ctx.is_main, note=lambda message: ctx.note(f"{kind}: {message}"),
+                            device=ctx.device)
     output = call(generator, checkpoint)
     if output.kind != kind:
         raise RuntimeError(f"stage returned a {output.kind} output for a {kind} artifact")

@@ -123,6 +123,15 @@ def test_split_and_tail_are_recorded_and_an_all_head_split_says_so():
     assert everything.info["tail_classes"] == [] and any("every class head" in n for n in everything.notes)
 
 
+def test_a_pool_too_small_for_most_anchors_is_said_and_recorded():
+    fed = _fit(epochs=1, holdout=0.0)
+    assert fed.metrics["anchor_share"] > 0.9 and not any("never trained" in n for n in fed.notes)
+    # 8 head classes share a batch of 4 and no memory: most samples meet no same-class neighbour
+    starved = _fit(_features([40] * 8), epochs=1, holdout=0.0, head_rule="count", head_min_count=1, batch_size=4, memory=0)
+    assert starved.metrics["anchor_share"] < 0.5
+    assert any("never trained the STG" in n for n in starved.notes)
+
+
 def test_rejects_a_single_class_and_a_head_class_without_valid_anchors():
     with pytest.raises(LtstgError, match="at least 2 classes"):
         _fit(_features([300]))

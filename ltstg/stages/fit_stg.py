@@ -24,6 +24,7 @@ from ltstg.stages import Checkpoint, Output, require_kind
 from ltstg.store import SHORT, Artifact
 
 REPORT_EVERY = 10  # steps between progress reports (each one reads the loss back from the device)
+MIN_ANCHOR_SHARE = 0.5  # below this, most head samples never train the STG: said, and kept in the artifact
 
 
 def fit_stg(
@@ -65,6 +66,7 @@ def fit_stg(
     memory = MemoryBank(settings.memory, num_features).to(device)
     smoothed = SmoothedTargets(num_train, num_features, settings.smoothing, device)
     curve: list[float] = []
+    anchor_shares: list[float] = []  # per epoch: the share of training samples that trained as anchors
     start_epoch = 0
     state = checkpoint.load(of=settings.epochs) if checkpoint is not None else None
     if state is not None:
@@ -74,6 +76,7 @@ def fit_stg(
         smoothed.load_state_dict(state["targets"])
         generator.set_state(state["generator"])
         curve = [float(x) for x in state["curve"]]
+        anchor_shares = [float(x) for x in state.get("anchor_shares", [])]  # absent in checkpoints of ltstg 0.1
         start_epoch = int(state["epoch"]) + 1
 
     steps_per_epoch = math.ceil(num_train / settings.batch_size)
@@ -120,6 +123,7 @@ def fit_stg(
                 "its mini-batch and memory; raise stg.batch_size or stg.memory, or lower stg.min_neighbors."
             )
         curve.append(float(loss_sum) / anchors)
+        anchor_shares.append(anchors / num_train)
         if checkpoint is not None:
             checkpoint.save(
                 {
@@ -130,6 +134,7 @@ def fit_stg(
                     "generator": generator.get_state(),
                     "epoch": epoch,
                     "curve": curve,
+                    "anchor_shares": anchor_shares,
                 }
             )
         report("fit-stg", (epoch + 1) * steps_per_epoch, total_steps, epoch=epoch + 1, loss=curve[-1])
@@ -161,7 +166,15 @@ def fit_stg(
         "num_heldout": int(held_x.shape[0]),
     }
     metrics = {"train_loss": curve[-1], "num_head_classes": float(num_tokens), "num_tail_classes": float(len(tail)), **quality}
+    if anchor_shares:
+        metrics["anchor_share"] = anchor_shares[-1]
     notes = []
+    if anchor_shares and anchor_shares[-1] < MIN_ANCHOR_SHARE:
+        notes.append(
+            f"only {100 * anchor_shares[-1]:.0f}% of the head training samples found {settings.min_neighbors} same-class "
+            "neighbours in their mini-batch and memory in the last epoch, so the rest never trained the STG; raise "
+            "stg.memory or stg.batch_size, or set stg.balanced"
+        )
     if not tail:
         notes.append(f"{split_rule(settings)} makes every class head: no tail class will borrow from this STG")
     return Output("stg", tensors, metrics, info, key_metric="heldout_gain" if quality else "train_loss", notes=notes)

@@ -99,6 +99,9 @@ def test_a_class_with_fewer_samples_than_asked_gives_all_of_them(fitted):
     report = kl_report(stg, features, class_index=4, samples=10)
     members = torch.nonzero(features["train_labels"] == 4).flatten()
     assert torch.equal(report.tensors["sample_index"], members)
+    assert report.notes == [f"class {report.info['class_name']} has {members.numel()} training samples, fewer than "
+                            "the 10 asked: the report shows all of them"]
+    assert kl_report(stg, features, class_index=4, samples=members.numel()).notes == []
 
 
 def test_samples_are_reproducible_with_the_seed_and_change_with_another(fitted):

@@ -90,7 +90,11 @@ def kl_report(
         "seed": seed,
         "samples": table,
     }
-    return Output("kl-report", tensors, kl_summary(kl, borrowed_head), info, key_metric="mean_kl")
+    notes = []
+    if members.numel() < samples:
+        notes.append(f"class {names[chosen]} has {members.numel()} training samples, fewer than the {samples} asked: "
+                     "the report shows all of them")
+    return Output("kl-report", tensors, kl_summary(kl, borrowed_head), info, key_metric="mean_kl", notes=notes)
 
 
 def kl_summary(kl: torch.Tensor, borrowed_head: torch.Tensor) -> dict[str, float]:

@@ -52,7 +52,7 @@ def test_empty_groups_left_out_and_untested_classes_skipped():
     labels = torch.tensor([0, 0, 1, 1])
     preds = torch.tensor([0, 1, 1, 1])
     result = classification_metrics(_logits_for(preds, 3), labels, torch.tensor([500, 5, 200]))
-    assert set(result) == {"top1", "many", "few", "ece", "nll"}
+    assert set(result) == {"top1", "mean_class", "many", "few", "ece", "nll"}
     assert math.isclose(result["many"], 0.5)  # class 2 has no test samples and is not counted as 0
     assert not any(math.isnan(value) for value in result.values())
 
@@ -64,7 +64,7 @@ def test_nll_and_ece_match_references():
     result = classification_metrics(logits, labels, torch.full((7,), 50))
     assert math.isclose(result["nll"], F.cross_entropy(logits, labels).item(), rel_tol=1e-6)
     assert math.isclose(result["ece"], expected_calibration_error(logits.softmax(dim=1), labels), rel_tol=1e-9)
-    assert set(result) == {"top1", "medium", "ece", "nll"}
+    assert set(result) == {"top1", "mean_class", "medium", "ece", "nll"}
 
 
 def test_mismatched_train_counts_rejected():

@@ -50,6 +50,18 @@ def test_metrics_groups_confusion_by_hand():
                         "groups": ["many", "medium", "few"]}
 
 
+def test_an_unbalanced_test_split_is_said_with_the_class_balanced_accuracy():
+    balanced = evaluate(classifier_artifact(torch.eye(3), torch.zeros(3), "cRT"), features_artifact(), EvalSettings())
+    assert balanced.notes == [] and balanced.metrics["mean_class"] == pytest.approx(balanced.metrics["top1"])
+    # class 1 (always right) holds 4 of 8 test images: top-1 6/8, class mean (0.5 + 1 + 0.5) / 3
+    test = torch.cat([TEST, torch.tensor([[0.0, 20, 0], [0, 20, 0]])])
+    labels = torch.cat([TEST_LABELS, torch.tensor([1, 1])])
+    out = evaluate(classifier_artifact(torch.eye(3), torch.zeros(3), "cRT"), features_artifact(test, labels), EvalSettings())
+    assert out.metrics["top1"] == pytest.approx(6 / 8) and out.metrics["mean_class"] == pytest.approx(2 / 3)
+    assert out.notes == ["the test split is not balanced (2 to 4 images per class): top-1 weights classes by their "
+                         "test counts; mean_class (66.7%) weights them equally, as the paper's balanced test sets do"]
+
+
 def test_ece_bins_and_an_empty_group():
     # probs (0.6, 0.2, 0.2) for both samples: one right, one wrong -> with 2 bins |0.5 - 0.6| = 0.1
     test = torch.tensor([[math.log(3.0), 0, 0], [math.log(3.0), 0, 0]])
@@ -88,7 +100,7 @@ def test_compare_rows_and_markdown_table_for_three_methods():
     assert [row["method"] for row in rows] == ["CE (stage 1)", "cRT", "cRT+STG"]
     assert rows[1]["all"] == pytest.approx(2 / 6) and rows[1]["many"] == 0.0 and rows[1]["few"] == 1.0
     assert rows[0]["id"] == "1" * 12
-    assert set(rows[0]) == {"method", "all", "many", "medium", "few", "ece", "nll", "id"}
+    assert set(rows[0]) == {"method", "all", "many", "medium", "few", "ece", "nll", "id", "not_converged"}
     # row 3: logits (2, 0, 0): confidence e^2 / (e^2 + 2) = 0.78699, ECE |4 - 6 * 0.78699| / 6 = 12.0 %
     assert markdown_table(rows) == (
         "| Method | All | Many | Medium | Few | ECE | NLL | id |\n"

@@ -165,7 +165,7 @@ def test_output_tensors_metrics_and_reload():
     assert torch.isfinite(output.tensors["curve.loss"]).all()
     assert output.tensors["stg.tokens"].shape == (4, DIM)
     assert set(output.metrics) == {
-        "train_loss", "num_head_classes", "num_tail_classes", "heldout_mu_mse", "heldout_var_mse",
+        "train_loss", "anchor_share", "num_head_classes", "num_tail_classes", "heldout_mu_mse", "heldout_var_mse",
         "trivial_mu_mse", "trivial_var_mse", "heldout_gain",
     }
     assert output.metrics["train_loss"] == pytest.approx(float(output.tensors["curve.loss"][-1]))

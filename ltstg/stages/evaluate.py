@@ -76,7 +76,15 @@ def evaluate(classifier: Artifact, features: Artifact, settings: EvalSettings, *
         "groups": features.info.get("groups")
         or assign_groups(counts.tolist(), features.info.get("many_above", 100), features.info.get("few_below", 20)),
     }
-    return Output("report", tensors, metrics, info, key_metric="top1")
+    notes = []
+    per_class = torch.bincount(split_tensors(features, split)[1].long(), minlength=counts.numel())  # (C,)
+    if int(per_class.min()) != int(per_class.max()):
+        notes.append(
+            f"the {split} split is not balanced ({int(per_class.min())} to {int(per_class.max())} images per class): "
+            f"top-1 weights classes by their {split} counts; mean_class ({100 * metrics['mean_class']:.1f}%) "
+            "weights them equally, as the paper's balanced test sets do"
+        )
+    return Output("report", tensors, metrics, info, key_metric="top1", notes=notes)
 
 
 def converged(classifier: Artifact) -> bool:

@@ -105,6 +105,7 @@ class Context:
     note: Callable[[str], None] = lambda message: None
     is_main: bool = True
     run_options: dict[str, Any] = field(default_factory=dict)
+    recalled: set[str] = field(default_factory=set)  # reused ids whose notes were said again in this invocation
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,9 @@ def _reuse(ctx: Context, pending: str, kind: str) -> Result | None:
         return None
     artifact = ctx.store.get(pending, kind)
     ctx.note(f"reused {kind} {pending[:SHORT]} (same settings and parents; --force recomputes)")
+    if pending in ctx.recalled:
+        return Result(artifact, reused=True)
+    ctx.recalled.add(pending)
     for line in artifact.meta.get("notes", []):  # a deviation stays said, however often the result is reused
         ctx.note(f"{kind} {pending[:SHORT]} was made with a note: {line}")
     made_by = artifact.meta.get("version")

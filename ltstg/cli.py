@@ -535,6 +535,9 @@ def eval_command(
         sys.stdout.write(markdown_table(rows) + "\n")
         return
     if len(results) == 1 and not compare:
+        if rows[0]["not_converged"]:
+            _note(options, f"warning: classifier {ids[0][:12]} did not converge (its notes say how): "
+                           "its scores are no result")
         show_results(options, results, "eval")
         return
     emit(options, {"rows": rows}, comparison_table(rows, "comparison"))
@@ -579,11 +582,14 @@ def _kl_of_rarest(options: Options, stg: Any, features: Any) -> tuple[Any, list[
     from ltstg.inspect.kl import kl_report
 
     try:
-        return kl_report(stg, features), []
+        report = kl_report(stg, features)
     except LtstgError as error:  # e.g. the rarest class has a single image
         reason = f"the KL section is left out: {error}"
         _note(options, reason)
         return None, [reason]
+    for line in report.notes:
+        _note(options, f"KL section: {line}")
+    return report, []
 
 
 def parse_sweeps(items: list[str]) -> dict[str, list[Any]]:

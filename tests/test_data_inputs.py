@@ -50,14 +50,14 @@ def test_file_inputs_draw_the_same_crops_with_any_worker_count(tmp_path):
 
 
 def test_train_steps_count_the_batches_an_epoch_yields(tmp_path):
-    for count, batch_size, world_size in ((10, 4, 1), (9, 4, 1), (9, 4, 2), (11, 4, 2), (12, 4, 2), (13, 4, 1)):
+    for count, batch_size, world_size in ((10, 4, 1), (9, 4, 1), (9, 4, 2), (11, 4, 2), (12, 4, 2), (13, 4, 1), (10, 2, 2)):
         images = torch.randint(0, 256, (count, 8, 8, 3), dtype=torch.uint8)
         inputs = TensorInputs({"train": (images, torch.arange(count))}, torch.device("cpu"))
         yielded = len(list(inputs.train_batches(batch_size, torch.Generator().manual_seed(0), 0, world_size)))
         assert inputs.train_steps(batch_size, world_size) == yielded, (count, batch_size, world_size)
     paths = write_images(tmp_path, 7)
     inputs = FileInputs(str(tmp_path), {"train": (paths, torch.zeros(7, dtype=torch.long))}, 16, torch.device("cpu"), workers=0)
-    for batch_size, world_size in ((2, 1), (4, 1), (4, 2), (2, 2)):
+    for batch_size, world_size in ((2, 1), (4, 1), (4, 2), (2, 2), (8, 1)):  # 8 > 7 images: no step
         yielded = len(list(inputs.train_batches(batch_size, torch.Generator().manual_seed(0), 0, world_size)))
         assert inputs.train_steps(batch_size, world_size) == yielded, (batch_size, world_size)
 

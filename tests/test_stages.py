@@ -46,6 +46,9 @@ def test_a_reused_artifact_says_its_notes_and_an_older_version_again(tmp_path, m
     run_stage(ctx, "stg", StgSettings(), [], noted, seed=0)
     assert said == ["stg: skipped 3 unreadable image file(s)"]
     said.clear()
+    run_stage(ctx, "stg", StgSettings(), [], noted, seed=0)  # reused in the invocation that made it: said already
+    assert not any("was made with a note" in line for line in said)
+    ctx = Context(store=ctx.store, note=said.append)  # a later invocation
     again = run_stage(ctx, "stg", StgSettings(), [], noted, seed=0)
     assert again.reused and any("was made with a note: skipped 3 unreadable image file(s)" in line for line in said)
     assert not any("made by ltstg" in line for line in said)

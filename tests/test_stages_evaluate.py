@@ -100,7 +100,7 @@ def test_compare_rows_and_markdown_table_for_three_methods():
     assert [row["method"] for row in rows] == ["CE (stage 1)", "cRT", "cRT+STG"]
     assert rows[1]["all"] == pytest.approx(2 / 6) and rows[1]["many"] == 0.0 and rows[1]["few"] == 1.0
     assert rows[0]["id"] == "1" * 12
-    assert set(rows[0]) == {"method", "all", "many", "medium", "few", "ece", "nll", "id", "not_converged"}
+    assert set(rows[0]) == {"method", "all", "many", "medium", "few", "ece", "nll", "id", "not_converged", "mean_class"}
     # row 3: logits (2, 0, 0): confidence e^2 / (e^2 + 2) = 0.78699, ECE |4 - 6 * 0.78699| / 6 = 12.0 %
     assert markdown_table(rows) == (
         "| Method | All | Many | Medium | Few | ECE | NLL | id |\n"

@@ -199,3 +199,14 @@ def test_init_weights_of_another_class_count_say_the_classifier_starts_fresh(tmp
     backbone = steps.pretrain_step(ctx, recipe, steps.dataset_step(ctx, recipe).artifact).artifact
     expected = "init_weights: dropped fc.bias, fc.weight (another class count); the 4-class classifier starts from random weights"
     assert backbone.meta["notes"] == [expected] and f"backbone: {expected}" in said
+
+
+def test_a_batch_size_that_gives_no_step_is_a_user_error(tmp_path, tiny_run, monkeypatch):
+    from ltstg.data.inputs import TensorInputs
+    from ltstg.errors import LtstgError
+
+    monkeypatch.setattr(TensorInputs, "train_steps", lambda self, batch_size, world_size=1: 0)
+    store = Store(tmp_path / "store")
+    with pytest.raises(LtstgError, match=r"gives no training step over \d+ images on 1 process"):
+        steps.pretrain_step(Context(store=store), tiny_run["recipe"], tiny_run["dataset"])
+    assert not any(p.is_file() for p in (tmp_path / "store").rglob("*.safetensors"))

@@ -2,6 +2,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from ltstg.data.inputs import FILE_INPUTS_REVISION
 from ltstg.errors import LtstgError
 from ltstg.recipe import RetrainSettings, StgAugment, load_recipe
 from ltstg.stages import Context, steps
@@ -44,5 +45,10 @@ def test_init_weights_enter_the_id_by_content_not_by_path(tmp_path, tiny_run, ti
     assert "init_weights" not in captured[0]
     assert captured[0] == captured[1] != captured[2]
     assert captured[0]["precision"] == resolve_precision("auto", torch.device("cpu"))
+    paths = Artifact(tiny_run["dataset"].id, {**tiny_run["dataset"].meta,
+                     "info": {**tiny_run["dataset"].info, "storage": "paths"}}, tiny_run["dataset"].tensors)
+    steps.pretrain_step(tiny_run["ctx"], load_recipe(tiny_recipe_path), paths)
+    steps.pretrain_step(tiny_run["ctx"], load_recipe(tiny_recipe_path), tiny_run["dataset"])
+    assert captured[-2]["file_inputs"] == FILE_INPUTS_REVISION and "file_inputs" not in captured[-1]
     with pytest.raises(LtstgError, match="cannot read weights file"):
         steps.pretrain_step(tiny_run["ctx"], load_recipe(tiny_recipe_path, {"pretrain.init_weights": str(tmp_path / "no")}), tiny_run["dataset"])

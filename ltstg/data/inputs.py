@@ -21,6 +21,9 @@ from ltstg.errors import LtstgError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 Batch = tuple[torch.Tensor, torch.Tensor]
+# joins the backbone id of file-based data sets: 2 = crops seeded per sample, schedule counting the
+# batches an epoch yields; bump it whenever FileInputs would train other weights from the same settings
+FILE_INPUTS_REVISION = 2
 
 
 class ImageInputs(Protocol):
@@ -56,7 +59,8 @@ class TensorInputs:
     def train_steps(self, batch_size: int, world_size: int = 1) -> int:
         """Batches per epoch, as train_batches yields them (the schedule counts steps)."""
         last = self.num_train % batch_size
-        return self.num_train // batch_size + (last - last % world_size >= 2 * world_size)
+        full = self.num_train // batch_size if batch_size >= 2 * world_size else 0  # a rank's share must be ≥ 2
+        return full + (last - last % world_size >= 2 * world_size)
 
     def train_batches(self, batch_size: int, generator: torch.Generator, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
         """One epoch: a seeded permutation, augmented per global batch so every rank draws the same numbers."""

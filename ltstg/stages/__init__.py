@@ -211,6 +211,7 @@ def _compute(
         "wall_clock": round(wall_clock, 3),
         "run": ctx.run_options,
     }
+    ctx.recalled.add(pending)  # its notes were just said: a later reuse in this invocation stays quiet
     if ctx.is_main:
         ctx.store.put(pending, output.tensors, meta)
         ctx.store.clear_checkpoint(pending)

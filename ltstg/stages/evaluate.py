@@ -98,6 +98,7 @@ def method_cell(row: dict) -> str:
 
 
 def flag(row: dict) -> str:
+    """' [not converged: k of n]' when k of the row's n classifiers did not converge, else nothing."""
     missed = row.get("not_converged") or 0
     return f" [not converged: {missed} of {len(row.get('reports') or [None])}]" if missed else ""
 
@@ -112,6 +113,7 @@ def compare_rows(reports: list[Artifact]) -> list[dict]:
             {
                 "method": report.info.get("method", "?"),
                 "all": metrics.get("top1"),
+                "mean_class": metrics.get("mean_class"),
                 "many": metrics.get("many"),
                 "medium": metrics.get("medium"),
                 "few": metrics.get("few"),

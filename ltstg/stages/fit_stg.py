@@ -76,7 +76,7 @@ def fit_stg(
         smoothed.load_state_dict(state["targets"])
         generator.set_state(state["generator"])
         curve = [float(x) for x in state["curve"]]
-        anchor_shares = [float(x) for x in state.get("anchor_shares", [])]  # absent in checkpoints of ltstg 0.1
+        anchor_shares = [float(x) for x in state.get("anchor_shares", [])]  # absent in checkpoints before it existed
         start_epoch = int(state["epoch"]) + 1
 
     steps_per_epoch = math.ceil(num_train / settings.batch_size)
@@ -86,6 +86,7 @@ def fit_stg(
         order = _epoch_order(train_t, settings.balanced, generator).to(device)  # (N_train,)
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         anchors = 0
+        trained = torch.zeros(num_train, dtype=torch.bool, device=device)  # (N_train,): anchored at least once
         for step in range(steps_per_epoch):
             batch = order[step * settings.batch_size : (step + 1) * settings.batch_size]  # (B,)
             # paper is silent on a last batch of one sample; BatchNorm can't train on it, so it is skipped
@@ -112,6 +113,7 @@ def fit_stg(
                 optimizer.step()
                 loss_sum += loss.detach().double() * num_valid
                 anchors += num_valid
+                trained[batch_ids[valid]] = True
             # pushed after the step, so the batch never sees itself twice in one pool
             memory.push(batch_x, batch_t, batch_ids)
             if step % REPORT_EVERY == 0:
@@ -123,7 +125,7 @@ def fit_stg(
                 "its mini-batch and memory; raise stg.batch_size or stg.memory, or lower stg.min_neighbors."
             )
         curve.append(float(loss_sum) / anchors)
-        anchor_shares.append(anchors / num_train)
+        anchor_shares.append(float(trained.float().mean()))
         if checkpoint is not None:
             checkpoint.save(
                 {
@@ -173,7 +175,7 @@ def fit_stg(
         notes.append(
             f"only {100 * anchor_shares[-1]:.0f}% of the head training samples found {settings.min_neighbors} same-class "
             "neighbours in their mini-batch and memory in the last epoch, so the rest never trained the STG; raise "
-            "stg.memory or stg.batch_size, or set stg.balanced"
+            f"stg.memory or stg.batch_size{'' if settings.balanced else ', or set stg.balanced'}"
         )
     if not tail:
         notes.append(f"{split_rule(settings)} makes every class head: no tail class will borrow from this STG")

@@ -19,7 +19,6 @@ from ltstg.report import Report, silent
 from ltstg.stages import Output
 
 
-
 def _need_root(settings: DatasetSettings) -> str:
     if not settings.root:
         raise LtstgError(f"the {settings.source} source needs --root DIR (dataset.root in the recipe).")

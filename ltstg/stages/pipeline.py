@@ -20,7 +20,7 @@ from ltstg.store import SHORT, Artifact
 
 STAGES = ("dataset", "pretrain", "fit-stg", "retrain", "eval")
 SEEDED = ("pretrain", "fit-stg", "retrain")  # stages a seed can vary; the data set has its own subset seed
-COLUMNS = {"top1": "all", "many": "many", "medium": "medium", "few": "few", "ece": "ece", "nll": "nll"}  # metric -> column
+COLUMNS = {"top1": "all", "mean_class": "mean_class", "many": "many", "medium": "medium", "few": "few", "ece": "ece", "nll": "nll"}  # metric -> column
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,11 @@ def pretrain(
                          f"the {num_classes}-class classifier starts from random weights")
     model = model.to(device).to(memory_format=memory_format)
     steps_per_epoch = inputs.train_steps(settings.batch_size, world_size)
+    if steps_per_epoch == 0:
+        raise LtstgError(
+            f"pretrain.batch_size {settings.batch_size} gives no training step over {inputs.num_train} images on "
+            f"{world_size} process(es) (BatchNorm needs at least 2 images per process); lower pretrain.batch_size."
+        )
     optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.wd)
     scheduler = make_scheduler(
         optimizer,

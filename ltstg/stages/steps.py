@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 
+from ltstg.data.inputs import FILE_INPUTS_REVISION
 from ltstg.errors import LtstgError
 from ltstg.models import check_weights_file
 from ltstg.recipe import Recipe, RetrainSettings, id_settings
@@ -38,6 +39,8 @@ def pretrain_step(ctx: Context, recipe: Recipe, dataset: Artifact, *, name: str 
     defining = {**id_settings(settings), "precision": resolve_precision(settings.precision, ctx.device)}
     for untouched in ("eval_every", "feature_views"):
         defining.pop(untouched)
+    if dataset.info.get("storage") == "paths":  # how FileInputs draws crops and counts steps changed once
+        defining["file_inputs"] = FILE_INPUTS_REVISION
     if settings.init_weights is not None:  # the file's content defines the result, not where it sits
         defining["init_weights_sha256"] = file_sha256(settings.init_weights)
         if not ctx.store.exists(stage_id("backbone", defining, recipe.seed, [dataset])) or ctx.force:

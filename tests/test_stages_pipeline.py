@@ -69,6 +69,22 @@ def test_a_classifier_that_did_not_converge_is_flagged_in_every_table():
     assert converged(classifier({"converged": 1.0})) and converged(classifier({}))  # stage 1's own: not trained here
 
 
+def test_head_and_tail_accuracy_follow_the_stg_split():
+    def report(per_class):
+        return Artifact("r" * 64, {"kind": "report", "metrics": {"top1": 0.5}},
+                        {"per_class_accuracy": torch.tensor(per_class)})
+
+    runs = [
+        MethodRun(0, "STG", report([1.0, 0.8, 0.2, float("nan")]), head_classes=(0, 1)),
+        MethodRun(1, "STG", report([0.8, 0.8, 0.4, 0.0]), head_classes=(0, 1)),
+        MethodRun(0, "cRT", report([1.0, 1.0, 0.0, 0.0])),  # no STG in its run: no split to score
+    ]
+    stg, crt = aggregate(runs)
+    assert stg["head"] == pytest.approx((0.9 + 0.8) / 2) and stg["tail"] == pytest.approx((0.2 + 0.2) / 2)
+    assert stg["head_std"] == pytest.approx(0.0707, abs=1e-4)  # a class without test samples is left out
+    assert crt["head"] is None and crt["tail"] is None
+
+
 def test_methods_selection(recipe_path):
     recipe = load_recipe(recipe_path)
     assert list(methods_of(recipe, None)) == ["CE", "cRT", "cRT+STG"]

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ltstg.errors import LtstgError
 from ltstg.recipe import Recipe, RetrainSettings, load_recipe, method_settings, validate
 from ltstg.stages import Context, Result
@@ -20,7 +22,7 @@ from ltstg.store import SHORT, Artifact
 
 STAGES = ("dataset", "pretrain", "fit-stg", "retrain", "eval")
 SEEDED = ("pretrain", "fit-stg", "retrain")  # stages a seed can vary; the data set has its own subset seed
-COLUMNS = {"top1": "all", "mean_class": "mean_class", "many": "many", "medium": "medium", "few": "few", "ece": "ece", "nll": "nll"}  # metric -> column
+COLUMNS = {"top1": "all", "mean_class": "mean_class", "head": "head", "tail": "tail", "many": "many", "medium": "medium", "few": "few", "ece": "ece", "nll": "nll"}  # metric -> column
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class MethodRun:
     method: str
     report: Artifact
     converged: bool = True  # False: the stage-3 classifier behind the report did not converge
+    head_classes: tuple[int, ...] | None = None  # the run's STG split, to score its head and tail classes apart
 
 
 def methods_of(recipe: Recipe, chosen: list[str] | None) -> dict[str, RetrainSettings]:
@@ -99,13 +102,14 @@ def run_recipe(
         if last < 2:
             continue
         stg = step(steps.fit_stg_step(ctx, at("fit-stg"), features)).artifact if needs_stg else None
+        head_classes = tuple(stg["head_classes"].tolist()) if stg is not None else None
         if last < 3:
             continue
         for method, settings in chosen.items():
             classifier = step(steps.retrain_step(ctx, at("retrain"), settings, features, stg)).artifact
             if last >= 4:
                 report = step(steps.eval_step(ctx, at("retrain"), classifier, features)).artifact
-                runs.append(MethodRun(seed, method, report, converged(classifier)))
+                runs.append(MethodRun(seed, method, report, converged(classifier), head_classes))
     return runs, results
 
 
@@ -127,13 +131,30 @@ def aggregate(runs: list[MethodRun]) -> list[dict[str, Any]]:
             "id": ",".join(r.report.id[:SHORT] for r in group),
             "not_converged": sum(not r.converged for r in group),
         }
+        scores = [{**r.report.metrics, **split_accuracy(r)} for r in group]
         for metric, column in COLUMNS.items():
-            values = [r.report.metrics[metric] for r in group if metric in r.report.metrics]
+            values = [score[metric] for score in scores if metric in score]
             row[column] = mean(values) if values else None
             if len(values) > 1:
                 row[f"{column}_std"] = std(values)
         rows.append(row)
     return rows
+
+
+def split_accuracy(run: MethodRun) -> dict[str, float]:
+    """Mean per-class accuracy over the STG's head and over its tail classes: where "many" covers every
+    class (CIFAR-10-LT IM10), this is what shows the STG trading head accuracy for tail accuracy."""
+    if run.head_classes is None or "per_class_accuracy" not in run.report.tensors:
+        return {}
+    accuracy = run.report["per_class_accuracy"]  # (C,), NaN: a class without test samples
+    is_head = torch.zeros(accuracy.numel(), dtype=torch.bool)  # (C,)
+    is_head[list(run.head_classes)] = True
+    scores = {}
+    for name, members in (("head", accuracy[is_head]), ("tail", accuracy[~is_head])):
+        members = members[~members.isnan()]
+        if members.numel():
+            scores[name] = float(members.mean())
+    return scores
 
 
 def mean(values: list[float]) -> float:

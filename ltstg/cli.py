@@ -99,6 +99,7 @@ class RichReport:
         self.enabled = enabled
         self.plain = enabled and not stderr.is_terminal  # a log file gets a line every PLAIN_EVERY seconds
         self.last_line: dict[str, float] = {}
+        self.said: set[str] = set()
 
     def __enter__(self) -> "RichReport":
         return self
@@ -121,6 +122,10 @@ class RichReport:
                 stderr.print(f"{task} {done}/{total}  {shown}", highlight=False)
 
     def note(self, message: str) -> None:
+        """Say a note once: a sweep that reuses one artifact, or gets one note from every report, repeats it."""
+        if message in self.said:
+            return
+        self.said.add(message)
         self.progress.console.print(f"[dim]{message}[/dim]", highlight=False)
 
 

@@ -179,3 +179,13 @@ def test_unconverged_retrain_warns_on_stderr_and_records_it(tiny_recipe_path, tm
     classifier = Store(store).get(Store(store).resolve("cold", "classifier"))
     assert classifier.metrics["converged"] == 0.0
     assert any("did not converge" in note for note in classifier.meta["notes"])
+
+
+def test_a_note_repeated_in_one_invocation_is_said_once(capsys):
+    from ltstg.cli import RichReport
+
+    report = RichReport(True)
+    for message in ("reused stg abc", "reused stg abc", "report: the test split is not balanced"):
+        report.note(message)
+    err = capsys.readouterr().err
+    assert err.count("reused stg abc") == 1 and err.count("not balanced") == 1

@@ -22,7 +22,10 @@ from ltstg.store import SHORT, Artifact
 
 STAGES = ("dataset", "pretrain", "fit-stg", "retrain", "eval")
 SEEDED = ("pretrain", "fit-stg", "retrain")  # stages a seed can vary; the data set has its own subset seed
-COLUMNS = {"top1": "all", "mean_class": "mean_class", "head": "head", "tail": "tail", "many": "many", "medium": "medium", "few": "few", "ece": "ece", "nll": "nll"}  # metric -> column
+COLUMNS = {  # metric -> row column; head and tail: the STG split's classes, when the run has an STG
+    "top1": "all", "mean_class": "mean_class", "head": "head", "tail": "tail",
+    "many": "many", "medium": "medium", "few": "few", "ece": "ece", "nll": "nll",
+}
 
 
 @dataclass(frozen=True)

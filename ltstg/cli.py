@@ -174,7 +174,9 @@ def _context(options: Options, report: RichReport, force: bool = False):
         report=report if main_rank else silent,
         note=report.note if main_rank else (lambda message: None),
         is_main=main_rank,
-        run_options={"device": str(device), "world_size": world_size, "argv": sys.argv[1:]},
+        # CPU numbers depend on the intra-op thread count (reductions split differently), so it is recorded
+        run_options={"device": str(device), "world_size": world_size, "threads": torch.get_num_threads(),
+                     "argv": sys.argv[1:]},
     )
 
 

@@ -100,6 +100,8 @@ def test_run_end_to_end_then_reuse_everything(recipe_path, tmp_path):
     store = tmp_path / "store"
     first = runner.invoke(app, ["--store", str(store), "--json", "run", str(recipe_path)])
     assert first.exit_code == 0, first.output
+    made = [Store(store).get(i) for i in Store(store).ids()]
+    assert made and all(a.meta["run"]["threads"] == torch.get_num_threads() for a in made)  # CPU numbers depend on it
     payload = json.loads(first.stdout)
     assert [row["method"] for row in payload["rows"]] == ["CE", "cRT", "cRT+STG"]
     kinds = [a["kind"] for a in payload["artifacts"]]

@@ -514,7 +514,7 @@ def eval_command(
 ) -> None:
     """Stage 4: top-1, many/medium/few, ECE and NLL on the test split; --compare for a table of methods."""
     from ltstg.stages import steps
-    from ltstg.stages.evaluate import compare_rows, converged, markdown_table
+    from ltstg.stages.evaluate import compare_rows, markdown_table
 
     options = _options(ctx)
     settings = _recipe(options, recipe, {})
@@ -528,9 +528,7 @@ def eval_command(
             features = run.store.get(classifier.parents[0], "features")
             results.append(steps.eval_step(run, settings, classifier, features, name=name if len(ids) == 1 else None))
             chosen.append(classifier)
-    rows = compare_rows([r.artifact for r in results])
-    for row, classifier in zip(rows, chosen):
-        row["not_converged"] = int(not converged(classifier))
+    rows = compare_rows([r.artifact for r in results], chosen)
     names = run.store.names()
     for row, artifact_id in zip(rows, ids):  # a named classifier keeps its name in the table
         if names.get(artifact_id):

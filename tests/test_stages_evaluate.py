@@ -145,3 +145,13 @@ def test_wide_table_puts_one_swept_field_side_by_side():
                 {"method": "cRT", "all": 0.6, "swept": {"aug": True}}, {"method": "cRT", "all": 0.5, "swept": {"aug": 1}}]
     assert wide_table(mappings, "aug", ["aug"])[1:] == (
         ["aug={'name': 'noise'}", "aug=True", "aug=1"], [["cRT", "70.0", "60.0", "50.0"]])
+
+
+def test_compare_rows_count_a_classifier_that_did_not_converge():
+    report = as_report(evaluate(classifier_artifact(torch.eye(3), torch.zeros(3), "cRT"), features_artifact(),
+                                EvalSettings()), "r")
+    stuck = Artifact("s" * 64, {"kind": "classifier", "metrics": {"converged": 0.0}}, {})
+    fine = Artifact("g" * 64, {"kind": "classifier", "metrics": {"converged": 1.0}}, {})
+    assert [row["not_converged"] for row in compare_rows([report, report], [stuck, fine])] == [1, 0]
+    assert compare_rows([report])[0]["not_converged"] == 0  # without its classifier nothing is claimed
+    assert "| cRT [not converged: 1 of 1] |" in markdown_table(compare_rows([report], [stuck]))

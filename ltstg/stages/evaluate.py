@@ -77,7 +77,7 @@ def evaluate(classifier: Artifact, features: Artifact, settings: EvalSettings, *
         or assign_groups(counts.tolist(), features.info.get("many_above", 100), features.info.get("few_below", 20)),
     }
     notes = []
-    per_class = torch.bincount(split_tensors(features, split)[1].long(), minlength=counts.numel())  # (C,)
+    per_class = tensors["confusion"].sum(dim=1)  # (C,): test images per true class
     if int(per_class.min()) != int(per_class.max()):
         notes.append(
             f"the {split} split is not balanced ({int(per_class.min())} to {int(per_class.max())} images per class): "
@@ -103,10 +103,11 @@ def flag(row: dict) -> str:
     return f" [not converged: {missed} of {len(row.get('reports') or [None])}]" if missed else ""
 
 
-def compare_rows(reports: list[Artifact]) -> list[dict]:
-    """One flat row per report (fractions, None for an empty group), ready for a table or JSON."""
+def compare_rows(reports: list[Artifact], classifiers: list[Artifact] | None = None) -> list[dict]:
+    """One flat row per report (fractions, None for an empty group), ready for a table or JSON; with the
+    reports' classifiers, a row also counts whether its classifier did not converge."""
     rows = []
-    for report in reports:
+    for index, report in enumerate(reports):
         require_kind(report, "report")
         metrics = report.metrics
         rows.append(
@@ -120,7 +121,7 @@ def compare_rows(reports: list[Artifact]) -> list[dict]:
                 "ece": metrics.get("ece"),
                 "nll": metrics.get("nll"),
                 "id": report.id[:SHORT],
-                "not_converged": 0,
+                "not_converged": int(classifiers is not None and not converged(classifiers[index])),
             }
         )
     return rows

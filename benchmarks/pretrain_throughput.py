@@ -92,7 +92,7 @@ def loop_rates(dataset, precision: str, epochs: int) -> list[float]:
     )
     pretrain(
         settings, dataset, seed=0, device=torch.device("cpu"), generator=torch.Generator().manual_seed(0),
-        report=report,
+        progress=report,
     )
     rates = [
         (done - done_before) * BATCH / (t - t_before)

@@ -1,6 +1,6 @@
 """ltstg: long-tailed image classification with the Semantic Transformation Generator."""
 
-__version__ = "0.1.0"
+from ltstg.version import __version__
 
 _API = ("Artifact", "LtstgError", "Store", "StgAugmenter", "load", "load_backbone", "open_store", "run", "stg_augmenter")
 

@@ -79,7 +79,7 @@ def guarded(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-class RichReport:
+class RichProgress:
     """The stages' `report(task, done, total, **metrics)` as rich progress bars on stderr."""
 
     def __init__(self, enabled: bool = True) -> None:
@@ -101,7 +101,7 @@ class RichReport:
         self.last_line: dict[str, float] = {}
         self.said: set[str] = set()
 
-    def __enter__(self) -> "RichReport":
+    def __enter__(self) -> "RichProgress":
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -149,10 +149,10 @@ def _recipe(options: Options, path: Optional[Path], overrides: dict[str, Any]):
     return load_recipe(path, overrides)
 
 
-def _context(options: Options, report: RichReport, force: bool = False):
+def _context(options: Options, report: RichProgress, force: bool = False):
     import torch
 
-    from ltstg.report import silent
+    from ltstg.progress import silent
     from ltstg.stages import Context
     from ltstg.store import Store
 
@@ -171,7 +171,7 @@ def _context(options: Options, report: RichReport, force: bool = False):
         store=Store(options.store),
         device=device,
         force=force,
-        report=report if main_rank else silent,
+        progress=report if main_rank else silent,
         note=report.note if main_rank else (lambda message: None),
         is_main=main_rank,
         # CPU numbers depend on the intra-op thread count (reductions split differently), so it is recorded
@@ -318,7 +318,7 @@ def make_dataset_command(
             "dataset.strict": strict,
         },
     )
-    with RichReport(not options.json) as report:
+    with RichProgress(not options.json) as report:
         result = steps.dataset_step(_context(options, report, force), settings, name=name)
     show_results(options, [result], "make-dataset")
 
@@ -369,7 +369,7 @@ def pretrain_command(
             "pretrain.workers": workers,
         },
     )
-    with RichReport(not options.json and _torchrun_env()[0] == 0) as report:
+    with RichProgress(not options.json and _torchrun_env()[0] == 0) as report:
         run = _context(options, report, force)
         data = pick(run, dataset, "dataset")
         backbone = steps.pretrain_step(run, settings, data, name=name)
@@ -417,7 +417,7 @@ def fit_stg_command(
             "stg.smoothing": smoothing,
         },
     )
-    with RichReport(not options.json) as report:
+    with RichProgress(not options.json) as report:
         run = _context(options, report, force)
         parent = pick(run, features, "features")
         result = steps.fit_stg_step(run, settings, parent, name=name)
@@ -474,7 +474,7 @@ def retrain_command(
         base = method_settings(loaded, method).model_dump(mode="json")
         loaded = _recipe(options, recipe, {"retrain": base})
     settings = _recipe_from(loaded, flags)
-    with RichReport(not options.json) as report:
+    with RichProgress(not options.json) as report:
         run = _context(options, report, force)
         parent = pick(run, features, "features")
         stg_artifact = None
@@ -519,7 +519,7 @@ def eval_command(
     options = _options(ctx)
     settings = _recipe(options, recipe, {})
     refs = list(classifiers or []) + list(compare or [])
-    with RichReport(not options.json) as report:
+    with RichProgress(not options.json) as report:
         run = _context(options, report, force)
         ids = [run.store.resolve(ref, "classifier") for ref in refs] or [run.store.resolve(None, "classifier")]
         results, chosen = [], []
@@ -568,7 +568,7 @@ def _eval_pictures(options: Options, store: Any, ids: list[str], labels: list[st
 def _write_run_report(options: Options, store: Any, rows: list[dict[str, Any]], results: list[Any], title: str,
                       out: Path, command: str) -> None:
     """The HTML report of a run: its first seed's artifacts in the pictures, every seed in the table."""
-    from ltstg.inspect.report import RunReport, write_report
+    from ltstg.inspect.html_report import RunReport, write_report
 
     first = {}
     for result in results:
@@ -724,7 +724,7 @@ def run_command(
     if report_path is not None and (swept or until != "eval"):
         raise LtstgError("--report needs one recipe run up to eval without --sweep (one methods table).")
     started = time.perf_counter()
-    with RichReport(not options.json) as report:
+    with RichProgress(not options.json) as report:
         run = _context(options, report, force)
         rows, results = run_sweep(run, list(recipes), overrides, grid, seeds=seeds or None, until=until,
                                   methods=methods, vary_from=vary_from)
@@ -780,7 +780,7 @@ def report_command(
     recipe: RecipeOption = None,
 ) -> None:
     """One self-contained HTML file: data set, curves, methods table (± std over seeds) and every picture."""
-    from ltstg.inspect.report import RunReport, write_report
+    from ltstg.inspect.html_report import RunReport, write_report
     from ltstg.stages import steps
     from ltstg.stages.evaluate import converged
     from ltstg.stages.pipeline import MethodRun, aggregate
@@ -788,7 +788,7 @@ def report_command(
 
     options = _options(ctx)
     settings = _recipe(options, recipe, {})
-    with RichReport(not options.json) as progress:
+    with RichProgress(not options.json) as progress:
         run = _context(options, progress)
         store = run.store
         if classifiers:
@@ -1094,7 +1094,7 @@ def inspect_kl_divergence(
     from ltstg.stages import run_stage
 
     options = _options(ctx)
-    with RichReport(not options.json) as report:
+    with RichProgress(not options.json) as report:
         run = _context(options, report, force)
         stg_artifact = pick(run, stg, "stg")
         features_artifact = pick(run, features or stg_artifact.parents[0], "features")

@@ -6,7 +6,6 @@ artifact id; everything else defines the result. No torch here.
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -201,11 +200,6 @@ class Recipe(Settings):
     methods: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="named retrain variants for `ltstg run`: overrides of `retrain`"
     )
-
-
-def canonical_json(value: Any) -> str:
-    """The one serialisation that ids are hashed from: sorted keys, no whitespace."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def id_settings(settings: BaseModel) -> dict[str, Any]:

@@ -31,7 +31,6 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from ltstg.errors import LtstgError
-from ltstg.recipe import canonical_json
 
 FORMAT_VERSION = 1
 METADATA_KEY = "ltstg"
@@ -44,6 +43,11 @@ _CHECKPOINT_MAGIC = b"ltstg-checkpoint sha256 "  # followed by 64 hex digits and
 
 class DamagedCheckpoint(LtstgError):
     """A checkpoint that fails its digest or does not load: the stage starts over instead of resuming from it."""
+
+
+def canonical_json(value: Any) -> str:
+    """The one serialisation that ids are hashed from: sorted keys, no whitespace."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def os_error(action: str, path: Path | str, error: OSError) -> LtstgError:
@@ -83,6 +87,18 @@ class ArtifactInfo:
     @property
     def metrics(self) -> dict[str, float]:
         return dict(self.meta.get("metrics", {}))
+
+
+@dataclass(frozen=True)
+class Output:
+    """What a stage returns; the runner adds id, parents and settings."""
+
+    kind: str
+    tensors: dict[str, torch.Tensor]
+    metrics: dict[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    key_metric: str | None = None
+    notes: list[str] = field(default_factory=list)  # every deviation from what was asked, one line each
 
 
 @dataclass(frozen=True)
@@ -513,3 +529,10 @@ class Store:
     def stale_files(self) -> list[Path]:
         """Temporary files of dead writers anywhere in the store, for `inspect verify`."""
         return [p for folder in (self.objects, self.root / "refs", self.root / "checkpoints") for p in stale_temp_files(folder)]
+
+
+def require_kind(artifact: Artifact, kind: str) -> Artifact:
+    """The artifact, if it is of `kind`; a stage handed another kind says so in one line."""
+    if artifact.kind != kind:
+        raise LtstgError(f"artifact {artifact.id[:SHORT]} is a {artifact.kind} artifact, not a {kind}.")
+    return artifact

@@ -71,7 +71,7 @@ def test_decode_mixed_modes_sizes_and_bad_files(tree):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         images, keep, unreadable = decode_images(
-            source.root, paths, 16, report=lambda *args, **metrics: calls.append(args)
+            source.root, paths, 16, progress=lambda *args, **metrics: calls.append(args)
         )
     assert [path for path, _ in unreadable] == ["train/dog/6_corrupt.jpg", "train/dog/7_empty.png"]
     assert unreadable[1][1] == "empty file" and "Truncated" in unreadable[0][1]
@@ -96,7 +96,7 @@ def test_decode_reports_every_thousand(tmp_path):
     Image.new("RGB", (8, 8), RED).save(tmp_path / "one.png")
     calls = []
     images, keep, _ = decode_images(str(tmp_path), ["one.png"] * 2500, 8,
-                                    report=lambda *args, **metrics: calls.append(args))
+                                    progress=lambda *args, **metrics: calls.append(args))
     assert [done for _, done, _ in calls] == [1000, 2000, 2500] and images.shape == (2500, 8, 8, 3)
 
 

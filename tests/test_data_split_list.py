@@ -33,7 +33,7 @@ def test_reads_tiny_lists(tmp_path):
     root, lists = write(tmp_path)
     calls = []
     source = read_split_lists("imagenet-lt", root, lists, expected=TINY,
-                              report=lambda *args, **metrics: calls.append(args))
+                              progress=lambda *args, **metrics: calls.append(args))
     assert source.name == "imagenet-lt" and source.root == root and set(source.splits) == {"train", "val", "test"}
     assert source.splits["train"].paths == ("train/n01/a.JPEG", "train/n01/b.JPEG", "train/n02/c.JPEG")
     assert source.splits["train"].labels.dtype == torch.int64

@@ -197,7 +197,7 @@ def test_05_a_damaged_checkpoint_is_reported_and_discarded(tiny_run, tmp_path):
 
     store = Store(tmp_path / "store")
     with pytest.raises(Killed):
-        _retrain(Context(store=store, report=kill_after_epoch_2), recipe, features, settings)
+        _retrain(Context(store=store, progress=kill_after_epoch_2), recipe, features, settings)
     (checkpoint,) = (store.root / "checkpoints").iterdir()
     data = bytearray(checkpoint.read_bytes())
     data[-20] ^= 0xFF
@@ -220,7 +220,7 @@ def test_14_resume_is_said_and_wall_clock_covers_every_attempt(tiny_run, tmp_pat
             raise Killed
 
     with pytest.raises(Killed):
-        _retrain(Context(store=store, report=kill_after_epoch_2), tiny_run["recipe"], features, settings)
+        _retrain(Context(store=store, progress=kill_after_epoch_2), tiny_run["recipe"], features, settings)
     earlier = pending[0]["_seconds"]
     notes = []
     started = time.perf_counter()
@@ -432,7 +432,7 @@ def test_pipeline_resume_message_through_run(tiny_recipe_path, tmp_path):
 
     store = Store(tmp_path / "store")
     with pytest.raises(Killed):
-        run_recipe(Context(store=store, report=killer), recipe, seeds=[0], until="pretrain")
+        run_recipe(Context(store=store, progress=killer), recipe, seeds=[0], until="pretrain")
     notes = []
     run_recipe(Context(store=store, note=notes.append), recipe, seeds=[0], until="pretrain")
     assert any("backbone: resuming from the checkpoint: epoch 2 of 2 is next" in n for n in notes), notes

@@ -10,7 +10,8 @@ from ltstg.errors import LtstgError
 from ltstg.inspect.kl import kl_csv, kl_report, kl_rows, resolve_class
 from ltstg.models.gaussian import pairwise_kl
 from ltstg.recipe import StgSettings
-from ltstg.stages.fit_stg import fit_stg, load_stg
+from ltstg.stages.fit_stg import fit_stg
+from ltstg.models.stg import load_stg
 from ltstg.store import Artifact, Store
 
 DIM = 16

@@ -1,10 +1,10 @@
 import pytest
 
 from ltstg.errors import LtstgError
+from ltstg.store import canonical_json
 from ltstg.recipe import (
     Recipe,
     StgAugment,
-    canonical_json,
     id_settings,
     load_recipe,
     method_settings,

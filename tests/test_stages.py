@@ -36,7 +36,7 @@ def test_compute_then_reuse_then_force(tmp_path):
 
 
 def test_a_reused_artifact_says_its_notes_and_an_older_version_again(tmp_path, monkeypatch):
-    import ltstg
+    from ltstg import stages
 
     def noted(generator, checkpoint):
         return Output("stg", {"w": torch.zeros(2)}, {}, notes=["skipped 3 unreadable image file(s)"])
@@ -55,7 +55,7 @@ def test_a_reused_artifact_says_its_notes_and_an_older_version_again(tmp_path, m
     said.clear()
     run_stage(ctx, "stg", StgSettings(), [], noted, seed=0)
     assert not any("was made with a note" in line for line in said)  # said once per invocation
-    monkeypatch.setattr(ltstg, "__version__", "9.9.9")
+    monkeypatch.setattr(stages, "__version__", "9.9.9")
     said.clear()
     run_stage(Context(store=ctx.store, note=said.append), "stg", StgSettings(), [], noted, seed=0)
     assert any(f"was made by ltstg {again.artifact.meta['version']}, this is 9.9.9" in line for line in said)

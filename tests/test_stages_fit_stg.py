@@ -5,7 +5,8 @@ import torch
 from ltstg.errors import LtstgError
 from ltstg.recipe import StgSettings
 from ltstg.stages import Checkpoint
-from ltstg.stages.fit_stg import fit_stg, load_stg
+from ltstg.stages.fit_stg import fit_stg
+from ltstg.models.stg import load_stg
 from ltstg.store import Artifact, Store
 
 DIM = 8
@@ -49,8 +50,8 @@ def _features(counts=COUNTS, *, seed: int = 0) -> Artifact:
     return Artifact(id="f" * 64, meta={"kind": "features", "info": info}, tensors=tensors)
 
 
-def _fit(features=None, *, seed: int = 0, report=None, checkpoint=None, **settings):
-    kwargs = {} if report is None else {"report": report}
+def _fit(features=None, *, seed: int = 0, progress=None, checkpoint=None, **settings):
+    kwargs = {} if progress is None else {"progress": progress}
     return fit_stg(
         StgSettings(**{**SMALL, **settings}), features if features is not None else _features(),
         seed=seed, device=torch.device("cpu"), generator=torch.Generator().manual_seed(seed),
@@ -224,11 +225,11 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
             raise _Kill
 
     with pytest.raises(_Kill):
-        _fit(report=kill_in_epoch_3, checkpoint=checkpoint, **settings)
+        _fit(progress=kill_in_epoch_3, checkpoint=checkpoint, **settings)
     assert checkpoint.load()["epoch"] == 1  # epochs 1 and 2 (0-based 0, 1) are saved
 
     epochs_seen = []
-    resumed = _fit(report=lambda task, done, total, **m: epochs_seen.append(m["epoch"]), checkpoint=checkpoint, **settings)
+    resumed = _fit(progress=lambda task, done, total, **m: epochs_seen.append(m["epoch"]), checkpoint=checkpoint, **settings)
     assert min(epochs_seen) == 3  # continued, did not start over
     assert _same_weights(uninterrupted, resumed)
     assert torch.equal(uninterrupted.tensors["curve.loss"], resumed.tensors["curve.loss"])

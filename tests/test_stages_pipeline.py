@@ -132,7 +132,7 @@ def test_interrupted_run_resumes_to_the_same_result(recipe_path, tmp_path):
 
     store = Store(tmp_path / "killed")
     with pytest.raises(Kill):
-        run_recipe(Context(store=store, report=killer), recipe, seeds=[0], methods=["cRT"])
+        run_recipe(Context(store=store, progress=killer), recipe, seeds=[0], methods=["cRT"])
     assert len(list((tmp_path / "killed" / "checkpoints").iterdir())) == 1
     resumed, _ = run_recipe(Context(store=store), recipe, seeds=[0], methods=["cRT"])
     assert resumed[0].report.id == runs[0].report.id
@@ -303,3 +303,52 @@ def test_a_recipe_given_twice_is_refused(recipe_path, tmp_path, monkeypatch):
     monkeypatch.chdir(recipe_path.parent)
     result = CliRunner().invoke(app, ["--store", str(tmp_path / "s"), "run", recipe_path.name, f"./{recipe_path.name}"])
     assert result.exit_code == 2 and "is given twice" in result.stderr
+
+
+EVERY_METHOD = """
+methods:
+  CE: {classifier: none}
+  cRT: {classifier: crt}
+  LWS: {classifier: lws}
+  tau: {classifier: tau-norm, tau: 0.5}
+  MiSLAS: {classifier: mislas, smooth_head: 0.3, smooth_tail: 0.1, lr_factor: 0.5}
+  cRT-stage1: {classifier: crt, init: stage1, sampling: instance}
+  STG: {augment: {name: stg, lam: 1.5}}
+  STG-rel: {augment: {name: stg, lam: 1.0, mu: relative}}
+  ISDA: {augment: {name: isda, lam: 0.5}}
+  Noise: {augment: {name: noise, std: 0.5}}
+  Dropout: {augment: {name: dropout, p: 0.2}}
+"""
+
+# The ids the tiny pipeline had before the issue-19 restructuring (commit a52b857): a refactor must not move them,
+# or every artifact a user already has would be recomputed and the README's ids would point nowhere.
+IDS_BEFORE_RESTRUCTURING = {
+    "dataset": "e1b608fc987fc8af",
+    "backbone": "4a615929583639c8",
+    "features": "1ed79760c2f64024",
+    "stg": "a78e165c5d3f46f1",
+    "classifier CE": "7d1ab07289ff5bdc", "report CE": "a3dd4eee2fcada1c",
+    "classifier cRT": "e446619b20699bba", "report cRT": "8c9bc523d1ec1d44",
+    "classifier LWS": "bb98b3da13a83116", "report LWS": "3f089ae81d06927f",
+    "classifier tau": "9ca9fc95f1a1b0ff", "report tau": "abc2edc6963e5a08",
+    "classifier MiSLAS": "516204a753f05bb3", "report MiSLAS": "662d9e2539635fbe",
+    "classifier cRT-stage1": "068c48b2bafd9bf8", "report cRT-stage1": "c6f87ef9fd3bdeb7",
+    "classifier STG": "942323a4ee1674b0", "report STG": "e4534e7d4ffd2d5c",
+    "classifier STG-rel": "a6ae5d874619b040", "report STG-rel": "48b731bd74bbaef6",
+    "classifier ISDA": "cdcdde9ea8bea00d", "report ISDA": "ccf92249a26b3613",
+    "classifier Noise": "5e8af1b7018fc990", "report Noise": "1e01972ce128e028",
+    "classifier Dropout": "1bceefabcc9eede0", "report Dropout": "8c4e477487337652",
+}
+
+
+def test_every_artifact_id_of_the_tiny_pipeline_is_the_one_it_had_before_the_restructuring(tmp_path, one_thread):
+    from tests.conftest import TINY
+
+    path = tmp_path / "every.yaml"
+    path.write_text(TINY + EVERY_METHOD)
+    runs, results = run_recipe(Context(store=Store(tmp_path / "store")), load_recipe(path), seeds=[0])
+    ids = {r.artifact.kind: r.artifact.id[:16] for r in results if r.artifact.kind in ("dataset", "backbone", "features", "stg")}
+    for run in runs:
+        ids[f"classifier {run.method}"] = run.report.parents[0][:16]
+        ids[f"report {run.method}"] = run.report.id[:16]
+    assert ids == IDS_BEFORE_RESTRUCTURING

@@ -46,14 +46,14 @@ def test_interrupted_run_resumes_to_the_same_backbone(tmp_path, tiny_run):
 
     killer = Recorder(interrupt_at_epoch=2)  # dies in epoch 2 of 2, after epoch 1's checkpoint
     with pytest.raises(KeyboardInterrupt):
-        steps.pretrain_step(Context(store=store, report=killer), recipe, dataset)
+        steps.pretrain_step(Context(store=store, progress=killer), recipe, dataset)
     pending = tiny_run["backbone"].id
     assert not store.exists(pending)
     assert store.checkpoint_path(pending).is_file()
     assert int(store.load_checkpoint(pending)["epoch"]) == 0
 
     recorder = Recorder()
-    resumed = steps.pretrain_step(Context(store=store, report=recorder), recipe, dataset)
+    resumed = steps.pretrain_step(Context(store=store, progress=recorder), recipe, dataset)
     steps_per_epoch = math.ceil(int(dataset["train_labels"].numel()) / recipe.pretrain.batch_size)
     first = [c for c in recorder.calls if c[0] == "pretrain"][0]
     assert first[1] > steps_per_epoch and first[3]["epoch"] == 2  # it continued, not restarted

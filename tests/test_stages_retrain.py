@@ -335,7 +335,7 @@ def test_resume_starts_after_the_saved_epoch(tmp_path):
     epochs = []
     report = lambda task, done, total, **metrics: epochs.append(metrics["epoch"])  # noqa: E731
     generator = torch.Generator().manual_seed(0)
-    retrain(settings, features, None, seed=0, device="cpu", generator=generator, report=report,
+    retrain(settings, features, None, seed=0, device="cpu", generator=generator, progress=report,
             checkpoint=Checkpoint(store, "b" * 64))
     assert epochs == [3]
 

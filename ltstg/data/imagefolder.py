@@ -11,7 +11,7 @@ from PIL import Image
 
 from ltstg.data import Source, Split, fingerprint
 from ltstg.errors import LtstgError
-from ltstg.report import Report, silent
+from ltstg.progress import Progress, silent
 
 SPLITS = ("train", "test", "val")
 REPORT_EVERY = 1000
@@ -96,7 +96,7 @@ def _files(root: str, folder: str) -> list[tuple[str, int]]:
 
 
 def decode_images(
-    root: str, paths: Sequence[str], size: int, *, report: Report = silent
+    root: str, paths: Sequence[str], size: int, *, progress: Progress = silent
 ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
     """RGB size×size uint8 images of the readable files, which ones were kept, and (path, reason) of the others.
 
@@ -122,7 +122,7 @@ def decode_images(
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         for done, _ in enumerate(pool.map(decode, range(len(paths))), start=1):
             if done % REPORT_EVERY == 0 or done == len(paths):
-                report("decode images", done, len(paths))
+                progress("decode images", done, len(paths))
     unreadable = [(paths[i], reasons[i]) for i in sorted(reasons)]
     if unreadable:
         images = images[keep]

@@ -11,7 +11,7 @@ import torch
 
 from ltstg.data import Source, Split, fingerprint
 from ltstg.errors import LtstgError
-from ltstg.report import Report, silent
+from ltstg.progress import Progress, silent
 
 SPLITS = ("train", "val", "test")
 REPORT_EVERY = 1000
@@ -44,7 +44,7 @@ def read_split_lists(
     *,
     check_files: bool = True,
     expected: Mapping[str, int] | Literal["standard"] | None = "standard",
-    report: Report = silent,
+    progress: Progress = silent,
 ) -> Source:
     """All three splits as paths and labels, checked before any image is decoded.
 
@@ -66,7 +66,7 @@ def read_split_lists(
                 f"list has {counts[split]:,}; use the standard split lists."
             )
     rows = [(split, path, label) for split, entries in lists.items() for path, label in entries]
-    sizes = _file_sizes(root, [path for _, path, _ in rows], spec, report) if check_files else None
+    sizes = _file_sizes(root, [path for _, path, _ in rows], spec, progress) if check_files else None
     lines = [
         f"{split} {label} {path}" + ("" if sizes is None else f" {sizes[i]}")
         for i, (split, path, label) in enumerate(rows)
@@ -123,7 +123,7 @@ def _read_list(list_path: str, spec: SplitListFormat) -> list[tuple[str, int]]:
     return entries
 
 
-def _file_sizes(root: str, paths: list[str], spec: SplitListFormat, report: Report) -> list[int]:
+def _file_sizes(root: str, paths: list[str], spec: SplitListFormat, progress: Progress) -> list[int]:
     """Size of each listed file, in list order; missing files are one error naming the first five."""
     if not os.path.isdir(root):
         raise LtstgError(
@@ -141,7 +141,7 @@ def _file_sizes(root: str, paths: list[str], spec: SplitListFormat, report: Repo
         for done, file_size in enumerate(pool.map(size, paths), start=1):
             sizes.append(file_size)
             if done % REPORT_EVERY == 0 or done == len(paths):
-                report("check image files", done, len(paths))
+                progress("check image files", done, len(paths))
     missing = [path for path, file_size in zip(paths, sizes) if file_size < 0]
     if missing:
         raise LtstgError(

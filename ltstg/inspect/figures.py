@@ -9,12 +9,11 @@ from typing import Sequence
 
 import torch
 
+from ltstg.data.features import split_tensors
 from ltstg.data.longtail import assign_groups
 from ltstg.inspect import plots
 from ltstg.metrics import confusion_matrix, expected_calibration_error, per_class_accuracy, reliability_bins
-from ltstg.stages import require_kind
-from ltstg.stages.evaluate import split_tensors
-from ltstg.store import Artifact
+from ltstg.store import Artifact, require_kind
 
 Labelled = Sequence[tuple[str, Artifact]]  # (label for the legend, classifier artifact)
 

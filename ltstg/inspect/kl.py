@@ -17,9 +17,8 @@ import torch
 from ltstg.errors import LtstgError
 from ltstg.models.gaussian import pairwise_kl
 from ltstg.models.prototypes import nearest_prototype
-from ltstg.stages import Output, require_kind
-from ltstg.stages.fit_stg import load_stg
-from ltstg.store import SHORT, Artifact
+from ltstg.models.stg import load_stg, stg_problems
+from ltstg.store import SHORT, Artifact, Output, require_kind
 
 NAMES_SHOWN = 10  # class names an error message lists before it says "..."
 
@@ -198,23 +197,9 @@ def checked_features(features: Artifact) -> tuple[torch.Tensor, torch.Tensor, to
 
 def check_stg(stg: Artifact, dim: int, num_classes: int) -> None:
     """The STG must have been fit on features of this size and these classes, else its shifts mean nothing here."""
-    require_kind(stg, "stg")
-    label = f"stg artifact {stg.id[:SHORT]}"
-    missing = [name for name in ("head_classes", "head_prototypes") if name not in stg.tensors]
-    if missing:
-        raise LtstgError(f"{label} lacks {', '.join(missing)}; refit it with this ltstg version.")
-    head, prototypes = stg["head_classes"], stg["head_prototypes"]
-    if stg.info.get("num_features") != dim or prototypes.dim() != 2 or prototypes.shape[1] != dim:
-        raise LtstgError(
-            f"{label} was fit on {stg.info.get('num_features')}-dimensional features but these are {dim}-dimensional; "
-            "use the STG fit on the same features artifact."
-        )
-    if head.dim() != 1 or head.numel() == 0 or prototypes.shape[0] != head.numel():
-        raise LtstgError(
-            f"{label}: head_classes {tuple(head.shape)} and head_prototypes {tuple(prototypes.shape)} disagree."
-        )
-    if head.min() < 0 or head.max() >= num_classes:
-        raise LtstgError(f"{label}: head classes lie outside [0, {num_classes}); use the STG fit on these features.")
+    problems = stg_problems(stg, num_classes, dim, needs_tail=False)  # a missing tail class is said by _chosen_class
+    if problems:
+        raise LtstgError("\n".join(problems))
 
 
 def _check_index(index: int, num_classes: int) -> None:

@@ -13,23 +13,11 @@ from typing import Any, Callable
 import torch
 from pydantic import BaseModel
 
-import ltstg
 from ltstg.errors import LtstgError
 from ltstg.recipe import id_settings
-from ltstg.report import Report, silent
-from ltstg.store import SHORT, Artifact, DamagedCheckpoint, Store, artifact_id
-
-
-@dataclass(frozen=True)
-class Output:
-    """What a stage returns; the runner adds id, parents and settings."""
-
-    kind: str
-    tensors: dict[str, torch.Tensor]
-    metrics: dict[str, float] = field(default_factory=dict)
-    info: dict[str, Any] = field(default_factory=dict)
-    key_metric: str | None = None
-    notes: list[str] = field(default_factory=list)  # every deviation from what was asked, one line each
+from ltstg.progress import Progress, silent
+from ltstg.store import SHORT, Artifact, DamagedCheckpoint, Store, Output, artifact_id, require_kind  # noqa: F401 (re-exported)
+from ltstg.version import __version__
 
 
 class Checkpoint:
@@ -94,6 +82,35 @@ class Checkpoint:
             self.store.save_checkpoint(self.pending_id, {**state, "_seconds": seconds, "_device": self.device.type})
 
 
+Stateful = dict[str, Any]  # name in the checkpoint -> an object with state_dict() / load_state_dict()
+
+
+def resume(
+    checkpoint: Checkpoint | None, stateful: Stateful, generator: torch.Generator, *, epochs: int
+) -> tuple[int, dict[str, Any]]:
+    """Restore every object and the generator from the last epoch checkpoint, the torchvision way.
+
+    Returns the epoch to start at (0 without a checkpoint) and the rest of the saved state (curves, history).
+    """
+    state = checkpoint.load(of=epochs) if checkpoint is not None else None
+    if state is None:
+        return 0, {}
+    for name, thing in stateful.items():
+        thing.load_state_dict(state.pop(name))
+    generator.set_state(state.pop("generator"))
+    return int(state.pop("epoch")) + 1, state
+
+
+def keep(
+    checkpoint: Checkpoint | None, stateful: Stateful, generator: torch.Generator, *, epoch: int, **extra: Any
+) -> None:
+    """Save what `resume` needs to continue after `epoch`: every object's state, the generator and `extra`."""
+    if checkpoint is None:
+        return
+    state = {name: thing.state_dict() for name, thing in stateful.items()}
+    checkpoint.save({**state, "generator": generator.get_state(), "epoch": epoch, **extra})
+
+
 @dataclass(frozen=True)
 class Context:
     """Run options of one invocation: where, on what, and how to talk. Never part of an id."""
@@ -101,7 +118,7 @@ class Context:
     store: Store
     device: torch.device = torch.device("cpu")
     force: bool = False
-    report: Report = silent
+    progress: Progress = silent
     note: Callable[[str], None] = lambda message: None
     is_main: bool = True
     run_options: dict[str, Any] = field(default_factory=dict)
@@ -170,9 +187,9 @@ def _reuse(ctx: Context, pending: str, kind: str) -> Result | None:
     for line in artifact.meta.get("notes", []):  # a deviation stays said, however often the result is reused
         ctx.note(f"{kind} {pending[:SHORT]} was made with a note: {line}")
     made_by = artifact.meta.get("version")
-    if made_by != ltstg.__version__:
+    if made_by != __version__:
         ctx.note(f"{kind} {pending[:SHORT]} was made by ltstg {made_by or 'of unknown version'}, "
-                 f"this is {ltstg.__version__}; --force recomputes it")
+                 f"this is {__version__}; --force recomputes it")
     return Result(artifact, reused=True)
 
 
@@ -206,7 +223,7 @@ def _compute(
         "key_metric": output.key_metric,
         "info": output.info,
         "notes": checkpoint.notes + list(output.notes),
-        "version": ltstg.__version__,
+        "version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds"),
         "wall_clock": round(wall_clock, 3),
         "run": ctx.run_options,
@@ -217,9 +234,3 @@ def _compute(
         ctx.store.clear_checkpoint(pending)
         return Result(ctx.store.get(pending, kind), reused=False)
     return Result(Artifact(pending, meta, output.tensors), reused=False)
-
-
-def require_kind(artifact: Artifact, kind: str) -> Artifact:
-    if artifact.kind != kind:
-        raise LtstgError(f"artifact {artifact.id[:SHORT]} is a {artifact.kind} artifact, not a {kind}.")
-    return artifact

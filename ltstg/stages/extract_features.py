@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ltstg.models import extract_pooled
-from ltstg.report import Report, silent
+from ltstg.progress import Progress, silent
 from ltstg.stages import Output
 from ltstg.stages.pretrain import autocast, image_inputs, load_backbone
 from ltstg.store import Artifact
@@ -22,7 +22,7 @@ def extract_features(
     device: torch.device,
     generator: torch.Generator,
     workers: int = 4,
-    report: Report = silent,
+    progress: Progress = silent,
 ) -> Output:
     """Pooled features (and stage-1 logits' weights) of train and test images, plus K augmented views."""
     model = load_backbone(backbone, device)
@@ -37,7 +37,7 @@ def extract_features(
             with autocast(device, precision):
                 parts.append(extract_pooled(model, images).float().cpu())
             done += len(images)
-            report("features", done, total)
+            progress("features", done, total)
         tensors[f"{split}_features"] = torch.cat(parts)  # (N, D)
         tensors[f"{split}_labels"] = dataset[f"{split}_labels"]
     views = []
@@ -47,7 +47,7 @@ def extract_features(
             with autocast(device, precision):
                 parts.append(extract_pooled(model, images).float().cpu())
             done += len(images)
-            report("features", done, total)
+            progress("features", done, total)
         views.append(torch.cat(parts))
     if views:
         tensors["train_views"] = torch.stack(views)  # (K, N, D)

@@ -16,10 +16,10 @@ from ltstg.data.balanced import class_balanced_indices
 from ltstg.errors import LtstgError
 from ltstg.models.memory_bank import MemoryBank
 from ltstg.models.prototypes import class_means
-from ltstg.models.stg import SemanticTransformationGenerator
+from ltstg.models.stg import SemanticTransformationGenerator, build_stg
 from ltstg.models.stg_targets import SmoothedTargets, stg_loss, transformation_targets
 from ltstg.recipe import StgSettings
-from ltstg.report import Report, silent
+from ltstg.progress import Progress, silent
 from ltstg.stages import Checkpoint, Output, require_kind
 from ltstg.store import SHORT, Artifact
 
@@ -34,7 +34,7 @@ def fit_stg(
     seed: int,
     device: torch.device,
     generator: torch.Generator,
-    report: Report = silent,
+    progress: Progress = silent,
     checkpoint: Checkpoint | None = None,
 ) -> Output:
     """Learn per-sample shift distributions on head classes only, so tail samples can borrow them later."""
@@ -118,7 +118,7 @@ def fit_stg(
             memory.push(batch_x, batch_t, batch_ids)
             if step % REPORT_EVERY == 0:
                 running = float(loss_sum) / anchors if anchors else float("nan")
-                report("fit-stg", epoch * steps_per_epoch + step + 1, total_steps, epoch=epoch + 1, loss=running)
+                progress("fit-stg", epoch * steps_per_epoch + step + 1, total_steps, epoch=epoch + 1, loss=running)
         if anchors == 0:
             raise LtstgError(
                 f"no training sample of epoch {epoch + 1} found {settings.min_neighbors} same-class neighbours in "
@@ -139,7 +139,7 @@ def fit_stg(
                     "anchor_shares": anchor_shares,
                 }
             )
-        report("fit-stg", (epoch + 1) * steps_per_epoch, total_steps, epoch=epoch + 1, loss=curve[-1])
+        progress("fit-stg", (epoch + 1) * steps_per_epoch, total_steps, epoch=epoch + 1, loss=curve[-1])
 
     model.eval()
     quality = heldout_quality(model, train_x, train_t, held_x, held_t, num_tokens, settings.min_neighbors)
@@ -213,17 +213,6 @@ def split_rule(settings: StgSettings) -> str:
     return "stg.head_rule=half (the larger half of the classes)"
 
 
-def build_stg(
-    num_features: int, num_tokens: int, *, hidden: int, depth: int, token_std: float, var_activation: str, seed: int
-) -> SemanticTransformationGenerator:
-    """Build on the CPU from a private seed, so the global RNG is untouched and every device starts alike."""
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)
-        return SemanticTransformationGenerator(
-            num_features, num_tokens, hidden=hidden, depth=depth, token_std=token_std, var_activation=var_activation
-        )
-
-
 @torch.no_grad()
 def heldout_quality(
     model: SemanticTransformationGenerator,
@@ -279,19 +268,6 @@ def heldout_quality(
         "trivial_var_mse": trivial_var,
         "heldout_gain": (trivial_mu + trivial_var) / stg_total if stg_total > 0 else float("inf"),
     }
-
-
-def load_stg(stg: Artifact, device: torch.device | str) -> SemanticTransformationGenerator:
-    """Rebuild the trained STG from an stg artifact (eval mode, on `device`) for retrain and inspect."""
-    require_kind(stg, "stg")
-    info = stg.info
-    model = build_stg(
-        info["num_features"], info["num_tokens"], hidden=info["hidden"], depth=info["depth"],
-        token_std=info["token_std"], var_activation=info["var_activation"], seed=0,
-    )
-    state = {name[len("stg."):]: value for name, value in stg.tensors.items() if name.startswith("stg.")}
-    model.load_state_dict(state)
-    return model.to(device).eval()
 
 
 def _checked_inputs(features: Artifact) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

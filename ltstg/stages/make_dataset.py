@@ -15,7 +15,7 @@ from ltstg.data.split_list import read_split_lists
 from ltstg.data.synthetic import make_synthetic
 from ltstg.errors import LtstgError
 from ltstg.recipe import SPLIT_LIST_SOURCES, DatasetSettings
-from ltstg.report import Report, silent
+from ltstg.progress import Progress, silent
 from ltstg.stages import Output
 
 
@@ -58,7 +58,7 @@ def decode_strings(tensor: torch.Tensor) -> list[str]:
     return data.split("\n") if data else []
 
 
-def make_dataset(settings: DatasetSettings, source: Source, *, seed: int, report: Report = silent) -> Output:
+def make_dataset(settings: DatasetSettings, source: Source, *, seed: int, progress: Progress = silent) -> Output:
     """Select the long-tailed training subset (Cao et al.) and store images or paths with counts and groups."""
     num_classes = len(source.class_names)
     if num_classes < 2:
@@ -105,7 +105,7 @@ def make_dataset(settings: DatasetSettings, source: Source, *, seed: int, report
     splits = {"train": _take(train, kept)} | {k: v for k, v in source.splits.items() if k != "train"}
     for split_name, split in splits.items():
         if split.images is None and source.name not in SPLIT_LIST_SOURCES:
-            images, keep, bad = decode_images(source.root or "", split.paths or (), settings.size, report=report)
+            images, keep, bad = decode_images(source.root or "", split.paths or (), settings.size, progress=progress)
             skipped += bad
             split = Split(labels=split.labels[keep], images=images)
         tensors[f"{split_name}_labels"] = split.labels.to(torch.int64)

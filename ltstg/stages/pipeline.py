@@ -87,7 +87,7 @@ def run_recipe(
         nonlocal done
         done += 1
         results.append(result)
-        ctx.report("run", done, total)
+        ctx.progress("run", done, total)
         return result
 
     first_varied = SEEDED.index(vary_from)

@@ -18,7 +18,7 @@ from ltstg.data.inputs import FileInputs, ImageInputs, TensorInputs
 from ltstg.errors import LtstgError
 from ltstg.models import build_model, feature_dim, load_weights
 from ltstg.recipe import PretrainSettings
-from ltstg.report import Report, silent
+from ltstg.progress import Progress, silent
 from ltstg.stages import Checkpoint, Output
 from ltstg.store import Artifact
 from ltstg.training import make_scheduler, mixup, soft_cross_entropy
@@ -67,7 +67,7 @@ def pretrain(
     seed: int,
     device: torch.device,
     generator: torch.Generator,
-    report: Report = silent,
+    progress: Progress = silent,
     checkpoint: Checkpoint | None = None,
 ) -> Output:
     """Learn f(x; θ) and a stage-1 classifier with mixup, SGD, warm-up and a step or cosine schedule."""
@@ -143,7 +143,7 @@ def pretrain(
             seen += len(labels)
             if step % 10 == 0 or step == steps_per_epoch - 1:
                 elapsed = time.perf_counter() - started
-                report(
+                progress(
                     "pretrain", epoch * steps_per_epoch + step + 1, total_steps,
                     epoch=epoch + 1, loss=float(loss.detach()), lr=optimizer.param_groups[0]["lr"],
                     img_s=seen * world_size / max(elapsed, 1e-9),
@@ -155,7 +155,7 @@ def pretrain(
         if (epoch + 1) % settings.eval_every == 0 or epoch + 1 == settings.epochs:
             if rank == 0:
                 history["eval_epoch"].append(epoch + 1)
-                history["eval_top1"].append(evaluate_images(model, inputs, device, precision, report))
+                history["eval_top1"].append(evaluate_images(model, inputs, device, precision, progress))
         if checkpoint is not None and epoch + 1 < settings.epochs:
             checkpoint.save(
                 {
@@ -194,7 +194,7 @@ def pretrain(
 
 @torch.no_grad()
 def evaluate_images(
-    model: nn.Module, inputs: ImageInputs, device: torch.device, precision: str, report: Report = silent
+    model: nn.Module, inputs: ImageInputs, device: torch.device, precision: str, progress: Progress = silent
 ) -> float:
     """Top-1 of the stage-1 classifier on the test split."""
     was_training = model.training

@@ -21,11 +21,11 @@ from ltstg.errors import LtstgError
 from ltstg.metrics import per_class_accuracy
 from ltstg.models.classifiers import LinearClassifier, LwsClassifier, ScaledLinearClassifier, tau_normalize
 from ltstg.models.prototypes import class_means
+from ltstg.models.stg import load_stg, stg_problems
 from ltstg.recipe import EvalSettings, RetrainSettings
-from ltstg.report import Report, silent
+from ltstg.progress import Progress, silent
 from ltstg.stages import Checkpoint, Output, require_kind
 from ltstg.stages.evaluate import score
-from ltstg.stages.fit_stg import load_stg
 from ltstg.store import SHORT, Artifact
 from ltstg.training import label_aware_smoothing, make_scheduler, smoothed_cross_entropy
 
@@ -79,7 +79,7 @@ def retrain(
     seed: int,
     device: torch.device | str,
     generator: torch.Generator,
-    report: Report = silent,
+    progress: Progress = silent,
     checkpoint: Checkpoint | None = None,
 ) -> Output:
     """Re-train (or post-hoc adjust) the classifier on frozen features so tail classes get fair boundaries."""
@@ -108,7 +108,7 @@ def retrain(
         build, fold = TRAINABLE[settings.classifier]
         model = build(inputs, seed, init).to(device)
         curve, changed = train(
-            settings, model, augmenter, inputs, generator=generator, report=report, checkpoint=checkpoint
+            settings, model, augmenter, inputs, generator=generator, progress=progress, checkpoint=checkpoint
         )
         metrics["augmented_share"] = sum(changed) / (len(changed) * inputs.labels.numel())
         weight, bias = (value.detach().cpu() for value in fold(model))
@@ -190,7 +190,7 @@ def train(
     inputs: Inputs,
     *,
     generator: torch.Generator,
-    report: Report = silent,
+    progress: Progress = silent,
     checkpoint: Checkpoint | None = None,
 ) -> tuple[list[float], list[int]]:
     """Adam + cross-entropy on augmented mini-batches for `epochs` × ceil(N / batch) steps.
@@ -262,7 +262,7 @@ def train(
                 }
             )
         total_steps = settings.epochs * steps_per_epoch
-        report("retrain", (epoch + 1) * steps_per_epoch, total_steps, epoch=epoch + 1, loss=curve[-1])
+        progress("retrain", (epoch + 1) * steps_per_epoch, total_steps, epoch=epoch + 1, loss=curve[-1])
     return curve, changed
 
 
@@ -393,7 +393,7 @@ def stg_arguments(
 ) -> dict[str, Any]:
     """StgAugmenter's arguments: the trained STG (eval mode), its head classes and prototypes, and the
     classes' counts (and, for the relative shift, training means); shared by retrain and the library API."""
-    problems = _stg_problems(stg, class_counts.numel(), stg.info.get("num_features", -1))
+    problems = stg_problems(stg, class_counts.numel(), stg.info.get("num_features", -1))
     if problems:
         raise LtstgError("\n".join(problems))
     means = None
@@ -498,39 +498,6 @@ def check_inputs(settings: RetrainSettings, features: Artifact, stg: Artifact | 
         expected = ", ".join(map(str, train.shape))
         problems.append(f"{label}: train_views has shape {tuple(views.shape)}, expected (K, {expected}).")
     if settings.augment.name == "stg":
-        problems.extend(_stg_problems(stg, num_classes, dim))
+        problems.extend(stg_problems(stg, num_classes, dim))
     if problems:
         raise LtstgError("\n".join(problems))
-
-
-def _stg_problems(stg: Artifact | None, num_classes: int, dim: int) -> list[str]:
-    """Why this stg artifact can't augment these features, if it can't."""
-    if stg is None:
-        return ["augment 'stg' needs an stg artifact; fit one with `ltstg fit-stg` and pass --stg ID."]
-    require_kind(stg, "stg")
-    label = f"stg artifact {stg.id[:SHORT]}"
-    missing = [name for name in ("head_classes", "head_prototypes") if name not in stg.tensors]
-    if missing:
-        return [f"{label} lacks {', '.join(missing)}; refit it with this ltstg version."]
-    head, prototypes = stg["head_classes"], stg["head_prototypes"]
-    problems = []
-    if stg.info.get("num_features") != dim or prototypes.dim() != 2 or prototypes.shape[1] != dim:
-        problems.append(
-            f"{label} was fit on {stg.info.get('num_features')}-dimensional features but these are {dim}-dimensional; "
-            "fit the STG on the same features artifact."
-        )
-    if head.dim() != 1 or prototypes.shape[0] != head.numel() or head.numel() == 0:
-        problems.append(
-            f"{label}: head_classes {tuple(head.shape)} and head_prototypes {tuple(prototypes.shape)} disagree."
-        )
-    elif head.min() < 0 or head.max() >= num_classes:
-        problems.append(
-            f"{label}: head classes lie outside [0, {num_classes}); fit the STG on the same features artifact."
-        )
-    elif torch.unique(head).numel() == num_classes:
-        split = stg.info.get("split", "its head/tail split")
-        problems.append(
-            f"{label}: {split} makes all {num_classes} classes head, so the STG augmenter would change no sample "
-            "and the result would be plain cRT; refit with a split that leaves a tail (stg.head_rule=share or half)."
-        )
-    return problems

@@ -23,7 +23,7 @@ def dataset_step(ctx: Context, recipe: Recipe, *, name: str | None = None) -> Re
         "dataset",
         defining,
         [],
-        lambda generator, checkpoint: make_dataset(settings, source, seed=settings.subset_seed, report=ctx.report),
+        lambda generator, checkpoint: make_dataset(settings, source, seed=settings.subset_seed, progress=ctx.progress),
         seed=settings.subset_seed,
         name=name,
         record=settings,
@@ -52,7 +52,7 @@ def pretrain_step(ctx: Context, recipe: Recipe, dataset: Artifact, *, name: str 
         [dataset],
         lambda generator, checkpoint: pretrain(
             settings, dataset, seed=recipe.seed, device=ctx.device, generator=generator,
-            report=ctx.report, checkpoint=checkpoint,
+            progress=ctx.progress, checkpoint=checkpoint,
         ),
         seed=recipe.seed,
         name=name,
@@ -84,7 +84,7 @@ def features_step(ctx: Context, recipe: Recipe, backbone: Artifact, dataset: Art
         [backbone, dataset],
         lambda generator, checkpoint: extract_features(
             backbone, dataset, feature_views=settings.feature_views, precision=precision,
-            device=ctx.device, generator=generator, workers=settings.workers, report=ctx.report,
+            device=ctx.device, generator=generator, workers=settings.workers, progress=ctx.progress,
         ),
         seed=recipe.seed,
         name=name,
@@ -102,7 +102,7 @@ def fit_stg_step(ctx: Context, recipe: Recipe, features: Artifact, *, name: str 
         [features],
         lambda generator, checkpoint: fit_stg(
             settings, features, seed=recipe.seed, device=ctx.device, generator=generator,
-            report=ctx.report, checkpoint=checkpoint,
+            progress=ctx.progress, checkpoint=checkpoint,
         ),
         seed=recipe.seed,
         name=name,
@@ -137,7 +137,7 @@ def retrain_step(
         parents,
         lambda generator, checkpoint: retrain(
             settings, features, stg if uses_stg else None, seed=recipe.seed, device=ctx.device,
-            generator=generator, report=ctx.report, checkpoint=checkpoint,
+            generator=generator, progress=ctx.progress, checkpoint=checkpoint,
         ),
         seed=recipe.seed,
         name=name,

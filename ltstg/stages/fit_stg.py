@@ -8,6 +8,7 @@ take part. Each epoch ends with a checkpoint, so a killed run continues where it
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,11 +21,65 @@ from ltstg.models.stg import SemanticTransformationGenerator, build_stg
 from ltstg.models.stg_targets import SmoothedTargets, stg_loss, transformation_targets
 from ltstg.recipe import StgSettings
 from ltstg.progress import Progress, silent
-from ltstg.stages import Checkpoint, Output, require_kind
+from ltstg.stages import Checkpoint, Output, Stateful, keep, require_kind, resume
 from ltstg.store import SHORT, Artifact
 
 REPORT_EVERY = 10  # steps between progress reports (each one reads the loss back from the device)
 MIN_ANCHOR_SHARE = 0.5  # below this, most head samples never train the STG: said, and kept in the artifact
+
+
+@dataclass(frozen=True)
+class _Head:
+    """The head-class training features, split into the part that trains the STG and the held-out part."""
+
+    head: torch.Tensor  # (H,) class ids, ascending
+    class_names: list[str]
+    head_names: list[str]  # (H,)
+    num_classes: int
+    features: torch.Tensor  # (N_head, D), held-out rows included
+    tokens: torch.Tensor  # (N_head,)
+    train_x: torch.Tensor  # (N_train, D)
+    train_t: torch.Tensor  # (N_train,)
+    held_x: torch.Tensor  # (N_held, D)
+    held_t: torch.Tensor  # (N_held,)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.head.numel()
+
+    @property
+    def tail(self) -> list[int]:
+        head_set = set(self.head.tolist())
+        return [c for c in range(self.num_classes) if c not in head_set]
+
+
+@dataclass(frozen=True)
+class _Fit:
+    """What one epoch of STG training reads and updates."""
+
+    settings: StgSettings
+    train_x: torch.Tensor  # (N_train, D)
+    train_t: torch.Tensor  # (N_train,)
+    sample_ids: torch.Tensor  # (N_train,): an id is a row of the training set
+    device: torch.device
+    model: SemanticTransformationGenerator
+    optimizer: torch.optim.Optimizer
+    memory: MemoryBank
+    smoothed: SmoothedTargets
+    generator: torch.Generator
+    progress: Progress
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.train_x.shape[0] / self.settings.batch_size)
+
+    @property
+    def total_steps(self) -> int:
+        return self.settings.epochs * self.steps_per_epoch
+
+    def stateful(self) -> Stateful:
+        """The checkpoint's objects, under the names checkpoints have always used."""
+        return {"stg": self.model, "optimizer": self.optimizer, "memory": self.memory, "targets": self.smoothed}
 
 
 def fit_stg(
@@ -38,12 +93,26 @@ def fit_stg(
     checkpoint: Checkpoint | None = None,
 ) -> Output:
     """Learn per-sample shift distributions on head classes only, so tail samples can borrow them later."""
+    data = _head_data(settings, features, device, generator)
+    fit = _setup(settings, data, seed=seed, device=device, generator=generator, progress=progress)
+    start_epoch, saved = resume(checkpoint, fit.stateful(), generator, epochs=settings.epochs)
+    curve = [float(x) for x in saved.get("curve", [])]
+    anchor_shares = [float(x) for x in saved.get("anchor_shares", [])]  # absent in checkpoints before it existed
+    for epoch in range(start_epoch, settings.epochs):
+        loss, anchor_share = fit_one_epoch(fit, epoch)
+        curve.append(loss)
+        anchor_shares.append(anchor_share)  # the share of training samples that trained as anchors
+        keep(checkpoint, fit.stateful(), generator, epoch=epoch, curve=curve, anchor_shares=anchor_shares)
+        progress("fit-stg", (epoch + 1) * fit.steps_per_epoch, fit.total_steps, epoch=epoch + 1, loss=curve[-1])
+    return _stg_output(settings, data, fit.model, curve, anchor_shares)
+
+
+def _head_data(settings: StgSettings, features: Artifact, device: torch.device, generator: torch.Generator) -> _Head:
+    """Checked head-class features on `device`, with the seeded hold-out drawn from `generator`."""
     train_features, train_labels, class_counts = _checked_inputs(features)
-    num_features = train_features.shape[1]
     head = select_head_classes(class_counts, settings)  # (H,)
-    num_tokens = head.numel()
     token_of_class = torch.full((class_counts.numel(),), -1, dtype=torch.long)  # (C,)
-    token_of_class[head] = torch.arange(num_tokens)
+    token_of_class[head] = torch.arange(head.numel())
     head_rows = torch.nonzero(token_of_class[train_labels] >= 0).flatten()  # (N_head,), ascending
     # only head rows ever leave this point: tail features (whatever they hold) cannot reach the STG
     head_features = train_features[head_rows].to(device=device, dtype=torch.float32)  # (N_head, D)
@@ -52,124 +121,138 @@ def fit_stg(
         raise LtstgError("the features artifact has NaN or infinite head-class training features; re-extract the features.")
     class_names = list(features.info.get("class_names") or [str(c) for c in range(class_counts.numel())])
     head_names = [str(class_names[c]) for c in head.tolist()]
-    held_out = _holdout_mask(head_tokens, num_tokens, settings, generator, head_names)
-    train_x, train_t = head_features[~held_out], head_tokens[~held_out]  # (N_train, D), (N_train,)
-    held_x, held_t = head_features[held_out], head_tokens[held_out]  # (N_held, D), (N_held,)
-    num_train = train_x.shape[0]
-    sample_ids = torch.arange(num_train, device=device)  # (N_train,): an id is a row of the training set
+    held_out = _holdout_mask(head_tokens, head.numel(), settings, generator, head_names)
+    return _Head(
+        head, class_names, head_names, int(class_counts.numel()), head_features, head_tokens,
+        head_features[~held_out], head_tokens[~held_out], head_features[held_out], head_tokens[held_out],
+    )
 
+
+def _setup(
+    settings: StgSettings, data: _Head, *, seed: int, device: torch.device, generator: torch.Generator,
+    progress: Progress,
+) -> _Fit:
+    """A fresh STG, its optimizer, the feature memory and the smoothed targets."""
+    num_train, num_features = data.train_x.shape
     model = build_stg(
-        num_features, num_tokens, hidden=settings.hidden, depth=settings.depth, token_std=settings.token_std,
+        num_features, data.num_tokens, hidden=settings.hidden, depth=settings.depth, token_std=settings.token_std,
         var_activation=settings.var_activation, seed=seed,
     ).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     memory = MemoryBank(settings.memory, num_features).to(device)
     smoothed = SmoothedTargets(num_train, num_features, settings.smoothing, device)
-    curve: list[float] = []
-    anchor_shares: list[float] = []  # per epoch: the share of training samples that trained as anchors
-    start_epoch = 0
-    state = checkpoint.load(of=settings.epochs) if checkpoint is not None else None
-    if state is not None:
-        model.load_state_dict(state["stg"])
-        optimizer.load_state_dict(state["optimizer"])
-        memory.load_state_dict(state["memory"])
-        smoothed.load_state_dict(state["targets"])
-        generator.set_state(state["generator"])
-        curve = [float(x) for x in state["curve"]]
-        anchor_shares = [float(x) for x in state.get("anchor_shares", [])]  # absent in checkpoints before it existed
-        start_epoch = int(state["epoch"]) + 1
+    sample_ids = torch.arange(num_train, device=device)  # (N_train,)
+    return _Fit(settings, data.train_x, data.train_t, sample_ids, device, model, optimizer, memory, smoothed,
+                generator, progress)
 
-    steps_per_epoch = math.ceil(num_train / settings.batch_size)
-    total_steps = settings.epochs * steps_per_epoch
-    for epoch in range(start_epoch, settings.epochs):
-        model.train()
-        order = _epoch_order(train_t, settings.balanced, generator).to(device)  # (N_train,)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        anchors = 0
-        trained = torch.zeros(num_train, dtype=torch.bool, device=device)  # (N_train,): anchored at least once
-        for step in range(steps_per_epoch):
-            batch = order[step * settings.batch_size : (step + 1) * settings.batch_size]  # (B,)
-            # paper is silent on a last batch of one sample; BatchNorm can't train on it, so it is skipped
-            if batch.numel() < 2:
-                continue
-            batch_x, batch_t, batch_ids = train_x[batch], train_t[batch], sample_ids[batch]
-            memory_x, memory_t, memory_ids = memory.contents()
-            target_mu, target_var, valid = transformation_targets(
-                batch_x, batch_t, batch_ids,
-                torch.cat([batch_x, memory_x]), torch.cat([batch_t, memory_t]), torch.cat([batch_ids, memory_ids]),
-                min_neighbors=settings.min_neighbors,
-            )  # (B, D), (B, D), (B,)
-            target_mu, target_var = smoothed.update(batch_ids, target_mu, target_var, valid)
-            num_valid = int(valid.sum())
-            # a batch where no anchor has enough same-class neighbours carries no signal: no step
-            if num_valid:
-                pred_mu, pred_var = model(batch_x, batch_t)  # (B, D) each
-                loss = stg_loss(
-                    pred_mu, pred_var, target_mu, target_var, valid,
-                    kind=settings.loss, mu_weight=settings.mu_weight, var_weight=settings.var_weight,
-                )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += loss.detach().double() * num_valid
-                anchors += num_valid
-                trained[batch_ids[valid]] = True
-            # pushed after the step, so the batch never sees itself twice in one pool
-            memory.push(batch_x, batch_t, batch_ids)
-            if step % REPORT_EVERY == 0:
-                running = float(loss_sum) / anchors if anchors else float("nan")
-                progress("fit-stg", epoch * steps_per_epoch + step + 1, total_steps, epoch=epoch + 1, loss=running)
-        if anchors == 0:
-            raise LtstgError(
-                f"no training sample of epoch {epoch + 1} found {settings.min_neighbors} same-class neighbours in "
-                "its mini-batch and memory; raise stg.batch_size or stg.memory, or lower stg.min_neighbors."
-            )
-        curve.append(float(loss_sum) / anchors)
-        anchor_shares.append(float(trained.float().mean()))
-        if checkpoint is not None:
-            checkpoint.save(
-                {
-                    "stg": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "memory": memory.state_dict(),
-                    "targets": smoothed.state_dict(),
-                    "generator": generator.get_state(),
-                    "epoch": epoch,
-                    "curve": curve,
-                    "anchor_shares": anchor_shares,
-                }
-            )
-        progress("fit-stg", (epoch + 1) * steps_per_epoch, total_steps, epoch=epoch + 1, loss=curve[-1])
 
+def fit_one_epoch(fit: _Fit, epoch: int) -> tuple[float, float]:
+    """One pass over the head training samples: (mean loss per anchor, share of samples that were anchors)."""
+    settings = fit.settings
+    fit.model.train()
+    order = _epoch_order(fit.train_t, settings.balanced, fit.generator).to(fit.device)  # (N_train,)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=fit.device)
+    anchors = 0
+    trained = torch.zeros(fit.train_t.numel(), dtype=torch.bool, device=fit.device)  # anchored at least once
+    for step in range(fit.steps_per_epoch):
+        batch = order[step * settings.batch_size : (step + 1) * settings.batch_size]  # (B,)
+        # paper is silent on a last batch of one sample; BatchNorm can't train on it, so it is skipped
+        if batch.numel() < 2:
+            continue
+        weighted_loss, num_valid = _fit_step(fit, batch, trained)
+        if num_valid:
+            loss_sum += weighted_loss
+            anchors += num_valid
+        if step % REPORT_EVERY == 0:
+            running = float(loss_sum) / anchors if anchors else float("nan")
+            done = epoch * fit.steps_per_epoch + step + 1
+            fit.progress("fit-stg", done, fit.total_steps, epoch=epoch + 1, loss=running)
+    if anchors == 0:
+        raise LtstgError(
+            f"no training sample of epoch {epoch + 1} found {settings.min_neighbors} same-class neighbours in "
+            "its mini-batch and memory; raise stg.batch_size or stg.memory, or lower stg.min_neighbors."
+        )
+    return float(loss_sum) / anchors, float(trained.float().mean())
+
+
+def _fit_step(fit: _Fit, batch: torch.Tensor, trained: torch.Tensor) -> tuple[torch.Tensor | None, int]:
+    """Regress the STG onto one batch's smoothed targets (Eq. 1-2): (loss x anchors, anchors); marks `trained`."""
+    settings = fit.settings
+    batch_x, batch_t, batch_ids = fit.train_x[batch], fit.train_t[batch], fit.sample_ids[batch]
+    memory_x, memory_t, memory_ids = fit.memory.contents()
+    target_mu, target_var, valid = transformation_targets(
+        batch_x, batch_t, batch_ids,
+        torch.cat([batch_x, memory_x]), torch.cat([batch_t, memory_t]), torch.cat([batch_ids, memory_ids]),
+        min_neighbors=settings.min_neighbors,
+    )  # (B, D), (B, D), (B,)
+    target_mu, target_var = fit.smoothed.update(batch_ids, target_mu, target_var, valid)
+    num_valid = int(valid.sum())
+    weighted_loss = None
+    # a batch where no anchor has enough same-class neighbours carries no signal: no step
+    if num_valid:
+        pred_mu, pred_var = fit.model(batch_x, batch_t)  # (B, D) each
+        loss = stg_loss(
+            pred_mu, pred_var, target_mu, target_var, valid,
+            kind=settings.loss, mu_weight=settings.mu_weight, var_weight=settings.var_weight,
+        )
+        fit.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        fit.optimizer.step()
+        weighted_loss = loss.detach().double() * num_valid
+        trained[batch_ids[valid]] = True
+    # pushed after the step, so the batch never sees itself twice in one pool
+    fit.memory.push(batch_x, batch_t, batch_ids)
+    return weighted_loss, num_valid
+
+
+def _stg_output(
+    settings: StgSettings, data: _Head, model: SemanticTransformationGenerator, curve: list[float],
+    anchor_shares: list[float],
+) -> Output:
+    """The STG's weights with its head split and prototypes, and its held-out quality next to a class-level guess."""
     model.eval()
-    quality = heldout_quality(model, train_x, train_t, held_x, held_t, num_tokens, settings.min_neighbors)
+    quality = heldout_quality(model, data.train_x, data.train_t, data.held_x, data.held_t, data.num_tokens,
+                              settings.min_neighbors)
     # prototypes from every training image of the class, held-out ones included: they serve stage 3's lookup
-    prototypes = class_means(head_features, head_tokens, torch.arange(num_tokens))  # (H, D)
+    prototypes = class_means(data.features, data.tokens, torch.arange(data.num_tokens))  # (H, D)
     tensors = {f"stg.{name}": value.detach().cpu().clone() for name, value in model.state_dict().items()}
-    tensors["head_classes"] = head.clone()
+    tensors["head_classes"] = data.head.clone()
     tensors["head_prototypes"] = prototypes.cpu()
     tensors["curve.loss"] = torch.tensor(curve, dtype=torch.float32)  # (epochs,)
-    head_set = set(head.tolist())
-    tail = [c for c in range(class_counts.numel()) if c not in head_set]
-    info: dict[str, Any] = {
+    tail = data.tail
+    metrics = {
+        "train_loss": curve[-1], "num_head_classes": float(data.num_tokens), "num_tail_classes": float(len(tail)),
+        **quality,
+    }
+    if anchor_shares:
+        metrics["anchor_share"] = anchor_shares[-1]
+    key_metric = "heldout_gain" if quality else "train_loss"
+    return Output("stg", tensors, metrics, _stg_info(settings, data), key_metric=key_metric,
+                  notes=_stg_notes(settings, anchor_shares, tail))
+
+
+def _stg_info(settings: StgSettings, data: _Head) -> dict[str, Any]:
+    tail = data.tail
+    return {
         "split": split_rule(settings),
-        "head_classes": head.tolist(),
-        "head_class_names": head_names,
+        "head_classes": data.head.tolist(),
+        "head_class_names": data.head_names,
         "tail_classes": tail,
-        "tail_class_names": [str(class_names[c]) for c in tail],
-        "num_classes": int(class_counts.numel()),
-        "num_features": num_features,
-        "num_tokens": num_tokens,
+        "tail_class_names": [str(data.class_names[c]) for c in tail],
+        "num_classes": data.num_classes,
+        "num_features": int(data.features.shape[1]),
+        "num_tokens": data.num_tokens,
         "hidden": settings.hidden,
         "depth": settings.depth,
         "var_activation": settings.var_activation,
         "token_std": settings.token_std,
-        "num_train": num_train,
-        "num_heldout": int(held_x.shape[0]),
+        "num_train": int(data.train_x.shape[0]),
+        "num_heldout": int(data.held_x.shape[0]),
     }
-    metrics = {"train_loss": curve[-1], "num_head_classes": float(num_tokens), "num_tail_classes": float(len(tail)), **quality}
-    if anchor_shares:
-        metrics["anchor_share"] = anchor_shares[-1]
+
+
+def _stg_notes(settings: StgSettings, anchor_shares: list[float], tail: list[int]) -> list[str]:
+    """What the user should know about this STG: too few anchors, or no tail class to serve."""
     notes = []
     if anchor_shares and anchor_shares[-1] < MIN_ANCHOR_SHARE:
         notes.append(
@@ -179,7 +262,7 @@ def fit_stg(
         )
     if not tail:
         notes.append(f"{split_rule(settings)} makes every class head: no tail class will borrow from this STG")
-    return Output("stg", tensors, metrics, info, key_metric="heldout_gain" if quality else "train_loss", notes=notes)
+    return notes
 
 
 def select_head_classes(class_counts: torch.Tensor, settings: StgSettings) -> torch.Tensor:

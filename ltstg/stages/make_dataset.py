@@ -60,49 +60,71 @@ def decode_strings(tensor: torch.Tensor) -> list[str]:
 
 def make_dataset(settings: DatasetSettings, source: Source, *, seed: int, progress: Progress = silent) -> Output:
     """Select the long-tailed training subset (Cao et al.) and store images or paths with counts and groups."""
+    source_counts = _checked_counts(source)  # (C,)
+    notes: list[str] = []
+    kept, protocol = _select(settings, source, source_counts, seed, notes)
+    splits = {"train": _take(source.splits["train"], kept)} | {k: v for k, v in source.splits.items() if k != "train"}
+    tensors, skipped = _split_tensors(settings, source, splits, progress)
+    tensors = {"train_index": torch.from_numpy(kept.astype(np.int64)), **tensors}
+    _note_skipped(settings, source, skipped, notes)
+    _check_not_emptied(source, list(splits), tensors)
+    return _dataset_output(settings, source, kept, protocol, tensors, skipped, notes)
+
+
+def _checked_counts(source: Source) -> np.ndarray:
+    """The source's training images per class, checked: at least two classes, none empty."""
     num_classes = len(source.class_names)
     if num_classes < 2:
         raise LtstgError(
             f"the {source.name} source has {num_classes} class; a classification data set needs at least 2."
         )
-    train = source.splits["train"]
-    source_counts = np.bincount(train.labels.numpy(), minlength=num_classes)  # (C,)
-    notes: list[str] = []
+    source_counts = np.bincount(source.splits["train"].labels.numpy(), minlength=num_classes)  # (C,)
     missing = [source.class_names[c] for c in range(num_classes) if source_counts[c] == 0]
     if missing:
         raise LtstgError(
             f"{len(missing)} class(es) without training images: {', '.join(missing[:10])}; remove or fill them."
         )
+    return source_counts
 
+
+def _select(
+    settings: DatasetSettings, source: Source, source_counts: np.ndarray, seed: int, notes: list[str]
+) -> tuple[np.ndarray, str]:
+    """The kept training rows and the protocol in words; a class the profile can't fill is noted in `notes`."""
+    train = source.splits["train"]
     if source.name in SPLIT_LIST_SOURCES or settings.imbalance == 1:
         protocol = "published split list" if source.name in SPLIT_LIST_SOURCES else "source as is"
-        kept = np.arange(len(train.labels))
-    else:
-        protocol = f"{settings.profile} profile, imbalance {settings.imbalance:g} (Cao et al.)"
-        profile = np.asarray(make_profile(int(source_counts.max()), num_classes, settings.imbalance, settings.profile))
-        wanted = profile.copy()  # (C,): label order, as Cao et al.
-        if settings.profile_order == "size":  # a naturally long-tailed folder keeps its order of class sizes
-            protocol += ", largest source class first"
-            wanted[np.argsort(-source_counts, kind="stable")] = profile
-        counts = np.minimum(wanted, source_counts)  # an uneven image folder can't give more than it has
-        capped = [source.class_names[c] for c in range(num_classes) if counts[c] < wanted[c]]
-        if capped:
-            notes.append(
-                f"{len(capped)} class(es) hold fewer images than the profile asks ({', '.join(capped[:5])}"
-                f"{', …' if len(capped) > 5 else ''}); they keep all they have, so the achieved imbalance is "
-                f"{counts.max() / max(counts.min(), 1):.2f}, not {settings.imbalance:g} "
-                "(dataset.profile_order=size lays the profile over classes by size)"
-            )
-        if counts.min() < 1:
-            raise LtstgError(
-                f"imbalance {settings.imbalance:g} leaves class {int(counts.argmin())} without images; "
-                f"the largest this source allows is {int(source_counts.max())}."
-            )
-        kept = select_long_tail(train.labels.numpy(), counts.tolist(), seed)
+        return np.arange(len(train.labels)), protocol
+    num_classes = len(source.class_names)
+    protocol = f"{settings.profile} profile, imbalance {settings.imbalance:g} (Cao et al.)"
+    profile = np.asarray(make_profile(int(source_counts.max()), num_classes, settings.imbalance, settings.profile))
+    wanted = profile.copy()  # (C,): label order, as Cao et al.
+    if settings.profile_order == "size":  # a naturally long-tailed folder keeps its order of class sizes
+        protocol += ", largest source class first"
+        wanted[np.argsort(-source_counts, kind="stable")] = profile
+    counts = np.minimum(wanted, source_counts)  # an uneven image folder can't give more than it has
+    capped = [source.class_names[c] for c in range(num_classes) if counts[c] < wanted[c]]
+    if capped:
+        notes.append(
+            f"{len(capped)} class(es) hold fewer images than the profile asks ({', '.join(capped[:5])}"
+            f"{', …' if len(capped) > 5 else ''}); they keep all they have, so the achieved imbalance is "
+            f"{counts.max() / max(counts.min(), 1):.2f}, not {settings.imbalance:g} "
+            "(dataset.profile_order=size lays the profile over classes by size)"
+        )
+    if counts.min() < 1:
+        raise LtstgError(
+            f"imbalance {settings.imbalance:g} leaves class {int(counts.argmin())} without images; "
+            f"the largest this source allows is {int(source_counts.max())}."
+        )
+    return select_long_tail(train.labels.numpy(), counts.tolist(), seed), protocol
 
-    tensors: dict[str, torch.Tensor] = {"train_index": torch.from_numpy(kept.astype(np.int64))}
+
+def _split_tensors(
+    settings: DatasetSettings, source: Source, splits: dict[str, Split], progress: Progress
+) -> tuple[dict[str, torch.Tensor], list[tuple[str, str]]]:
+    """Labels with images (decoded here from an image folder) or paths, per split, and the files that failed."""
+    tensors: dict[str, torch.Tensor] = {}
     skipped: list[tuple[str, str]] = []  # (path, why)
-    splits = {"train": _take(train, kept)} | {k: v for k, v in source.splits.items() if k != "train"}
     for split_name, split in splits.items():
         if split.images is None and source.name not in SPLIT_LIST_SOURCES:
             images, keep, bad = decode_images(source.root or "", split.paths or (), settings.size, progress=progress)
@@ -113,19 +135,30 @@ def make_dataset(settings: DatasetSettings, source: Source, *, seed: int, progre
             tensors[f"{split_name}_images"] = split.images
         else:
             tensors[f"{split_name}_paths"] = encode_strings(list(split.paths or ()))
+    return tensors, skipped
 
-    if skipped:
-        listing = "; ".join(f"{path} ({why})" for path, why in skipped[:3]) + ("; …" if len(skipped) > 3 else "")
-        if settings.strict:
-            raise LtstgError(
-                f"{len(skipped)} unreadable image file(s) under {source.root}: {listing}; replace or remove them, "
-                "or run without dataset.strict to skip them."
-            )
-        notes.append(f"skipped {len(skipped)} unreadable image file(s): {listing} (dataset.strict=true stops instead)")
+
+def _note_skipped(
+    settings: DatasetSettings, source: Source, skipped: list[tuple[str, str]], notes: list[str]
+) -> None:
+    """Unreadable files stop a strict run and are noted in `notes` otherwise."""
+    if not skipped:
+        return
+    listing = "; ".join(f"{path} ({why})" for path, why in skipped[:3]) + ("; …" if len(skipped) > 3 else "")
+    if settings.strict:
+        raise LtstgError(
+            f"{len(skipped)} unreadable image file(s) under {source.root}: {listing}; replace or remove them, "
+            "or run without dataset.strict to skip them."
+        )
+    notes.append(f"skipped {len(skipped)} unreadable image file(s): {listing} (dataset.strict=true stops instead)")
+
+
+def _check_not_emptied(source: Source, split_names: list[str], tensors: dict[str, torch.Tensor]) -> None:
+    """A class whose train or test images were all unreadable stops the run: it could be neither learnt nor scored."""
     emptied = [
         f"{source.class_names[c]} ({name})"
-        for name in splits
-        for c in range(num_classes)
+        for name in split_names
+        for c in range(len(source.class_names))
         if name in ("train", "test") and int((tensors[f"{name}_labels"] == c).sum()) == 0
     ]
     if emptied:
@@ -133,6 +166,13 @@ def make_dataset(settings: DatasetSettings, source: Source, *, seed: int, progre
             f"{len(emptied)} class(es) have no readable image left: {', '.join(emptied[:10])}; "
             "fix or replace their files."
         )
+
+
+def _dataset_output(
+    settings: DatasetSettings, source: Source, kept: np.ndarray, protocol: str, tensors: dict[str, torch.Tensor],
+    skipped: list[tuple[str, str]], notes: list[str],
+) -> Output:
+    num_classes = len(source.class_names)
     train_counts = torch.bincount(tensors["train_labels"], minlength=num_classes)  # (C,)
     tensors["class_counts"] = train_counts
     groups = assign_groups(train_counts.tolist(), settings.many_above, settings.few_below)
@@ -144,7 +184,7 @@ def make_dataset(settings: DatasetSettings, source: Source, *, seed: int, progre
         "protocol": protocol,
         "class_names": list(source.class_names),
         "groups": groups,
-        "splits": sorted(splits),
+        "splits": sorted(source.splits),
         "storage": "paths" if source.name in SPLIT_LIST_SOURCES else "images",
         "selected_digest": selected,
         "skipped": [f"{path} ({why})" for path, why in skipped[:20]],

@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from torch.optim.lr_scheduler import LambdaLR
 
 from ltstg.data.inputs import FileInputs, ImageInputs, TensorInputs
 from ltstg.errors import LtstgError
-from ltstg.models import build_model, feature_dim, load_weights
+from ltstg.models.backbones import build_model, feature_dim, load_weights
 from ltstg.recipe import PretrainSettings
 from ltstg.progress import Progress, silent
-from ltstg.stages import Checkpoint, Output
+from ltstg.stages import Checkpoint, Output, Stateful, keep, resume
 from ltstg.store import Artifact
 from ltstg.training import make_scheduler, mixup, soft_cross_entropy
 
@@ -60,6 +62,34 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+@dataclass(frozen=True)
+class _Run:
+    """The fixed facts of one pretraining run, read by every epoch and changed by none."""
+
+    settings: PretrainSettings
+    inputs: ImageInputs
+    device: torch.device
+    precision: str
+    memory_format: torch.memory_format
+    num_classes: int
+    rank: int
+    world_size: int
+    steps_per_epoch: int
+    progress: Progress
+
+
+@dataclass(frozen=True)
+class _Training:
+    """What an epoch updates; `trained` is `model` wrapped for DDP and torch.compile, `model` itself is bare."""
+
+    model: nn.Module
+    trained: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: LambdaLR
+    mix_rng: np.random.Generator
+    generator: torch.Generator
+
+
 def pretrain(
     settings: PretrainSettings,
     dataset: Artifact,
@@ -71,6 +101,36 @@ def pretrain(
     checkpoint: Checkpoint | None = None,
 ) -> Output:
     """Learn f(x; θ) and a stage-1 classifier with mixup, SGD, warm-up and a step or cosine schedule."""
+    run, model, notes = _setup(settings, dataset, seed=seed, device=device, progress=progress)
+    optimizer, scheduler = _optimizer(settings, model, run.steps_per_epoch)
+    mix_rng = np.random.default_rng(seed)
+    # state dicts come from the bare model, never from its DDP / torch.compile wrapper
+    stateful: Stateful = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
+    start_epoch, saved = resume(checkpoint, stateful, generator, epochs=settings.epochs)
+    history = json.loads(saved["history"]) if saved else _empty_history()
+    if saved:
+        mix_rng.bit_generator.state = json.loads(saved["mix_rng"])
+    training = _Training(model, _wrapped(model, run), optimizer, scheduler, mix_rng, generator)
+
+    for epoch in range(start_epoch, settings.epochs):
+        loss, img_s = train_one_epoch(run, training, epoch)
+        history["loss"].append(loss)
+        history["lr"].append(optimizer.param_groups[0]["lr"])
+        history["img_s"].append(img_s)
+        if (epoch + 1) % settings.eval_every == 0 or epoch + 1 == settings.epochs:
+            if run.rank == 0:
+                history["eval_epoch"].append(epoch + 1)
+                history["eval_top1"].append(evaluate_images(model, run.inputs, device, run.precision, progress))
+        if epoch + 1 < settings.epochs:
+            keep(checkpoint, stateful, generator, epoch=epoch,
+                 mix_rng=json.dumps(mix_rng.bit_generator.state), history=json.dumps(history))
+    return _backbone_output(run, model, history, notes)
+
+
+def _setup(
+    settings: PretrainSettings, dataset: Artifact, *, seed: int, device: torch.device, progress: Progress
+) -> tuple[_Run, nn.Module, list[str]]:
+    """Inputs, processes and the initial model, checked before the first step so bad input fails early."""
     # channels_last pays on the CPU too (oneDNN's convolutions are NHWC): about 1.2x for resnet32_cifar in fp32
     memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
     inputs = image_inputs(dataset, device, settings.workers, channels_last=memory_format == torch.channels_last)
@@ -79,7 +139,22 @@ def pretrain(
     rank, world_size = world()
     if settings.batch_size % world_size:
         raise LtstgError(f"batch size {settings.batch_size} does not split evenly over {world_size} processes.")
+    model, notes = _initial_model(settings, num_classes, seed=seed, device=device, memory_format=memory_format)
+    steps_per_epoch = inputs.train_steps(settings.batch_size, world_size)
+    if steps_per_epoch == 0:
+        raise LtstgError(
+            f"pretrain.batch_size {settings.batch_size} gives no training step over {inputs.num_train} images on "
+            f"{world_size} process(es) (BatchNorm needs at least 2 images per process); lower pretrain.batch_size."
+        )
+    run = _Run(settings, inputs, device, precision, memory_format, num_classes, rank, world_size, steps_per_epoch,
+               progress)
+    return run, model, notes
 
+
+def _initial_model(
+    settings: PretrainSettings, num_classes: int, *, seed: int, device: torch.device, memory_format: torch.memory_format
+) -> tuple[nn.Module, list[str]]:
+    """The seeded model, from `init_weights` where given, on `device`; notes say what the weights file lacked."""
     notes = []
     model = build_model(settings.model, num_classes, seed=seed)
     if settings.init_weights is not None:
@@ -87,13 +162,10 @@ def pretrain(
         if dropped:
             notes.append(f"init_weights: dropped {', '.join(dropped)} (another class count); "
                          f"the {num_classes}-class classifier starts from random weights")
-    model = model.to(device).to(memory_format=memory_format)
-    steps_per_epoch = inputs.train_steps(settings.batch_size, world_size)
-    if steps_per_epoch == 0:
-        raise LtstgError(
-            f"pretrain.batch_size {settings.batch_size} gives no training step over {inputs.num_train} images on "
-            f"{world_size} process(es) (BatchNorm needs at least 2 images per process); lower pretrain.batch_size."
-        )
+    return model.to(device).to(memory_format=memory_format), notes
+
+
+def _optimizer(settings: PretrainSettings, model: nn.Module, steps_per_epoch: int) -> tuple[torch.optim.SGD, LambdaLR]:
     optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.wd)
     scheduler = make_scheduler(
         optimizer,
@@ -104,71 +176,58 @@ def pretrain(
         milestones=settings.milestones,
         gamma=settings.gamma,
     )
-    mix_rng = np.random.default_rng(seed)
-    history: dict[str, list[float]] = {"loss": [], "lr": [], "eval_epoch": [], "eval_top1": [], "img_s": []}
-    start_epoch = 0
-    state = checkpoint.load(of=settings.epochs) if checkpoint is not None else None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"])
-        mix_rng.bit_generator.state = json.loads(state["mix_rng"])
-        history = json.loads(state["history"])
-        start_epoch = int(state["epoch"]) + 1
+    return optimizer, scheduler
 
+
+def _empty_history() -> dict[str, list[float]]:
+    return {"loss": [], "lr": [], "eval_epoch": [], "eval_top1": [], "img_s": []}
+
+
+def _wrapped(model: nn.Module, run: _Run) -> nn.Module:
+    """The module the training steps call: DDP over several processes, then torch.compile if asked."""
     trained = model
-    if world_size > 1:
+    if run.world_size > 1:
+        device = run.device
         trained = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if settings.compile:
+    if run.settings.compile:
         trained = torch.compile(trained)
+    return trained
 
-    total_steps = settings.epochs * steps_per_epoch
-    for epoch in range(start_epoch, settings.epochs):
-        model.train()
-        started = time.perf_counter()
-        seen, loss_sum = 0, torch.zeros((), device=device)
-        for step, (images, labels) in enumerate(inputs.train_batches(settings.batch_size, generator, rank, world_size)):
-            with autocast(device, precision):
-                mixed, targets = mixup(
-                    images.contiguous(memory_format=memory_format), labels, num_classes,
-                    settings.mixup_alpha, mix_rng, generator, settings.label_smoothing,
-                )
-                loss = soft_cross_entropy(trained(mixed), targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.detach() * len(labels)
-            seen += len(labels)
-            if step % 10 == 0 or step == steps_per_epoch - 1:
-                elapsed = time.perf_counter() - started
-                progress(
-                    "pretrain", epoch * steps_per_epoch + step + 1, total_steps,
-                    epoch=epoch + 1, loss=float(loss.detach()), lr=optimizer.param_groups[0]["lr"],
-                    img_s=seen * world_size / max(elapsed, 1e-9),
-                )
-        elapsed = time.perf_counter() - started
-        history["loss"].append(float(loss_sum) / max(seen, 1))
-        history["lr"].append(optimizer.param_groups[0]["lr"])
-        history["img_s"].append(seen * world_size / max(elapsed, 1e-9))
-        if (epoch + 1) % settings.eval_every == 0 or epoch + 1 == settings.epochs:
-            if rank == 0:
-                history["eval_epoch"].append(epoch + 1)
-                history["eval_top1"].append(evaluate_images(model, inputs, device, precision, progress))
-        if checkpoint is not None and epoch + 1 < settings.epochs:
-            checkpoint.save(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "generator": generator.get_state(),
-                    "mix_rng": json.dumps(mix_rng.bit_generator.state),
-                    "history": json.dumps(history),
-                    "epoch": epoch,
-                }
+
+def train_one_epoch(run: _Run, training: _Training, epoch: int) -> tuple[float, float]:
+    """One pass of mixup SGD over this process's share of the training set: (mean loss, images per second)."""
+    settings, device, model = run.settings, run.device, training.model
+    optimizer, scheduler = training.optimizer, training.scheduler
+    model.train()
+    started = time.perf_counter()
+    seen, loss_sum = 0, torch.zeros((), device=device)
+    batches = run.inputs.train_batches(settings.batch_size, training.generator, run.rank, run.world_size)
+    for step, (images, labels) in enumerate(batches):
+        with autocast(device, run.precision):
+            mixed, targets = mixup(
+                images.contiguous(memory_format=run.memory_format), labels, run.num_classes,
+                settings.mixup_alpha, training.mix_rng, training.generator, settings.label_smoothing,
             )
+            loss = soft_cross_entropy(training.trained(mixed), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.detach() * len(labels)
+        seen += len(labels)
+        if step % 10 == 0 or step == run.steps_per_epoch - 1:
+            elapsed = time.perf_counter() - started
+            run.progress(
+                "pretrain", epoch * run.steps_per_epoch + step + 1, settings.epochs * run.steps_per_epoch,
+                epoch=epoch + 1, loss=float(loss.detach()), lr=optimizer.param_groups[0]["lr"],
+                img_s=seen * run.world_size / max(elapsed, 1e-9),
+            )
+    elapsed = time.perf_counter() - started
+    return float(loss_sum) / max(seen, 1), seen * run.world_size / max(elapsed, 1e-9)
 
+
+def _backbone_output(run: _Run, model: nn.Module, history: dict[str, list[float]], notes: list[str]) -> Output:
+    settings = run.settings
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors["history.loss"] = torch.tensor(history["loss"], dtype=torch.float32)
     tensors["history.lr"] = torch.tensor(history["lr"], dtype=torch.float32)
@@ -181,12 +240,12 @@ def pretrain(
     }
     info = {
         "model": settings.model,
-        "num_classes": num_classes,
+        "num_classes": run.num_classes,
         "feature_dim": feature_dim(model),
-        "mean": list(inputs.mean),
-        "std": list(inputs.std),
-        "precision": precision,
-        "world_size": world_size,
+        "mean": list(run.inputs.mean),
+        "std": list(run.inputs.std),
+        "precision": run.precision,
+        "world_size": run.world_size,
         "history": {"eval_epoch": history["eval_epoch"], "eval_top1": history["eval_top1"]},
     }
     return Output("backbone", tensors, metrics, info, key_metric="test_top1", notes=notes)

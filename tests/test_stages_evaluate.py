@@ -5,7 +5,8 @@ import torch
 
 from ltstg.errors import LtstgError
 from ltstg.recipe import EvalSettings
-from ltstg.stages.evaluate import compare_rows, evaluate, markdown_table
+from ltstg.stages.evaluate import compare_rows, evaluate
+from ltstg.tables import markdown, methods_cells, wide_cells, wide_table
 from ltstg.store import Artifact
 
 # Three classes: many (150 > 100), medium (50) and few (10 < 20). Test features are the logits of an
@@ -102,7 +103,7 @@ def test_compare_rows_and_markdown_table_for_three_methods():
     assert rows[0]["id"] == "1" * 12
     assert set(rows[0]) == {"method", "all", "many", "medium", "few", "ece", "nll", "id", "not_converged", "mean_class"}
     # row 3: logits (2, 0, 0): confidence e^2 / (e^2 + 2) = 0.78699, ECE |4 - 6 * 0.78699| / 6 = 12.0 %
-    assert markdown_table(rows) == (
+    assert markdown(methods_cells(rows)) == (
         "| Method | All | Many | Medium | Few | ECE | NLL | id |\n"
         "|---|---:|---:|---:|---:|---:|---:|---|\n"
         "| CE (stage 1) | 66.7 | 50.0 | 100.0 | 50.0 | 33.3 | 6.667 | `111111111111` |\n"
@@ -113,7 +114,7 @@ def test_compare_rows_and_markdown_table_for_three_methods():
 
 def test_missing_group_shows_a_dash():
     rows = [{"method": "m", "all": 0.5, "many": 0.25, "medium": None, "few": None, "ece": 0.01, "nll": 1.0, "id": "ab"}]
-    assert markdown_table(rows).splitlines()[-1] == "| m | 50.0 | 25.0 | – | – | 1.0 | 1.000 | `ab` |"
+    assert markdown(methods_cells(rows)).splitlines()[-1] == "| m | 50.0 | 25.0 | – | – | 1.0 | 1.000 | `ab` |"
 
 
 def test_compare_rows_rejects_other_kinds():
@@ -122,8 +123,6 @@ def test_compare_rows_rejects_other_kinds():
 
 
 def test_wide_table_puts_one_swept_field_side_by_side():
-    from ltstg.stages.evaluate import markdown_wide_table, wide_table
-
     def row(method, imbalance, views, top1, spread=None):
         out = {"method": method, "all": top1, "swept": {"views": views, "imb": imbalance}}
         if spread is not None:
@@ -136,7 +135,7 @@ def test_wide_table_puts_one_swept_field_side_by_side():
     assert (labels, columns) == (["Method", "views"], ["imb=100", "imb=50"])
     assert body == [["cRT", "0", "73.5 ± 0.3", "80.0"], ["cRT", "4", "73.6 ± 0.2", "–"],
                     ["STG", "0", "76.1 ± 0.1", "–"], ["STG", "4", "76.6 ± 0.2", "–"]]
-    assert markdown_wide_table(rows, "imb", ["views", "imb"]).splitlines()[:3] == [
+    assert markdown(wide_cells(rows, "imb", ["views", "imb"])).splitlines()[:3] == [
         "| Method | views | imb=100 | imb=50 |", "|---|---|---:|---:|", "| cRT | 0 | 73.5 ± 0.3 | 80.0 |"]
     with pytest.raises(LtstgError, match="--columns seed: not a swept field"):
         wide_table(rows, "seed", ["views", "imb"])
@@ -154,4 +153,4 @@ def test_compare_rows_count_a_classifier_that_did_not_converge():
     fine = Artifact("g" * 64, {"kind": "classifier", "metrics": {"converged": 1.0}}, {})
     assert [row["not_converged"] for row in compare_rows([report, report], [stuck, fine])] == [1, 0]
     assert compare_rows([report])[0]["not_converged"] == 0  # without its classifier nothing is claimed
-    assert "| cRT [not converged: 1 of 1] |" in markdown_table(compare_rows([report], [stuck]))
+    assert "| cRT [not converged: 1 of 1] |" in markdown(methods_cells(compare_rows([report], [stuck])))

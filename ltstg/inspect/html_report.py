@@ -15,12 +15,11 @@ from typing import Any, Callable, Sequence
 
 from PIL import Image
 
+from ltstg import tables
 from ltstg.inspect import figures, plots
-from ltstg.stages.evaluate import method_cell
 from ltstg.store import SHORT, Artifact
 
 MAX_WIDTH = 900  # pixels: embedded pictures are downscaled to this, so the file stays small
-COLUMNS = (("all", "All"), ("many", "Many"), ("medium", "Medium"), ("few", "Few"), ("ece", "ECE"), ("nll", "NLL"))
 
 
 @dataclass
@@ -51,7 +50,7 @@ def write_report(report: RunReport, out: str | Path) -> Path:
             ids = _ids(report.backbone, report.stg)
             sections.append(_section("Training curves", ids, report.commands.get("curves"), png))
         sections.append(_section("Methods", _ids(*[c for _, c in report.classifiers]), report.commands.get("methods"),
-                                 None, _methods_table(report.rows)))
+                                 None, tables.html(tables.methods_cells(report.rows))))
         for name, title, draw in (
             ("per-class", "Per-class accuracy against training count", figures.per_class_figure),
             ("norms", "Classifier weight norms per class", figures.weight_norms_figure),
@@ -132,22 +131,6 @@ def _dataset_section(report: RunReport, picture: Callable[[str, Callable[[Path],
     table = (f"<p>{len(counts)} classes, {sum(counts)} training images ({summary}).</p>"
              f"<table><tr><th>class</th><th>name</th><th>train</th><th>group</th></tr>{rows}</table>")
     return _section("Data set", _ids(dataset), report.commands.get("dataset"), png, table)
-
-
-def _methods_table(rows: list[dict[str, Any]]) -> str:
-    head = "".join(f"<th>{label}</th>" for _, label in COLUMNS)
-    body = []
-    for row in rows:
-        cells = []
-        for key, _ in COLUMNS:
-            value, spread = row.get(key), row.get(f"{key}_std")
-            scale = 1 if key == "nll" else 100
-            text = "–" if value is None else (f"{value:.3f}" if key == "nll" else f"{scale * value:.1f}")
-            if value is not None and spread is not None:
-                text += f" ± {scale * spread:.1f}" if key != "nll" else f" ± {spread:.3f}"
-            cells.append(f"<td>{text}</td>")
-        body.append(f"<tr><td>{html.escape(method_cell(row))}</td>{''.join(cells)}</tr>")
-    return f"<table><tr><th>method</th>{head}</tr>{''.join(body)}</table>"
 
 
 def _kl_table(kl: Any) -> str:

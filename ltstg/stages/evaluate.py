@@ -1,4 +1,5 @@
-"""Stage 4: score a linear classifier on frozen features, and put several scores side by side.
+"""Stage 4: score a linear classifier on frozen features, and put several scores side by side
+(as rows; `ltstg.tables` draws them).
 
 Evaluation only ever sees the effective linear classifier (weight, bias): the STG and the class
 tokens are training-time tools and never touch a test feature.
@@ -80,17 +81,6 @@ def converged(classifier: Artifact) -> bool:
     return classifier.metrics.get("converged", 1.0) != 0.0
 
 
-def method_cell(row: dict) -> str:
-    """The method's name, flagged when a classifier behind the row did not converge: its number is no result."""
-    return f"{row['method']}{flag(row)}"
-
-
-def flag(row: dict) -> str:
-    """' [not converged: k of n]' when k of the row's n classifiers did not converge, else nothing."""
-    missed = row.get("not_converged") or 0
-    return f" [not converged: {missed} of {len(row.get('reports') or [None])}]" if missed else ""
-
-
 def compare_rows(reports: list[Artifact], classifiers: list[Artifact] | None = None) -> list[dict]:
     """One flat row per report (fractions, None for an empty group), ready for a table or JSON; with the
     reports' classifiers, a row also counts whether its classifier did not converge."""
@@ -113,75 +103,3 @@ def compare_rows(reports: list[Artifact], classifiers: list[Artifact] | None = N
             }
         )
     return rows
-
-
-def percent(row: dict, key: str) -> str:
-    """A fraction as percent with one decimal, ± the std over seeds when there is one; – when missing."""
-    value, spread = row.get(key), row.get(f"{key}_std")
-    if value is None:
-        return "–"
-    return f"{100 * value:.1f} ± {100 * spread:.1f}" if spread is not None else f"{100 * value:.1f}"
-
-
-def require_swept(field: str, swept: list[str]) -> None:
-    """A table can only be pivoted on a field the run swept."""
-    if field not in swept:
-        how = "give several recipes" if field == "recipe" else f"sweep it, e.g. --sweep {field}=V1,V2"
-        raise LtstgError(f"--columns {field}: not a swept field; {how}.")
-
-
-def wide_table(rows: list[dict], field: str, swept: list[str]) -> tuple[list[str], list[str], list[list[str]]]:
-    """A sweep's rows pivoted: one top-1 column per value of `field` (the paper's Table 1 puts imbalances side by side).
-
-    Returns the label columns' names, the value columns' names and the body as text cells; a method
-    never run at a value shows –.
-    """
-    require_swept(field, swept)
-    others = [name for name in swept if name != field]
-    values: list[str] = []  # as text: a swept value may be a mapping, and 1, 1.0 and true must stay apart
-    cells: dict[tuple, dict] = {}
-    for row in rows:
-        value = str(row["swept"][field])
-        if value not in values:
-            values.append(value)
-        key = (row["method"], *(str(row["swept"][name]) for name in others))
-        cells.setdefault(key, {})[value] = percent(row, "all") + flag(row)
-    methods = list(dict.fromkeys(row["method"] for row in rows))
-    keys = sorted(cells, key=lambda key: methods.index(key[0]))  # each method's rows together, in recipe order
-    body = [list(key) + [cells[key].get(value, "–") for value in values] for key in keys]
-    return ["Method", *others], [f"{field}={value}" for value in values], body
-
-
-def markdown_wide_table(rows: list[dict], field: str, swept: list[str]) -> str:
-    """`wide_table` as Markdown: top-1 in percent, mean ± std over seeds."""
-    labels, columns, body = wide_table(rows, field, swept)
-    lines = ["| " + " | ".join(labels + columns) + " |", "|" + "---|" * len(labels) + "---:|" * len(columns)]
-    lines += ["| " + " | ".join(cells) + " |" for cells in body]
-    return "\n".join(lines) + "\n"
-
-
-def markdown_table(rows: list[dict], swept: list[str] | None = None) -> str:
-    """A README-ready table: accuracies and ECE in percent with one decimal (as the paper prints them), NLL with 3.
-
-    `swept` adds one column per swept recipe field, after the method.
-    """
-    swept = swept or []
-    lines = [
-        "| Method | " + "".join(f"{field} | " for field in swept) + "All | Many | Medium | Few | ECE | NLL | id |",
-        "|---|" + "---|" * len(swept) + "---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for row in rows:
-        nll = "–" if row.get("nll") is None else f"{row['nll']:.3f}"
-        cells = [
-            method_cell(row),
-            *(str(row["swept"][field]) for field in swept),
-            percent(row, "all"),
-            percent(row, "many"),
-            percent(row, "medium"),
-            percent(row, "few"),
-            percent(row, "ece"),
-            nll,
-            f"`{row['id']}`",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"

@@ -1,0 +1,199 @@
+"""The methods table, once: one column specification drawn as terminal, Markdown, HTML and JSON.
+
+A table is first made into text cells (`Cells`: header, body, per-column alignment), and every format
+draws those same strings, so a number reads the same wherever it is shown:
+
+- Method: the method's name, then ` [not converged: k of n]` when k of the row's n classifiers did not converge;
+- one column per swept field, its value as `str()` (1, 1.0 and True stay apart);
+- All, Many, Medium, Few, ECE: percent with one decimal, ` ± std` when the row has `<key>_std` (several seeds);
+- NLL: three decimals, no std (the README's tables print it so);
+- id: the report id(s) the row was read from.
+A missing value is `–`. The pivot (`wide_table`) puts top-1 for each value of one swept field side by side.
+
+Formats:
+- terminal (`cli.py`): `for_terminal(cells)`, the same columns but id: the terminal table has never had one,
+  an averaged row's id lists one short id per seed and would crowd out the scores, and `--json` and
+  the Markdown carry it. `cli.py` turns each cell into a rich `Text`, so `[...]` is never markup.
+- Markdown (`markdown`): byte for byte what the README's tables were made with; ids in backticks; a `|` in a
+  cell is escaped as `\\|` so it cannot split the cell.
+- HTML (`html`): every cell escaped; ids in `<code>`; each cell carries its alignment, so the table reads
+  the same in any page.
+- JSON: the rows themselves (`--json`); every cell is a function of one row, so the JSON redraws the table.
+
+Text the user supplied (method names, flags, swept values) is shown literally in every format.
+Nothing here knows rich, torch or the store.
+"""
+from __future__ import annotations
+
+import html as html_module
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from ltstg.errors import LtstgError
+
+MISSING = "–"
+PERCENT = (("all", "All"), ("many", "Many"), ("medium", "Medium"), ("few", "Few"), ("ece", "ECE"))
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of the methods table: its header, how one row becomes its cell, and how it is set."""
+
+    header: str
+    cell: Callable[[dict[str, Any]], str]
+    align: str = "right"  # "left" for names and labels, "right" for numbers
+    code: bool = False  # an identifier: Markdown sets it in backticks, HTML in <code>
+    terminal: bool = True  # False: left out of the terminal table
+
+
+@dataclass(frozen=True)
+class Cells:
+    """A table as text, which every format draws cell for cell; the per-column lists match `header`."""
+
+    header: list[str]
+    body: list[list[str]]
+    align: list[str]
+    code: list[bool]
+    terminal: list[bool]
+
+
+def percent(row: dict[str, Any], key: str) -> str:
+    """A fraction as percent with one decimal, ± the std over seeds when there is one; – when missing."""
+    value, spread = row.get(key), row.get(f"{key}_std")
+    if value is None:
+        return MISSING
+    return f"{100 * value:.1f} ± {100 * spread:.1f}" if spread is not None else f"{100 * value:.1f}"
+
+
+def decimals(row: dict[str, Any], key: str, places: int) -> str:
+    """A plain number with `places` decimals; – when missing."""
+    value = row.get(key)
+    return MISSING if value is None else f"{value:.{places}f}"
+
+
+def flag(row: dict[str, Any]) -> str:
+    """' [not converged: k of n]' when k of the row's n classifiers did not converge, else nothing."""
+    missed = row.get("not_converged") or 0
+    return f" [not converged: {missed} of {len(row.get('reports') or [None])}]" if missed else ""
+
+
+def method_cell(row: dict[str, Any]) -> str:
+    """The method's name, flagged when a classifier behind the row did not converge: its number is no result."""
+    return f"{row['method']}{flag(row)}"
+
+
+def methods_columns(swept: Sequence[str] = ()) -> list[Column]:
+    """The methods table's columns: method, swept fields, the scores, the id."""
+    return [
+        Column("Method", method_cell, "left"),
+        *(Column(field, lambda row, field=field: str(row["swept"][field]), "left") for field in swept),
+        *(Column(header, lambda row, key=key: percent(row, key)) for key, header in PERCENT),
+        Column("NLL", lambda row: decimals(row, "nll", 3)),
+        Column("id", lambda row: str(row.get("id") or MISSING), "left", code=True, terminal=False),
+    ]
+
+
+def methods_cells(rows: list[dict[str, Any]], swept: Sequence[str] | None = None) -> Cells:
+    """Methods as rows (`compare_rows` / `pipeline.aggregate` rows); `swept` adds a column per swept field."""
+    columns = methods_columns(swept or ())
+    return Cells(
+        header=[column.header for column in columns],
+        body=[[column.cell(row) for column in columns] for row in rows],
+        align=[column.align for column in columns],
+        code=[column.code for column in columns],
+        terminal=[column.terminal for column in columns],
+    )
+
+
+def require_swept(field: str, swept: Sequence[str]) -> None:
+    """A table can only be pivoted on a field the run swept."""
+    if field not in swept:
+        how = "give several recipes" if field == "recipe" else f"sweep it, e.g. --sweep {field}=V1,V2"
+        raise LtstgError(f"--columns {field}: not a swept field; {how}.")
+
+
+def wide_table(
+    rows: list[dict[str, Any]], field: str, swept: Sequence[str]
+) -> tuple[list[str], list[str], list[list[str]]]:
+    """A sweep's rows pivoted: one top-1 column per value of `field` (the paper's Table 1 puts imbalances side by side).
+
+    Returns the label columns' names, the value columns' names and the body as text cells; a cell is the
+    All column's text plus the row's flag, and a method never run at a value shows –.
+    """
+    require_swept(field, swept)
+    others = [name for name in swept if name != field]
+    values: list[str] = []  # as text: a swept value may be a mapping, and 1, 1.0 and true must stay apart
+    cells: dict[tuple, dict] = {}
+    for row in rows:
+        value = str(row["swept"][field])
+        if value not in values:
+            values.append(value)
+        key = (row["method"], *(str(row["swept"][name]) for name in others))
+        cells.setdefault(key, {})[value] = percent(row, "all") + flag(row)
+    methods = list(dict.fromkeys(row["method"] for row in rows))
+    keys = sorted(cells, key=lambda key: methods.index(key[0]))  # each method's rows together, in recipe order
+    body = [list(key) + [cells[key].get(value, MISSING) for value in values] for key in keys]
+    return ["Method", *others], [f"{field}={value}" for value in values], body
+
+
+def wide_cells(rows: list[dict[str, Any]], field: str, swept: Sequence[str]) -> Cells:
+    """`wide_table` as cells: labels on the left, one right-aligned top-1 column per value."""
+    labels, values, body = wide_table(rows, field, swept)
+    width = len(labels) + len(values)
+    return Cells(
+        header=labels + values,
+        body=body,
+        align=["left"] * len(labels) + ["right"] * len(values),
+        code=[False] * width,
+        terminal=[True] * width,
+    )
+
+
+def for_terminal(cells: Cells) -> Cells:
+    """The columns the terminal shows: all but the ids (see the module docstring)."""
+    keep = [index for index, shown in enumerate(cells.terminal) if shown]
+    return Cells(
+        header=[cells.header[i] for i in keep],
+        body=[[line[i] for i in keep] for line in cells.body],
+        align=[cells.align[i] for i in keep],
+        code=[cells.code[i] for i in keep],
+        terminal=[True] * len(keep),
+    )
+
+
+def markdown(cells: Cells) -> str:
+    """A README-ready Markdown table, ending in a newline."""
+
+    def text(cell: str, code: bool) -> str:
+        cell = cell.replace("|", "\\|")
+        return f"`{cell}`" if code else cell
+
+    lines = [
+        "| " + " | ".join(text(name, False) for name in cells.header) + " |",
+        "|" + "".join("---|" if align == "left" else "---:|" for align in cells.align),
+    ]
+    lines += ["| " + " | ".join(text(cell, code) for cell, code in zip(line, cells.code)) + " |" for line in cells.body]
+    return "\n".join(lines) + "\n"
+
+
+def html(cells: Cells) -> str:
+    """One escaped HTML <table>, for a page that supplies its own styling."""
+
+    def text(cell: str, code: bool) -> str:
+        cell = html_module.escape(cell)
+        return f"<code>{cell}</code>" if code else cell
+
+    head = "".join(
+        f'<th style="text-align: {align}">{html_module.escape(name)}</th>'
+        for name, align in zip(cells.header, cells.align)
+    )
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f'<td style="text-align: {align}">{text(cell, code)}</td>'
+            for cell, align, code in zip(line, cells.align, cells.code)
+        )
+        + "</tr>"
+        for line in cells.body
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"

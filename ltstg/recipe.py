@@ -1,7 +1,9 @@
 """Settings of every stage as pydantic models, loaded from one YAML recipe plus flag overrides.
 
 Fields marked `run_option` (where data sits, how fast to run) are recorded but never hashed into an
-artifact id; everything else defines the result. No torch here.
+artifact id; everything else defines the result. Stage 3's settings come from the method registries
+(`ltstg.methods`): the augment union from the augmenters, the classifier choice and its fields from the
+classifiers. No torch here (the method modules bring it).
 """
 from __future__ import annotations
 
@@ -10,18 +12,20 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
 
+from ltstg.augment.dropout import DropoutAugment  # noqa: F401 (re-exported, as before the registries)
+from ltstg.augment.isda import IsdaAugment  # noqa: F401
+from ltstg.augment.noise import NoiseAugment  # noqa: F401
+from ltstg.augment.none import NoAugment  # noqa: F401
+from ltstg.augment.stg import StgAugment  # noqa: F401
 from ltstg.errors import LtstgError
+from ltstg.methods import PLAIN, Settings, augmenters, classifiers, get_augmenter
 
 
 def run_option(default: Any = None, **kwargs: Any) -> Any:
     """A field that changes where or how fast a stage runs, not what it produces: not part of ids."""
     return Field(default, json_schema_extra={"run_option": True}, **kwargs)
-
-
-class Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class SyntheticSettings(Settings):
@@ -128,62 +132,49 @@ class StgSettings(Settings):
     holdout: float = Field(0.1, ge=0, lt=1, description="share of head samples kept out to measure quality")
 
 
-class NoAugment(Settings):
-    name: Literal["none"] = "none"
+def augment_union() -> Any:
+    """`retrain.augment`: one settings model per registered augmenter, told apart by its `name`."""
+    models = tuple(entry.settings for entry in augmenters().values())
+    return Annotated[Union[models], Field(discriminator="name")]  # noqa: UP007 (a union built at run time)
 
 
-class StgAugment(Settings):
-    name: Literal["stg"] = "stg"
-    lam: float = Field(1.5, ge=0, description="global strength λ")
-    t: float = Field(0.5, gt=0, lt=1, description="a dimension keeps the original value where m > t")
-    mu: Literal["eq3", "relative", "zero"] = Field(
-        "eq3",
-        description="eq3: the paper's shift a + (√Σε + μ)λβ; relative: μ minus the borrowed head mean's offset from "
-        "the sample's own class mean, so the shift stays around its class; zero: Σ only (μ = 0)",
+def retrain_settings_model() -> type[Settings]:
+    """RetrainSettings from the registries: the core fields, with every classifier's own fields flat after
+    `augment` (`retrain.tau`); a field of a classifier that is not `in_every_id` enters only its own ids."""
+    names = tuple(classifiers())
+    fields: dict[str, Any] = {
+        "classifier": (Literal[names], "crt"),
+        "init": (Literal["auto", "fresh", "stage1"], Field(
+            "auto",
+            description="where a trained classifier starts: fresh (Kang et al.'s cRT) or the stage-1 classifier "
+            "(MiSLAS); auto = fresh for crt, stage1 for mislas; lws, tau-norm and none always build on stage 1",
+        )),
+        "augment": (augment_union(), get_augmenter(PLAIN).settings()),
+    }
+    core = ("sampling", "lr", "schedule", "epochs", "batch_size", "wd")
+    for name, entry in classifiers().items():
+        for field, info in entry.settings.model_fields.items():
+            if field in fields or field in core:
+                raise TypeError(f"classifier {name!r}: field {field!r} is already a retrain field")
+            annotation = info.annotation
+            if not entry.in_every_id:
+                extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+                info = copy.copy(info)  # the classifier's own model keeps its field as it is
+                info.json_schema_extra = {**extra, "only_with": {"classifier": name}}
+            fields[field] = (annotation, info)
+    fields.update(
+        sampling=(Literal["balanced", "instance"], "balanced"),
+        lr=(float, Field(1e-3, gt=0)),
+        schedule=(Literal["cosine", "constant"], "cosine"),
+        epochs=(int, Field(10, ge=1, description="epochs-equivalent of iterations over the training features")),
+        batch_size=(int, Field(128, ge=2)),
+        wd=(float, Field(0.0, ge=0)),
     )
+    return create_model("RetrainSettings", __base__=Settings, __module__=__name__, **fields)
 
 
-class IsdaAugment(Settings):
-    name: Literal["isda"] = "isda"
-    lam: float = Field(0.5, ge=0)
-
-
-class NoiseAugment(Settings):
-    name: Literal["noise"] = "noise"
-    std: float = Field(0.5, ge=0)
-
-
-class DropoutAugment(Settings):
-    name: Literal["dropout"] = "dropout"
-    p: float = Field(0.2, ge=0, lt=1)
-
-
-Augment = Annotated[
-    Union[NoAugment, StgAugment, IsdaAugment, NoiseAugment, DropoutAugment], Field(discriminator="name")
-]
-
-
-class RetrainSettings(Settings):
-    classifier: Literal["crt", "lws", "mislas", "tau-norm", "none"] = "crt"
-    init: Literal["auto", "fresh", "stage1"] = Field(
-        "auto",
-        description="where a trained classifier starts: fresh (Kang et al.'s cRT) or the stage-1 classifier (MiSLAS); "
-        "auto = fresh for crt, stage1 for mislas; lws, tau-norm and none always build on stage 1",
-    )
-    augment: Augment = NoAugment()
-    tau: float = Field(1.0, ge=0, description="τ of τ-normalisation")
-    smooth_head: float = Field(0.3, ge=0, lt=1, description="mislas: label-aware smoothing ε of the largest class")
-    smooth_tail: float = Field(0.0, ge=0, lt=1, description="mislas: label-aware smoothing ε of the smallest class")
-    smooth_shape: Literal["concave", "linear", "convex"] = Field("concave", description="mislas: ε between the two")
-    lr_factor: float = Field(
-        0.1, gt=0, le=1, description="mislas: the linear layer learns at lr × lr_factor, the per-class scales at lr"
-    )
-    sampling: Literal["balanced", "instance"] = "balanced"
-    lr: float = Field(1e-3, gt=0)
-    schedule: Literal["cosine", "constant"] = "cosine"
-    epochs: int = Field(10, ge=1, description="epochs-equivalent of iterations over the training features")
-    batch_size: int = Field(128, ge=2)
-    wd: float = Field(0.0, ge=0)
+Augment = augment_union()
+RetrainSettings = retrain_settings_model()
 
 
 class EvalSettings(Settings):
@@ -203,12 +194,14 @@ class Recipe(Settings):
 
 
 def id_settings(settings: BaseModel) -> dict[str, Any]:
-    """The settings that define a result: the JSON dump minus run options."""
+    """The settings that define a result: the JSON dump minus run options and the fields of methods not chosen."""
     out: dict[str, Any] = {}
     for name, field in type(settings).model_fields.items():
         extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
         if extra.get("run_option"):
             continue
+        if any(getattr(settings, key, None) != value for key, value in extra.get("only_with", {}).items()):
+            continue  # a field of another classifier than the chosen one: it changes nothing here
         value = getattr(settings, name)
         out[name] = id_settings(value) if isinstance(value, BaseModel) else _jsonable(value)
     return out
@@ -327,9 +320,18 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return ".".join(parts)
 
 
-def load_recipe(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Recipe:
-    """The recipe a command runs with: the YAML file (or the defaults) plus flag overrides."""
+def load_recipe(
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None, *, method: str | None = None
+) -> Recipe:
+    """The recipe a command runs with: the YAML file (or the defaults), then one named method of its `methods`
+    as the `retrain` section, then flag overrides, validated once."""
     raw = read_yaml(path) if path is not None else {}
+    if method is not None:
+        methods = raw.get("methods") if isinstance(raw.get("methods"), dict) else {}
+        if method not in methods or not isinstance(methods[method], dict):
+            known = ", ".join(sorted(methods)) or "none"
+            raise LtstgError(f"unknown method {method!r}; the recipe lists: {known}.")
+        raw = merge_overrides(raw, {f"retrain.{key}": value for key, value in flatten(methods[method]).items()})
     merged = merge_overrides(raw, overrides or {})
     source = str(path) if path is not None else "recipe"
     return validate(merged, source)
@@ -345,7 +347,7 @@ def method_settings(recipe: Recipe, method: str) -> RetrainSettings:
 
 def _method_over(retrain: RetrainSettings, method: str, override: dict[str, Any]) -> RetrainSettings:
     base = retrain.model_dump(mode="json")
-    flat = {f"retrain.{k}": v for k, v in _flatten(override).items()}
+    flat = {f"retrain.{k}": v for k, v in flatten(override).items()}
     merged = merge_overrides({"retrain": base}, flat)
     try:
         return RetrainSettings.model_validate(merged["retrain"])
@@ -357,14 +359,44 @@ def _method_over(retrain: RetrainSettings, method: str, override: dict[str, Any]
         raise LtstgError("\n".join(lines)) from None
 
 
-def _flatten(value: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(value: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """`{"augment": {"name": "stg", "lam": 1}}` -> `{"augment.name": "stg", "augment.lam": 1}`, name first."""
     out: dict[str, Any] = {}
     for key in sorted(value, key=lambda k: (k != "name", k)):
         item = value[key]
         dotted = f"{prefix}{key}"
         if isinstance(item, dict):
-            out.update(_flatten(item, dotted + "."))
+            out.update(flatten(item, dotted + "."))
         else:
             out[dotted] = item
     return out
+
+
+def parse_sweeps(items: list[str]) -> dict[str, list[Any]]:
+    """`a.b=v1,v2` items as field -> values (YAML scalars, as --set reads them)."""
+    sweeps: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key.strip() or not values.strip():
+            raise LtstgError(f"--sweep {item!r}: expected FIELD=V1,V2,..., e.g. --sweep stg.memory=0,600,1200.")
+        if key.strip() in sweeps:
+            raise LtstgError(f"--sweep {key.strip()} is given twice; list all its values in one --sweep.")
+        try:
+            sweeps[key.strip()] = [yaml.safe_load(value) for value in values.split(",")]
+        except yaml.YAMLError:
+            raise LtstgError(f"--sweep {item!r}: a value is not a YAML scalar.") from None
+    return sweeps
+
+
+def parse_assignments(items: list[str]) -> dict[str, Any]:
+    """`a.b=value` pairs; values are read as YAML scalars, so numbers and booleans keep their type."""
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise LtstgError(f"--set {item!r}: expected FIELD=VALUE, e.g. --set stg.memory=600.")
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise LtstgError(f"--set {item!r}: the value is not valid YAML.") from None
+    return overrides

@@ -4,9 +4,15 @@ import pytest
 import torch
 from torch import nn
 
-from ltstg.augment import AUGMENTERS
+from ltstg.augment.dropout import DropoutAugmenter
+from ltstg.augment.isda import IsdaAugmenter
+from ltstg.augment.noise import NoiseAugmenter
+from ltstg.augment.none import NoAugmenter
+from ltstg.augment.stg import StgAugmenter
+from ltstg.classifiers.crt import LinearClassifier
+from ltstg.data.features import TrainingFeatures
 from ltstg.errors import LtstgError
-from ltstg.models.classifiers import LinearClassifier
+from ltstg.methods import augmenters, classifiers, get_augmenter
 from ltstg.models.prototypes import class_means, nearest_prototype
 from ltstg.recipe import (
     DropoutAugment,
@@ -20,13 +26,15 @@ from ltstg.recipe import (
 from ltstg.stages import Checkpoint
 from ltstg.stages.evaluate import score
 from ltstg.stages.fit_stg import build_stg
-from ltstg.stages.retrain import AUGMENTER_ARGUMENTS, TRAINABLE, Inputs, method_label, retrain
+from ltstg.stages.retrain import method_label, retrain
 from ltstg.store import Artifact, Store
 
 COUNTS = [200, 120, 60, 30, 12, 6]  # many: 0, 1 (>100); medium: 2, 3; few: 4, 5 (<20)
 DIM = 16
 HEAD = [0, 1]
 FAST = dict(epochs=3, batch_size=32, lr=1e-2)
+AUGMENTERS = {"none": NoAugmenter, "stg": StgAugmenter, "isda": IsdaAugmenter, "noise": NoiseAugmenter,
+              "dropout": DropoutAugmenter}  # the classes whose augment the tests below watch
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -98,10 +106,10 @@ def test_method_labels_and_registry_match():
     from ltstg.augment.stg import MU_MODES
     from ltstg.training import SMOOTH_SHAPES
 
-    assert set(AUGMENTER_ARGUMENTS) == set(AUGMENTERS)
+    assert set(AUGMENTERS) <= set(augmenters())
     assert set(MU_MODES) == set(get_args(StgAugment.model_fields["mu"].annotation))
     assert set(SMOOTH_SHAPES) == set(get_args(RetrainSettings.model_fields["smooth_shape"].annotation))
-    assert set(TRAINABLE) | {"tau-norm", "none"} == set(get_args(RetrainSettings.model_fields["classifier"].annotation))
+    assert set(classifiers()) == set(get_args(RetrainSettings.model_fields["classifier"].annotation))
     assert method_label(RetrainSettings(augment=StgAugment())) == "cRT+STG"
     assert method_label(RetrainSettings()) == "cRT"
     assert method_label(RetrainSettings(classifier="lws", augment=IsdaAugment())) == "LWS+ISDA"
@@ -246,21 +254,6 @@ def test_lws_learns_only_per_class_scales():
     lws, _ = score(out.tensors["weight"], out.tensors["bias"], features, EvalSettings())
     assert lws["few"] > stage1["few"] + 0.1
     assert out.info["method"] == "LWS"
-
-
-def test_lws_folds_scales_into_weight_and_bias_by_hand():
-    build, fold = TRAINABLE["lws"]
-    stage1 = Inputs(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long), None, torch.tensor([1, 1]),
-                    torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([0.5, 0.25]))
-    model = build(stage1, 0, "stage1")
-    with torch.no_grad():
-        model.scales.copy_(torch.tensor([2.0, 3.0]))
-    weight, bias = fold(model)
-    assert torch.equal(weight, torch.tensor([[4.0, 0.0], [0.0, 3.0]]))
-    assert torch.equal(bias, torch.tensor([1.0, 0.75]))
-    features = torch.tensor([[1.0, 2.0]])
-    assert torch.allclose(model(features), features @ weight.T + bias)  # (2 + 0.5) * 2 = 5, (2 + 0.25) * 3 = 6.75
-    assert torch.allclose(model(features), torch.tensor([[5.0, 6.75]]))
 
 
 def test_none_classifier_is_stage1_as_is():
@@ -471,18 +464,16 @@ def test_converged_classifier_has_no_warning():
 def test_stg_mu_modes_zero_and_relative():
     """With the same draws the three modes differ only by their mean shift: μβλ (eq3 − zero) and
     (m_head − m_y)βλ (eq3 − relative)."""
-    from ltstg.stages.retrain import build_augmenter
-
     features = make_features()
     stg = make_stg(features)
-    inputs = Inputs(features["train_features"], features["train_labels"], None, features["class_counts"],
-                    features["classifier.weight"], features["classifier.bias"])
+    inputs = TrainingFeatures(features["train_features"], features["train_labels"], None, features["class_counts"],
+                              features["classifier.weight"], features["classifier.bias"])
     tail = features["train_labels"] == 5
     batch, labels = features["train_features"][tail], features["train_labels"][tail]  # (6, D)
     outs = {}
     for mode in ("eq3", "zero", "relative"):
         settings = RetrainSettings(augment=StgAugment(mu=mode, lam=1.0, t=0.999999))  # every dimension augmented
-        augmenter = build_augmenter(settings, inputs, stg, torch.device("cpu"))
+        augmenter = get_augmenter("stg").build(settings.augment, inputs, stg, torch.device("cpu"))
         outs[mode] = augmenter.augment(batch, labels, generator=torch.Generator().manual_seed(0))
     heads, _ = augmenter.borrowed(batch)  # (6,) class ids
     predicted_mu, _ = augmenter.predict(batch, torch.tensor([HEAD.index(h) for h in heads.tolist()]))

@@ -1,9 +1,22 @@
 """Feature dropout, a baseline that perturbs features without any notion of semantics."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Literal
+
 import torch
+from pydantic import Field
 
 from ltstg.errors import LtstgError
+from ltstg.methods import Settings, register_augmenter
+
+if TYPE_CHECKING:
+    from ltstg.data.features import TrainingFeatures
+    from ltstg.store import Artifact
+
+
+class DropoutAugment(Settings):
+    name: Literal["dropout"] = "dropout"
+    p: float = Field(0.2, ge=0, lt=1)
 
 
 class DropoutAugmenter:
@@ -19,3 +32,10 @@ class DropoutAugmenter:
         draw = torch.rand(features.shape, generator=generator, device=features.device)  # (B, D)
         keep = draw >= self.p
         return torch.where(keep, features / (1.0 - self.p), torch.zeros((), dtype=features.dtype, device=features.device))
+
+
+@register_augmenter(DropoutAugment, label="Dropout", no_op="p", position=4)
+def build(
+    settings: DropoutAugment, inputs: TrainingFeatures, stg: Artifact | None, device: torch.device
+) -> DropoutAugmenter:
+    return DropoutAugmenter(p=settings.p)

@@ -1,9 +1,22 @@
 """Class-level Gaussian augmentation (ISDA-style), the baseline STG's per-sample Gaussians replace."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Literal
+
 import torch
+from pydantic import Field
 
 from ltstg.errors import LtstgError
+from ltstg.methods import Settings, register_augmenter
+
+if TYPE_CHECKING:
+    from ltstg.data.features import TrainingFeatures
+    from ltstg.store import Artifact
+
+
+class IsdaAugment(Settings):
+    name: Literal["isda"] = "isda"
+    lam: float = Field(0.5, ge=0)
 
 
 class IsdaAugmenter:
@@ -74,3 +87,8 @@ class IsdaAugmenter:
         self.means = state["means"].to(self.means.device, torch.float64).clone()
         self.vars = state["vars"].to(self.vars.device, torch.float64).clone()
         self.counts = state["counts"].to(self.counts.device, torch.long).clone()
+
+
+@register_augmenter(IsdaAugment, label="ISDA", no_op="lam", position=2)
+def build(settings: IsdaAugment, inputs: TrainingFeatures, stg: Artifact | None, device: torch.device) -> IsdaAugmenter:
+    return IsdaAugmenter(num_classes=inputs.num_classes, dim=inputs.dim, lam=settings.lam, device=device)

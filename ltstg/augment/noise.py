@@ -1,9 +1,22 @@
 """Isotropic Gaussian feature noise, the simplest sample-agnostic baseline."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Literal
+
 import torch
+from pydantic import Field
 
 from ltstg.errors import LtstgError
+from ltstg.methods import Settings, register_augmenter
+
+if TYPE_CHECKING:
+    from ltstg.data.features import TrainingFeatures
+    from ltstg.store import Artifact
+
+
+class NoiseAugment(Settings):
+    name: Literal["noise"] = "noise"
+    std: float = Field(0.5, ge=0)
 
 
 class NoiseAugmenter:
@@ -18,3 +31,8 @@ class NoiseAugmenter:
         """Add fresh noise drawn from `generator` so runs repeat bit-for-bit."""
         noise = torch.randn(features.shape, generator=generator, device=features.device, dtype=features.dtype)  # (B, D)
         return features + self.std * noise
+
+
+@register_augmenter(NoiseAugment, label="Noise", no_op="std", position=3)
+def build(settings: NoiseAugment, inputs: TrainingFeatures, stg: Artifact | None, device: torch.device) -> NoiseAugmenter:
+    return NoiseAugmenter(std=settings.std)

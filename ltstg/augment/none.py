@@ -1,7 +1,19 @@
 """The identity augmenter: the plain cRT / LWS / tau-norm baselines."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Literal
+
 import torch
+
+from ltstg.methods import Settings, register_augmenter
+
+if TYPE_CHECKING:
+    from ltstg.data.features import TrainingFeatures
+    from ltstg.store import Artifact
+
+
+class NoAugment(Settings):
+    name: Literal["none"] = "none"
 
 
 class NoAugmenter:
@@ -10,3 +22,8 @@ class NoAugmenter:
     def augment(self, features: torch.Tensor, labels: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
         """Return a copy, so callers may modify the result without touching the cached features."""
         return features.clone()
+
+
+@register_augmenter(NoAugment, label="", position=0)
+def build(settings: NoAugment, inputs: TrainingFeatures, stg: Artifact | None, device: torch.device) -> NoAugmenter:
+    return NoAugmenter()

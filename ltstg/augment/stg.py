@@ -1,15 +1,34 @@
 """Sample-specific semantic transformation augmentation for tail classes (paper Sec. 3.4, Eq. 3-4)."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 import torch
+from pydantic import Field
 
 from ltstg.errors import LtstgError
-from ltstg.models.prototypes import nearest_prototype
+from ltstg.methods import Settings, register_augmenter
+from ltstg.models.prototypes import class_means, nearest_prototype
+from ltstg.models.stg import load_stg, stg_problems
+
+if TYPE_CHECKING:
+    from ltstg.data.features import TrainingFeatures
+    from ltstg.store import Artifact
 
 Predict = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 MU_MODES = ("eq3", "relative", "zero")  # how μ enters the shift; StgAugment.mu in the recipe
+BORROW_CHUNK = 8192  # rows per nearest-prototype lookup, so (N, H) similarities never sit in memory at once
+
+
+class StgAugment(Settings):
+    name: Literal["stg"] = "stg"
+    lam: float = Field(1.5, ge=0, description="global strength λ")
+    t: float = Field(0.5, gt=0, lt=1, description="a dimension keeps the original value where m > t")
+    mu: Literal["eq3", "relative", "zero"] = Field(
+        "eq3",
+        description="eq3: the paper's shift a + (√Σε + μ)λβ; relative: μ minus the borrowed head mean's offset from "
+        "the sample's own class mean, so the shift stays around its class; zero: Σ only (μ = 0)",
+    )
 
 
 class StgAugmenter:
@@ -100,3 +119,63 @@ class StgAugmenter:
         draw = torch.rand(original.shape, generator=generator, device=features.device)  # m ~ U(0, 1) per dimension
         out[rows] = torch.where(draw > self.t, original, augmented)
         return out
+
+
+def stg_arguments(
+    stg: Artifact,
+    augment: Any,
+    class_counts: torch.Tensor,
+    device: torch.device | str,
+    *,
+    features: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+) -> dict[str, Any]:
+    """StgAugmenter's arguments: the trained STG (eval mode), its head classes and prototypes, and the
+    classes' counts (and, for the relative shift, training means); shared by retrain, the API and inspect."""
+    problems = stg_problems(stg, class_counts.numel(), stg.info.get("num_features", -1))
+    if problems:
+        raise LtstgError("\n".join(problems))
+    means = None
+    if augment.mu == "relative":  # only the relative shift needs every class's mean (a loop over C)
+        if features is None or labels is None:
+            raise LtstgError("STG mu 'relative' needs the training features (a features artifact) for the class means.")
+        means = class_means(features.to(device, torch.float32), labels.to(device), torch.arange(class_counts.numel()))
+    return {
+        "predict": load_stg(stg, device),
+        "prototypes": stg["head_prototypes"].to(device, torch.float32),
+        "head_classes": stg["head_classes"].to(device, torch.long),
+        "class_counts": class_counts.to(device, torch.long),
+        "lam": augment.lam,
+        "t": augment.t,
+        "mu": augment.mu,
+        "class_means": means,
+    }
+
+
+def checks(settings: Any, features: Artifact, stg: Artifact | None) -> list[str]:
+    """The stg artifact must fit these features and leave a tail, or the run would be plain cRT."""
+    train = features["train_features"]
+    return stg_problems(stg, features["class_counts"].numel(), train.shape[1] if train.dim() == 2 else -1)
+
+
+def borrowed(augmenter: StgAugmenter, inputs: TrainingFeatures) -> dict[str, torch.Tensor]:
+    """The head class each training sample borrows and its cosine; -1 and NaN for head samples (they borrow nothing)."""
+    heads, cosines = [], []
+    with torch.no_grad():
+        for chunk in torch.split(inputs.features, BORROW_CHUNK):
+            head, cosine = augmenter.borrowed(chunk)
+            heads.append(head)
+            cosines.append(cosine)
+    tail = augmenter.is_tail.to(inputs.labels.device)[inputs.labels]  # (N,)
+    head = torch.where(tail, torch.cat(heads), torch.full_like(tail, -1, dtype=torch.long))  # (N,)
+    cosine = torch.where(tail, torch.cat(cosines), torch.full_like(tail, float("nan"), dtype=torch.float32))  # (N,)
+    return {"borrowed_head": head.cpu(), "borrowed_cosine": cosine.cpu()}
+
+
+@register_augmenter(StgAugment, label="STG", no_op="lam", checks=checks, outputs=borrowed, position=1)
+def build(settings: StgAugment, inputs: TrainingFeatures, stg: Artifact | None, device: torch.device) -> StgAugmenter:
+    if stg is None:  # check_inputs refuses this first; kept for callers that build directly
+        raise LtstgError("\n".join(stg_problems(stg, inputs.num_classes, inputs.dim)))
+    return StgAugmenter(
+        **stg_arguments(stg, settings, inputs.class_counts, device, features=inputs.features, labels=inputs.labels)
+    )

@@ -1,5 +1,8 @@
-"""The layout of a features artifact: which splits it holds, each as (features, labels)."""
+"""The layout of a features artifact: which splits it holds, each as (features, labels), and the
+training data stage 3's methods see."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -17,3 +20,36 @@ def split_tensors(features: Artifact, split: str) -> tuple[torch.Tensor, torch.T
             f"features artifact {features.id[:SHORT]} has no {split!r} split; it has: {', '.join(present) or 'none'}."
         )
     return features[f"{split}_features"], features[f"{split}_labels"]
+
+
+@dataclass(frozen=True)
+class TrainingFeatures:
+    """The checked training data of one retrain run, on the compute device: what every stage-3 method builds from."""
+
+    features: torch.Tensor  # (N, D)
+    labels: torch.Tensor  # (N,)
+    views: torch.Tensor | None  # (K, N, D) extra augmented views, or None
+    class_counts: torch.Tensor  # (C,)
+    weight: torch.Tensor  # (C, D) stage-1 classifier
+    bias: torch.Tensor  # (C,)
+
+    @property
+    def num_classes(self) -> int:
+        return self.class_counts.numel()
+
+    @property
+    def dim(self) -> int:
+        return self.features.shape[1]
+
+
+def training_features(features: Artifact, device: torch.device) -> TrainingFeatures:
+    """The training split, its extra views, class counts and stage-1 classifier of a features artifact, in float32."""
+    views = features.tensors.get("train_views")
+    return TrainingFeatures(
+        features=features["train_features"].to(device, torch.float32),
+        labels=features["train_labels"].to(device, torch.long),
+        views=views.to(device, torch.float32) if views is not None else None,
+        class_counts=features["class_counts"].to(device, torch.long),
+        weight=features["classifier.weight"].float().to(device),
+        bias=features["classifier.bias"].float().to(device),
+    )

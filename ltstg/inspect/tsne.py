@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,13 +19,11 @@ from sklearn.manifold import TSNE
 from sklearn.neighbors import KNeighborsClassifier
 from threadpoolctl import threadpool_limits
 
-from ltstg.augment.stg import StgAugmenter
+from ltstg.augment.stg import StgAugmenter, stg_arguments
 from ltstg.errors import LtstgError
 from ltstg.inspect.kl import check_stg, checked_features, class_names
-from ltstg.stages import require_kind
 from ltstg.recipe import StgAugment
-from ltstg.stages.retrain import stg_arguments
-from ltstg.store import SHORT, Artifact
+from ltstg.store import SHORT, Artifact, require_kind
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -34,6 +33,18 @@ DPI = 100
 GRID = 200  # cells per side of the decision-region raster
 MIN_SIDE = 200  # smallest picture side in pixels that still fits a title and axes
 LEGEND_MAX = 20  # more classes than this get no legend: it would cover the map
+
+
+@dataclass(frozen=True)
+class _Map:
+    """The sampled features and their 2-D embedding, shared by every panel."""
+
+    real: torch.Tensor  # (P, D)
+    labels: np.ndarray  # (P,)
+    real_2d: np.ndarray  # (P, 2)
+    augmented_2d: np.ndarray  # (A, 2)
+    augmented_labels: np.ndarray  # (A,)
+    extent: tuple[float, float, float, float]  # x from, x to, y from, y to
 
 
 def tsne_figure(
@@ -52,7 +63,44 @@ def tsne_figure(
     started = time.perf_counter()
     train_features, train_labels, class_counts = checked_features(features)
     num_classes = class_counts.numel()
-    dim = train_features.shape[1]
+    width, height = _check_arguments(
+        stg, classifiers, train_features.shape[1], num_classes, size, max_points, augment_per_sample
+    )
+
+    generator = torch.Generator().manual_seed(seed)
+    rows = stratified_sample(train_labels, num_classes, max_points, generator)  # (P,)
+    real = train_features[rows].float()  # (P, D)
+    labels = train_labels[rows]  # (P,)
+    augmented, augmented_labels = _augmented(
+        stg, real, labels, class_counts, augment_per_sample, max_points, lam, generator
+    )  # (A, D), (A,)
+    embedding = _embed(torch.cat([real, augmented]).numpy(), seed)  # (P + A, 2)
+    points = _Map(real, labels.numpy(), embedding[: real.shape[0]], embedding[real.shape[0]:],
+                  augmented_labels.numpy(), _extent(embedding))
+    figure = _draw(points, class_names(features), classifiers, num_classes, (width, height))
+    out = Path(out)
+    _save(figure, out, (width, height))
+    return {
+        "path": str(out),
+        "points": int(real.shape[0]),
+        "augmented_points": int(augmented.shape[0]),
+        "classes": num_classes,
+        "panels": 1 + len(classifiers),
+        "size": [width, height],
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def _check_arguments(
+    stg: Artifact | None,
+    classifiers: Sequence[Artifact],
+    dim: int,
+    num_classes: int,
+    size: tuple[int, int],
+    max_points: int,
+    augment_per_sample: int,
+) -> tuple[int, int]:
+    """Every artifact and cap checked before the slow t-SNE, so a bad call fails before any file: (width, height)."""
     if stg is not None:
         check_stg(stg, dim, num_classes)
     for classifier in classifiers:
@@ -66,79 +114,85 @@ def tsne_figure(
         )
     if augment_per_sample < 0:
         raise LtstgError(f"augment_per_sample must be >= 0, got {augment_per_sample}.")
+    return width, height
 
-    generator = torch.Generator().manual_seed(seed)
-    rows = stratified_sample(train_labels, num_classes, max_points, generator)  # (P,)
-    real = train_features[rows].float()  # (P, D)
-    labels = train_labels[rows]  # (P,)
-    augmented, augmented_labels = _augmented(
-        stg, real, labels, class_counts, augment_per_sample, max_points, lam, generator
-    )  # (A, D), (A,)
-    joint = torch.cat([real, augmented]).numpy()  # (P + A, D)
+
+def _embed(joint: np.ndarray, seed: int) -> np.ndarray:
+    """The seeded 2-D t-SNE of real and augmented features together."""
     # perplexity must stay below the number of points; 30 is sklearn's default for large maps
     perplexity = min(30.0, max(1.0, (joint.shape[0] - 1) / 3))
     # one OpenMP thread: torch and scikit-learn each ship a libgomp, and with both active on a busy machine the
     # t-SNE ran 5x slower than on one thread (27 s vs 5 s, 3,000 points, 2 cores); one thread is also repeatable
     with threadpool_limits(limits=1, user_api="openmp"):
-        embedding = TSNE(
+        return TSNE(
             n_components=2, init="pca", random_state=seed, perplexity=perplexity, learning_rate="auto"
-        ).fit_transform(joint)  # (P + A, 2)
-    real_2d, augmented_2d = embedding[: real.shape[0]], embedding[real.shape[0]:]
+        ).fit_transform(joint)  # (N, 2)
+
+
+def _extent(embedding: np.ndarray) -> tuple[float, float, float, float]:
+    """The embedding's bounding box with a 5% margin, shared by all panels."""
     low, high = embedding.min(axis=0), embedding.max(axis=0)
     margin = 0.05 * (high - low)
-    extent = (low[0] - margin[0], high[0] + margin[0], low[1] - margin[1], high[1] + margin[1])  # shared by all panels
+    return (low[0] - margin[0], high[0] + margin[0], low[1] - margin[1], high[1] + margin[1])
 
+
+def _draw(
+    points: _Map, names: list[str], classifiers: Sequence[Artifact], num_classes: int, size: tuple[int, int]
+) -> Any:
+    """One panel of features and augmentations, then one of decision regions per classifier."""
     colours = class_colours(num_classes)  # (C, 4)
-    names = class_names(features)
     panels = 1 + len(classifiers)
     columns = math.ceil(math.sqrt(panels))
     figure, axes = plt.subplots(
-        math.ceil(panels / columns), columns, figsize=(width / DPI, height / DPI), dpi=DPI, squeeze=False
+        math.ceil(panels / columns), columns, figsize=(size[0] / DPI, size[1] / DPI), dpi=DPI, squeeze=False
     )
-    label_array = labels.numpy()
-    first = axes.flat[0]
-    _scatter_classes(first, real_2d, label_array, colours)
-    if augmented_2d.shape[0]:
-        first.scatter(
-            augmented_2d[:, 0], augmented_2d[:, 1], c=colours[augmented_labels.numpy()], marker="x", s=10,
-            linewidths=0.6,
-        )
-    first.set_title("features + STG augmentations (x)" if augmented_2d.shape[0] else "features")
-    if num_classes <= LEGEND_MAX:
-        handles = [plt.Line2D([], [], marker="o", linestyle="", color=colours[c]) for c in range(num_classes)]
-        first.legend(handles, names, fontsize="x-small", loc="upper right", markerscale=0.8)
+    _draw_features(axes.flat[0], points, names, colours)
     for axis, classifier in zip(list(axes.flat)[1:], classifiers):
-        predicted = _predictions(classifier, real)  # (P,)
-        cells = decision_cells(real_2d, predicted, extent)  # (G, G)
-        axis.imshow(
-            colours[cells], origin="lower", extent=extent, alpha=0.35, aspect="auto", interpolation="nearest"
-        )
-        _scatter_classes(axis, real_2d, label_array, colours)
-        axis.set_title(str(classifier.info.get("method", classifier.id[:SHORT])))
+        _draw_regions(axis, points, classifier, colours)
     for axis in axes.flat:
-        axis.set_xlim(extent[0], extent[1])
-        axis.set_ylim(extent[2], extent[3])
+        axis.set_xlim(points.extent[0], points.extent[1])
+        axis.set_ylim(points.extent[2], points.extent[3])
         axis.set_xticks([])
         axis.set_yticks([])
     for axis in list(axes.flat)[panels:]:
         axis.set_visible(False)
     figure.tight_layout()
-    out = Path(out)
+    return figure
+
+
+def _draw_features(axis: Any, points: _Map, names: list[str], colours: np.ndarray) -> None:
+    _scatter_classes(axis, points.real_2d, points.labels, colours)
+    augmented_2d = points.augmented_2d
+    if augmented_2d.shape[0]:
+        axis.scatter(
+            augmented_2d[:, 0], augmented_2d[:, 1], c=colours[points.augmented_labels], marker="x", s=10,
+            linewidths=0.6,
+        )
+    axis.set_title("features + STG augmentations (x)" if augmented_2d.shape[0] else "features")
+    num_classes = colours.shape[0]
+    if num_classes <= LEGEND_MAX:
+        handles = [plt.Line2D([], [], marker="o", linestyle="", color=colours[c]) for c in range(num_classes)]
+        axis.legend(handles, names, fontsize="x-small", loc="upper right", markerscale=0.8)
+
+
+def _draw_regions(axis: Any, points: _Map, classifier: Artifact, colours: np.ndarray) -> None:
+    predicted = _predictions(classifier, points.real)  # (P,)
+    cells = decision_cells(points.real_2d, predicted, points.extent)  # (G, G)
+    axis.imshow(
+        colours[cells], origin="lower", extent=points.extent, alpha=0.35, aspect="auto", interpolation="nearest"
+    )
+    _scatter_classes(axis, points.real_2d, points.labels, colours)
+    axis.set_title(str(classifier.info.get("method", classifier.id[:SHORT])))
+
+
+def _save(figure: Any, out: Path, size: tuple[int, int]) -> None:
+    """Write the picture and make sure it has the size asked for."""
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=DPI)
     plt.close(figure)
     with Image.open(out) as image:
         written = image.size
-    assert written == (width, height), f"matplotlib wrote {written}, asked for {(width, height)}"
-    return {
-        "path": str(out),
-        "points": int(real.shape[0]),
-        "augmented_points": int(augmented.shape[0]),
-        "classes": num_classes,
-        "panels": panels,
-        "size": [width, height],
-        "seconds": round(time.perf_counter() - started, 3),
-    }
+    assert written == size, f"matplotlib wrote {written}, asked for {size}"
 
 
 def stratified_sample(

@@ -23,7 +23,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ltstg.models import build_model
+from ltstg.models.backbones import build_model
 from ltstg.recipe import PretrainSettings, load_recipe
 from ltstg.stages import Context, steps
 from ltstg.stages.pretrain import pretrain

@@ -4,7 +4,7 @@ import timm
 import torch
 
 from ltstg.errors import LtstgError
-from ltstg.models import build_model
+from ltstg.models.backbones import build_model
 
 # Trainable parameters with a 10-way classifier, as reported for the He et al. CIFAR nets (0.27M ... 1.7M).
 KNOWN_COUNTS = {

@@ -189,7 +189,7 @@ def test_backbone_id_ignores_settings_that_change_no_weight(tiny_run, tiny_recip
 def test_init_weights_of_another_class_count_say_the_classifier_starts_fresh(tmp_path, tiny_run, tiny_recipe_path):
     from safetensors.torch import save_file
 
-    from ltstg.models import build_model
+    from ltstg.models.backbones import build_model
 
     path = tmp_path / "ten_classes.safetensors"
     save_file({k: v.contiguous() for k, v in build_model("resnet20_cifar", 10, seed=0).state_dict().items()}, str(path))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ltstg.models import extract_pooled
+from ltstg.models.backbones import extract_pooled
 from ltstg.progress import Progress, silent
 from ltstg.stages import Output
 from ltstg.stages.pretrain import autocast, image_inputs, load_backbone

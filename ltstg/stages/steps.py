@@ -5,7 +5,7 @@ import hashlib
 
 from ltstg.data.inputs import FILE_INPUTS_REVISION
 from ltstg.errors import LtstgError
-from ltstg.models import check_weights_file
+from ltstg.models.backbones import check_weights_file
 from ltstg.recipe import Recipe, RetrainSettings, id_settings
 from ltstg.stages import Context, Result, run_stage, stage_id
 from ltstg.store import SHORT, Artifact

@@ -4,7 +4,7 @@ import torch
 from safetensors.torch import save_file
 
 from ltstg.errors import LtstgError
-from ltstg.models import build_model, extract_pooled, feature_dim, load_weights
+from ltstg.models.backbones import build_model, extract_pooled, feature_dim, load_weights
 
 
 def _same_weights(a, b):

@@ -16,13 +16,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ltstg.augment.stg import StgAugmenter
+from ltstg.augment.stg import StgAugment, StgAugmenter, stg_arguments
 from ltstg.errors import LtstgError
-from ltstg.recipe import StgAugment, load_recipe
-from ltstg.stages import Context
+from ltstg.recipe import load_recipe
+from ltstg.runtime import make_context
 from ltstg.stages.pipeline import MethodRun, run_recipe
 from ltstg.stages.pretrain import load_backbone as _load_backbone
-from ltstg.stages.retrain import stg_arguments
 from ltstg.store import Artifact, Store
 
 __all__ = [
@@ -39,7 +38,7 @@ def open_store(path: str | Path = ".artifacts") -> Store:
 
 def load(store: Store, kind: str, ref: str | None = None) -> Artifact:
     """A verified artifact of `kind` by name, id prefix or, without `ref`, the newest (as the CLI picks it)."""
-    return store.get(store.resolve(ref, kind), kind)
+    return store.find(ref, kind)
 
 
 def stg_augmenter(
@@ -78,10 +77,15 @@ def run(
     seeds: list[int] | None = None,
     until: str = "eval",
     vary_from: str = "pretrain",
+    methods: list[str] | None = None,
+    device: str = "cpu",
 ) -> list[MethodRun]:
-    """`ltstg run RECIPE` without the terminal: every stage, reusing what the store already holds."""
+    """`ltstg run RECIPE` without the terminal: every stage, reusing what the store already holds.
+
+    `device` is "cpu", "cuda", "cuda:N" or "auto", set up as `ltstg --device` sets it up (ltstg.runtime).
+    """
     settings = load_recipe(recipe)
-    runs, _ = run_recipe(
-        Context(store=Store(store)), settings, seeds=seeds or [settings.seed], until=until, vary_from=vary_from
-    )
+    ctx = make_context(store, device)
+    runs, _ = run_recipe(ctx, settings, seeds=seeds or [settings.seed], until=until, methods=methods,
+                         vary_from=vary_from)
     return runs

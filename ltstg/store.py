@@ -249,6 +249,11 @@ class Store:
     def objects(self) -> Path:
         return self.root / "objects"
 
+    @property
+    def refs(self) -> Path:
+        """One file per name given with --name, holding the id it points at."""
+        return self.root / "refs"
+
     def path(self, artifact_id: str) -> Path:
         return self.objects / f"{artifact_id}.safetensors"
 
@@ -262,7 +267,7 @@ class Store:
         """
         if self.root.exists() and not self.root.is_dir():
             raise LtstgError(f"store path {self.root} is a file, not a folder; pass --store with a folder.")
-        for folder in (self.objects, self.root / "locks", self.root / "refs"):
+        for folder in (self.objects, self.root / "locks", self.refs):
             probe = _temp_path(folder / "probe")
             try:
                 folder.mkdir(parents=True, exist_ok=True)
@@ -369,76 +374,94 @@ class Store:
 
     def named(self, name: str) -> str | None:
         """The id a name points at, or None."""
-        ref = self.root / "refs" / name
+        ref = self.refs / name
         return ref.read_text().strip() if _NAME.match(name) and ref.is_file() else None
 
     def set_name(self, name: str, artifact_id: str) -> str | None:
         """Point `name` at `artifact_id`; returns the id it pointed at before, if another."""
         self.check_name(name)
         previous = self.named(name)
-        atomic_write(self.root / "refs" / name, [artifact_id.encode()])
+        atomic_write(self.refs / name, [artifact_id.encode()])
         return previous if previous != artifact_id else None
 
     def names(self) -> dict[str, list[str]]:
         """id -> names that point at it; entries of refs/ that are not name files are skipped (see odd_refs)."""
         out: dict[str, list[str]] = {}
-        refs = self.root / "refs"
-        if refs.is_dir():
-            for ref in sorted(refs.iterdir()):
+        if self.refs.is_dir():
+            for ref in sorted(self.refs.iterdir()):
                 if not ref.name.startswith(".") and ref.is_file():
                     out.setdefault(ref.read_text().strip(), []).append(ref.name)
         return out
 
     def odd_refs(self) -> list[Path]:
         """Entries of refs/ that are not name files (a folder someone made there)."""
-        refs = self.root / "refs"
-        if not refs.is_dir():
+        if not self.refs.is_dir():
             return []
-        return sorted(ref for ref in refs.iterdir() if not ref.name.startswith(".") and not ref.is_file())
+        return sorted(ref for ref in self.refs.iterdir() if not ref.name.startswith(".") and not ref.is_file())
 
-    def resolve(self, ref: str | None, kind: str) -> str:
-        """An id from a name, a unique id prefix, or (ref None) the newest artifact of `kind`."""
+    def resolve(self, ref: str | None, kind: str | None = None, *, parent: str | None = None) -> str:
+        """The one way every command, report and API call picks an artifact: an id from a name or a unique id
+        prefix (of `kind`, or of any kind when None), or without `ref` the newest artifact of `kind`, or the
+        newest of `kind` made from `parent` (its first parent)."""
         if ref is None:
-            infos = self.list()
-            # a file whose header is damaged has no readable kind or date: it may be the newest of this
-            # kind, so never fall back to an older one without a word
-            damaged = [i for i in infos if i.problem is not None]
-            if damaged:
-                raise LtstgError(
-                    f"{damaged[0].problem.rstrip('.')} — it may be the newest {kind}, so none is picked; "
-                    "delete it or name the artifact to use."
-                )
-            candidates = [i for i in infos if i.kind == kind]
-            if not candidates:
-                raise LtstgError(f"no {kind} artifact in {self.root}; create one first (see `ltstg --help`).")
-            return candidates[-1].id
-        named = self.root / "refs" / ref
-        if _NAME.match(ref) and named.is_file():
-            artifact_id = named.read_text().strip()
-            if not self.exists(artifact_id):
-                raise LtstgError(f"name {ref!r} points at {artifact_id[:SHORT]}, which is no longer in {self.root}.")
-            found = self.info(artifact_id)
-            if found.problem is not None:
-                raise LtstgError(found.problem)
-            if found.kind != kind:
-                raise LtstgError(f"{ref!r} is a {found.kind} artifact, not a {kind}.")
-            return artifact_id
+            return self._newest(kind, parent)
+        if _NAME.match(ref) and (self.refs / ref).is_file():
+            return self._named(ref, kind)
         matches = [i for i in self.ids() if i.startswith(ref.lower())]
         if not matches:
-            known = self.list(kind)[-5:]
-            listing = ", ".join(i.id[:SHORT] for i in known) or "none"
-            raise LtstgError(f"no artifact or name {ref!r} in {self.root}; {kind} artifacts: {listing}.")
+            known = self.list(kind)[-5:] if kind is not None else []
+            listing = f"; {kind} artifacts: {', '.join(i.id[:SHORT] for i in known) or 'none'}" if kind else \
+                "; see `ltstg inspect artifacts`"
+            raise LtstgError(f"no artifact or name {ref!r} in {self.root}{listing}.")
         infos = [self.info(i) for i in matches]
         damaged = [i for i in infos if i.problem is not None]
         if damaged:  # even beside a sound match: the damaged one may be the artifact meant
             raise LtstgError(damaged[0].problem)
-        of_kind = [i.id for i in infos if i.kind == kind]
+        of_kind = [i.id for i in infos if kind is None or i.kind == kind]
         if not of_kind:
             raise LtstgError(f"{ref!r} is a {infos[0].kind} artifact, not a {kind}.")
         if len(of_kind) > 1:
             listing = ", ".join(i[:SHORT] for i in of_kind[:8])
             raise LtstgError(f"id prefix {ref!r} is ambiguous: {listing}; give more characters.")
         return of_kind[0]
+
+    def find(self, ref: str | None, kind: str, *, parent: str | None = None) -> Artifact:
+        """`resolve`, then the verified artifact."""
+        return self.get(self.resolve(ref, kind, parent=parent), kind)
+
+    def children(self, parent: str, kind: str) -> list[ArtifactInfo]:
+        """Sound artifacts of `kind` made from `parent` (their first parent), oldest first."""
+        return [i for i in self.list(kind) if i.problem is None and i.parents[:1] == [parent]]
+
+    def _newest(self, kind: str | None, parent: str | None) -> str:
+        if kind is None:
+            raise LtstgError("name the artifact (an id prefix or a name); see `ltstg inspect artifacts`.")
+        infos = self.list()
+        # a file whose header is damaged has no readable kind or date: it may be the newest of this
+        # kind, so never fall back to an older one without a word
+        damaged = [i for i in infos if i.problem is not None]
+        if damaged:
+            raise LtstgError(
+                f"{damaged[0].problem.rstrip('.')} — it may be the newest {kind}, so none is picked; "
+                "delete it or name the artifact to use."
+            )
+        candidates = [i for i in infos if i.kind == kind and (parent is None or i.parents[:1] == [parent])]
+        if not candidates and parent is not None:
+            raise LtstgError(f"no {kind} artifact made from {parent[:SHORT]} in {self.root}; create one first or name one.")
+        if not candidates:
+            raise LtstgError(f"no {kind} artifact in {self.root}; create one first (see `ltstg --help`).")
+        return candidates[-1].id
+
+    def _named(self, name: str, kind: str | None) -> str:
+        artifact_id = (self.refs / name).read_text().strip()
+        if not self.exists(artifact_id):
+            raise LtstgError(f"name {name!r} points at {artifact_id[:SHORT]}, which is no longer in {self.root}.")
+        found = self.info(artifact_id)
+        if found.problem is not None:
+            raise LtstgError(found.problem)
+        if kind is not None and found.kind != kind:
+            raise LtstgError(f"{name!r} is a {found.kind} artifact, not a {kind}.")
+        return artifact_id
 
     def lineage(self, artifact_id: str) -> dict[str, Any]:
         """Tree of ancestors: {"info": ArtifactInfo, "parents": [subtrees]}."""
@@ -528,7 +551,7 @@ class Store:
 
     def stale_files(self) -> list[Path]:
         """Temporary files of dead writers anywhere in the store, for `inspect verify`."""
-        return [p for folder in (self.objects, self.root / "refs", self.root / "checkpoints") for p in stale_temp_files(folder)]
+        return [p for folder in (self.objects, self.refs, self.root / "checkpoints") for p in stale_temp_files(folder)]
 
 
 def require_kind(artifact: Artifact, kind: str) -> Artifact:

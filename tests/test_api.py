@@ -60,3 +60,14 @@ def test_the_readme_example_runs(filled_store, monkeypatch):
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 — our own README's example
     assert namespace["x_aug"].shape == namespace["x"].shape and namespace["pooled"].shape == (2, 64)
+
+
+def test_run_sets_up_the_device_as_the_cli_does(tmp_path, monkeypatch):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("seed: 0\n")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ltstg.LtstgError, match="torch sees no CUDA device"):
+        ltstg.run(recipe, tmp_path / "store", device="cuda")
+    with pytest.raises(ltstg.LtstgError, match="is not a device"):
+        ltstg.run(recipe, tmp_path / "store", device="gpu")
+    assert not (tmp_path / "store").exists()

@@ -182,7 +182,7 @@ def test_unconverged_retrain_warns_on_stderr_and_records_it(tiny_recipe_path, tm
 
 
 def test_a_note_repeated_in_one_invocation_is_said_once(capsys):
-    from ltstg.cli import RichProgress
+    from ltstg.terminal import RichProgress
 
     report = RichProgress(True)
     for message in ("reused stg abc", "reused stg abc", "report: the test split is not balanced"):

@@ -9,9 +9,9 @@ from ltstg.cli import app
 from ltstg.errors import LtstgError
 from ltstg.recipe import load_recipe
 from ltstg.stages import Context
-from ltstg.stages.evaluate import markdown_table
 from ltstg.stages.pipeline import MethodRun, aggregate, methods_of, run_recipe
 from ltstg.store import Artifact, Store
+from ltstg.tables import markdown, methods_cells
 
 METHODS = """
 methods:
@@ -47,18 +47,19 @@ def test_aggregate_mean_and_sample_std_per_method():
     assert rows[0]["seeds"] == [0, 1, 2] and rows[0]["ece"] is None
     single = aggregate(runs[:1])
     assert single[0]["all"] == 0.5 and "all_std" not in single[0]
-    table = markdown_table(rows)
+    table = markdown(methods_cells(rows))
     assert "| cRT | 60.0 ± 10.0 | – | – | 20.0 ± 10.0 | – | – |" in table
 
 
 def test_a_classifier_that_did_not_converge_is_flagged_in_every_table():
-    from ltstg.stages.evaluate import converged, wide_table
+    from ltstg.stages.evaluate import converged
+    from ltstg.tables import wide_table
 
     runs = [MethodRun(seed, "cRT", fake_report({"top1": 0.6}), converged=seed != 1) for seed in (0, 1, 2)]
     runs += [MethodRun(seed, "STG", fake_report({"top1": 0.7})) for seed in (0, 1, 2)]
     rows = aggregate(runs)
     assert [row["not_converged"] for row in rows] == [1, 0]
-    table = markdown_table(rows)
+    table = markdown(methods_cells(rows))
     assert "| cRT [not converged: 1 of 3] | 60.0 ± 0.0 |" in table and "| STG | 70.0 ± 0.0 |" in table
     for row in rows:
         row["swept"] = {"recipe": "im100"}

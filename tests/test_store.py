@@ -156,3 +156,25 @@ def test_a_checkpoint_of_the_previous_format_still_loads_and_is_marked(tmp_path)
     path.write_bytes(b"\x80junk")
     with pytest.raises(LtstgError, match="does not load"):
         store.load_checkpoint("y" * 64)
+
+
+def test_one_resolve_serves_every_way_of_naming_an_artifact(tmp_path):
+    store = Store(tmp_path / "s")
+    parent_a, parent_b = "a" * 64, "b" * 64
+    for index, (kind, parents) in enumerate([("features", []), ("stg", [parent_a]), ("stg", [parent_b]),
+                                             ("stg", [parent_a])]):
+        artifact_id = f"{index}" * 64
+        store.put(artifact_id, {"x": torch.zeros(1)}, {"kind": kind, "parents": parents,
+                                                       "created": f"2026-01-0{index + 1}"})
+    assert store.resolve(None, "stg") == "3" * 64  # the newest
+    assert store.resolve(None, "stg", parent=parent_b) == "2" * 64  # the newest made from b
+    assert [i.id[0] for i in store.children(parent_a, "stg")] == ["1", "3"]
+    assert store.resolve("0") == "0" * 64  # an id prefix of any kind
+    store.set_name("mine", "1" * 64)
+    assert store.resolve("mine") == "1" * 64 and store.find("mine", "stg").id == "1" * 64
+    with pytest.raises(LtstgError, match="no stg artifact made from cccccccccccc"):
+        store.resolve(None, "stg", parent="c" * 64)
+    with pytest.raises(LtstgError, match="'mine' is a stg artifact, not a features"):
+        store.resolve("mine", "features")
+    with pytest.raises(LtstgError, match="name the artifact"):
+        store.resolve(None)

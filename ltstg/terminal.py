@@ -1,0 +1,208 @@
+"""What the command line shows: results on stdout (a rich table, or JSON with --json), progress bars and notes
+on stderr, and user errors as red lines with exit code 2. Only the CLI modules import this."""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
+from ltstg.errors import LtstgError
+from ltstg.tables import Cells, for_terminal
+
+stdout = Console(soft_wrap=True)
+stderr = Console(stderr=True, soft_wrap=True)
+PLAIN_EVERY = 30.0  # seconds between progress lines when stderr is a log file, not a terminal
+
+
+@dataclass(frozen=True)
+class Options:
+    """The global options, given before the command."""
+
+    store: Path
+    json: bool
+    device: str
+    seed: Optional[int]
+
+
+def guarded(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn LtstgError into red lines on stderr and exit code 2; everything else keeps its traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except LtstgError as error:
+            for line in str(error).splitlines() or ["error"]:
+                stderr.print(Text.assemble(("error:", "red"), " ", line), highlight=False)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            stderr.print(
+                "interrupted: the stage in progress was not committed; a rerun resumes from its last checkpoint",
+                highlight=False,
+            )
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+class RichProgress:
+    """The stages' `progress(task, done, total, **metrics)` as rich progress bars on stderr, and their notes."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[metrics]}"),
+            console=stderr,
+            disable=not enabled,
+            transient=False,
+        )
+        self.tasks: dict[str, Any] = {}
+        self.enabled = enabled
+        self.plain = enabled and not stderr.is_terminal  # a log file gets a line every PLAIN_EVERY seconds
+        self.last_line: dict[str, float] = {}
+        self.said: set[str] = set()
+
+    def __enter__(self) -> "RichProgress":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.tasks:  # started on the first report: a command that fails early prints no empty bar line
+            self.progress.stop()
+
+    def __call__(self, task: str, done: int, total: int, **metrics: float) -> None:
+        shown = "  ".join(f"{k} {fmt(v)}" for k, v in metrics.items())
+        if not self.tasks:
+            self.progress.start()
+        if task not in self.tasks:
+            self.tasks[task] = self.progress.add_task(task, total=total, metrics=shown)
+        self.progress.update(self.tasks[task], completed=done, total=total, metrics=shown)
+        if self.plain:
+            now = time.monotonic()
+            if done >= total or now - self.last_line.get(task, 0.0) >= PLAIN_EVERY:
+                self.last_line[task] = now
+                stderr.print(f"{task} {done}/{total}  {shown}", highlight=False, markup=False)
+
+    def note(self, message: str) -> None:
+        """Say a note once: a sweep that reuses one artifact, or gets one note from every report, repeats it."""
+        if message in self.said:
+            return
+        self.said.add(message)
+        self.progress.console.print(Text(message, style="dim"), highlight=False)
+
+
+def note(message: str) -> None:
+    """A line for people on stderr (what was written, what was picked), never on stdout."""
+    stderr.print(Text(message, style="dim"), highlight=False)
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e12:
+        return str(int(value))
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def emit(options: Options, payload: dict[str, Any], table: Table | Tree | None) -> None:
+    """The result: JSON for scripts, or a rich table for people. Nothing else goes to stdout."""
+    if options.json:
+        sys.stdout.write(json.dumps(json_safe(payload), indent=2, default=str, allow_nan=False) + "\n")
+    elif table is not None:
+        stdout.print(table)
+
+
+def json_safe(value: Any) -> Any:
+    """NaN and infinities become null, so `jq` and strict JSON readers accept the output."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def text_table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]], align: Sequence[str] = (),
+               wrap: Sequence[str] = ()) -> Table:
+    """A rich table of plain text: cells are never read as markup, so `[not converged: 1 of 3]` stays.
+    Names (left-aligned) keep to one line unless their column is in `wrap`."""
+    table = Table(title=Text(title), title_justify="left")
+    for index, name in enumerate(header):
+        justify = align[index] if index < len(align) else "left"
+        no_wrap = justify == "left" and name not in wrap
+        table.add_column(Text(name), justify=justify, no_wrap=no_wrap)  # type: ignore[arg-type]
+    for cells in rows:
+        table.add_row(*(Text(str(cell)) for cell in cells))
+    return table
+
+
+def methods_table(title: str, cells: Cells) -> Table:
+    """A methods table (ltstg.tables) in the terminal: the columns every format shares, minus the id."""
+    shown = for_terminal(cells)
+    return text_table(title, shown.header, shown.body, shown.align)
+
+
+def result_table(title: str, rows: dict[str, Any]) -> Table:
+    table = Table(title=Text(title), show_header=False, title_justify="left")
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    for key, value in rows.items():
+        table.add_row(Text(key), Text(fmt(value)))
+    return table
+
+
+def artifact_summary(result: Any) -> dict[str, Any]:
+    artifact = result.artifact
+    return {
+        "id": artifact.id,
+        "kind": artifact.kind,
+        "reused": result.reused,
+        "parents": artifact.parents,
+        "metrics": artifact.metrics,
+        "wall_clock": artifact.meta.get("wall_clock"),
+    }
+
+
+def show_results(options: Options, results: list[Any], title: str) -> None:
+    """The artifacts a command made or reused: kind, id, new or reused, metrics, seconds."""
+    payload: dict[str, Any] = {"artifacts": [artifact_summary(r) for r in results]}
+    if len(results) == 1:
+        payload = payload["artifacts"][0]
+    rows = []
+    for r in results:
+        a = r.artifact
+        metrics = "  ".join(f"{k} {fmt(v)}" for k, v in a.metrics.items())
+        rows.append([a.kind, a.id[:12], "reused" if r.reused else "new", metrics, fmt(a.meta.get("wall_clock"))])
+    emit(options, payload, text_table(title, ["kind", "id", "status", "metrics", "seconds"], rows, wrap=["metrics"]))
+
+
+def run_context(options: Options, progress: RichProgress, force: bool = False) -> Any:
+    """The stages' context for this invocation: device and process group set up once, in ltstg.runtime."""
+    from ltstg.runtime import make_context
+
+    return make_context(options.store, options.device, force=force, progress=progress, note=progress.note)
+
+
+def pick(run: Any, ref: Optional[str], kind: str, *, parent: Optional[str] = None) -> Any:
+    """The artifact a command works on; without a reference, the newest (made from `parent`), and say which."""
+    artifact = run.store.find(ref, kind, parent=parent)
+    if ref is None:
+        run.note(f"using {kind} {artifact.id[:12]} (the newest{' for these features' if parent else ''})")
+    return artifact

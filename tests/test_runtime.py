@@ -1,0 +1,41 @@
+"""Device and process-group set-up, shared by the CLI and the Python API."""
+import pytest
+import torch
+
+from ltstg.errors import LtstgError
+from ltstg.runtime import make_context, resolve_device, torchrun_env
+
+
+def test_devices_resolve_or_fail_in_one_line(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu") and resolve_device("cpu") == torch.device("cpu")
+    for name, message in (("cuda", "torch sees no CUDA device"), ("cuda:0", "torch sees no CUDA device"),
+                          ("tpu", "is not a device")):
+        with pytest.raises(LtstgError, match=message):
+            resolve_device(name)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("auto") == torch.device("cuda")
+    with pytest.raises(LtstgError, match="cuda:1 does not exist: torch sees 1 CUDA device"):
+        resolve_device("cuda:1")
+
+
+def test_a_single_process_context_records_where_it_ran(tmp_path, monkeypatch):
+    for variable in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(variable, raising=False)
+    said = []
+    ctx = make_context(tmp_path / "store", "cpu", force=True, note=said.append)
+    assert ctx.device == torch.device("cpu") and ctx.is_main and ctx.force
+    assert ctx.run_options["world_size"] == 1 and ctx.run_options["threads"] == torch.get_num_threads()
+    ctx.note("hello")
+    assert said == ["hello"]
+
+
+def test_torchrun_variables_are_read_and_checked(monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert torchrun_env() == (1, 2, 1)
+    monkeypatch.setenv("RANK", "one")
+    with pytest.raises(LtstgError, match="must be integers"):
+        torchrun_env()

@@ -14,12 +14,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from ltstg.augment.stg import StgAugment, StgAugmenter, stg_arguments
 from ltstg.errors import LtstgError
-from ltstg.recipe import load_recipe
-from ltstg.runtime import make_context
+from ltstg.recipe import load_recipe, settings_error
+from ltstg.runtime import make_context, resolve_device
 from ltstg.stages.pipeline import MethodRun, run_recipe
 from ltstg.stages.pretrain import load_backbone as _load_backbone
 from ltstg.store import Artifact, Store
@@ -31,6 +32,8 @@ __all__ = [
 
 def open_store(path: str | Path = ".artifacts") -> Store:
     """An existing artifact store (as `--store`); a missing folder is an error, not an empty store."""
+    if not isinstance(path, (str, Path)):
+        raise LtstgError(f"open_store takes the store's folder as a path, not {type(path).__name__}.")
     store = Store(path)
     store.require()
     return store
@@ -38,6 +41,8 @@ def open_store(path: str | Path = ".artifacts") -> Store:
 
 def load(store: Store, kind: str, ref: str | None = None) -> Artifact:
     """A verified artifact of `kind` by name, id prefix or, without `ref`, the newest (as the CLI picks it)."""
+    if not isinstance(store, Store):
+        raise LtstgError(f"load takes a store from ltstg.open_store(path), not {type(store).__name__}.")
     return store.find(ref, kind)
 
 
@@ -52,9 +57,15 @@ def stg_augmenter(
 ) -> StgAugmenter:
     """The paper's tail-class augmentation (Eq. 3-4) from an stg artifact, for the classes of a features or
     dataset artifact; call `.augment(features, labels, generator=...)` on any batch of those features."""
+    _require_artifact(stg, "stg", "stg")
+    _require_artifact(source, "source", "features or dataset")
     if source.kind not in ("features", "dataset"):
         raise LtstgError(f"artifact {source.id[:12]} is a {source.kind} artifact; give a features or dataset artifact.")
-    settings = StgAugment(lam=lam, t=t, mu=mu)
+    try:
+        settings = StgAugment(lam=lam, t=t, mu=mu)
+    except ValidationError as error:
+        raise settings_error(error, "stg_augmenter") from None
+    device = resolve_device(str(device))
     features = source.tensors.get("train_features") if source.kind == "features" else None
     arguments = stg_arguments(
         stg, settings, source["class_counts"], device, features=features, labels=source.tensors.get("train_labels")
@@ -62,12 +73,18 @@ def stg_augmenter(
     return StgAugmenter(**arguments)
 
 
+def _require_artifact(value: object, argument: str, kind: str) -> None:
+    if not isinstance(value, Artifact):
+        raise LtstgError(f"{argument} must be a {kind} artifact (ltstg.load(store, ...)), not {type(value).__name__}.")
+
+
 def load_backbone(backbone: Artifact, device: torch.device | str = "cpu") -> nn.Module:
     """The trained stage-1 network of a backbone artifact as a timm model in eval mode
     (`forward_features`, `forward_head(x, pre_logits=True)`, `num_features`)."""
+    _require_artifact(backbone, "backbone", "backbone")
     if backbone.kind != "backbone":
         raise LtstgError(f"artifact {backbone.id[:12]} is a {backbone.kind} artifact, not a backbone.")
-    return _load_backbone(backbone, torch.device(device))
+    return _load_backbone(backbone, resolve_device(str(device)))
 
 
 def run(
@@ -84,6 +101,8 @@ def run(
 
     `device` is "cpu", "cuda", "cuda:N" or "auto", set up as `ltstg --device` sets it up (ltstg.runtime).
     """
+    if not isinstance(recipe, (str, Path)):
+        raise LtstgError(f"run takes a recipe file (e.g. recipes/synthetic-lt.yaml), not {type(recipe).__name__}.")
     settings = load_recipe(recipe)
     ctx = make_context(store, device)
     runs, _ = run_recipe(ctx, settings, seeds=seeds or [settings.seed], until=until, methods=methods,

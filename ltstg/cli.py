@@ -19,7 +19,8 @@ from ltstg.cli_inspect import inspect_app
 from ltstg.errors import LtstgError
 from ltstg.flags import overrides, section_flags, with_flags
 from ltstg.terminal import (
-    Options, RichProgress, artifact_summary, emit, guarded, methods_table, note, pick, run_context, show_results,
+    PICTURES, Options, RichProgress, artifact_summary, emit, guarded, methods_table, note, output_file, pick,
+    run_context, show_results,
 )
 
 app = typer.Typer(
@@ -188,11 +189,16 @@ def eval_command(
     from ltstg.stages.evaluate import compare_rows
 
     options: Options = ctx.obj
+    for path, flag in ((plot, "--plot"), (plot_norms, "--plot-norms"), (plot_reliability, "--plot-reliability")):
+        output_file(path, PICTURES, flag)
+    one_output(options, markdown)
     settings = load(options, recipe, {})
     refs = list(classifiers or []) + list(compare or []) or [None]
     with RichProgress(not options.json) as progress:
         run = run_context(options, progress, force)
         chosen = [run.store.find(ref, "classifier") for ref in refs]
+        if plot or plot_norms or plot_reliability:
+            _one_features(chosen)  # before any report is written
         results = [steps.eval_step(run, settings, classifier, run.store.get(classifier.parents[0], "features"),
                                    name=name if len(chosen) == 1 else None) for classifier in chosen]
     rows = compare_rows([r.artifact for r in results], chosen)
@@ -218,16 +224,26 @@ def _eval_pictures(classifiers: list[Any], labels: list[str], per_class: Optiona
     """The compared classifiers as pictures; they must share one features artifact (one x axis)."""
     from ltstg.inspect import figures
 
-    parents = {c.parents[0] for c in classifiers}
-    if len(parents) > 1:
-        raise LtstgError("the pictures compare classifiers of one features artifact; these come from several.")
     labelled = list(zip(labels, classifiers))
-    features = run.store.get(parents.pop(), "features")
+    features = run.store.get(_one_features(classifiers), "features")
     for path, draw in ((per_class, figures.per_class_figure), (norms, figures.weight_norms_figure)):
         if path is not None:
             note(f"wrote {draw(labelled, features, path)}")
     if reliability is not None:
         note(f"wrote {figures.reliability_figure(labelled, features, reliability, bins=bins)}")
+
+
+def _one_features(classifiers: list[Any]) -> str:
+    """The pictures share one x axis: the classes of one features artifact."""
+    parents = {c.parents[0] for c in classifiers}
+    if len(parents) > 1:
+        raise LtstgError("the pictures compare classifiers of one features artifact; these come from several.")
+    return parents.pop()
+
+
+def one_output(options: Options, markdown: bool) -> None:
+    if options.json and markdown:
+        raise LtstgError("--json and --markdown both ask for the result on stdout; give one of them.")
 
 
 # -- run -------------------------------------------------------------------------------------------
@@ -272,6 +288,8 @@ def run_command(
     grid = parse_sweeps(sweeps or [])
     swept = (["recipe"] if len(recipes) > 1 else []) + list(grid)
     _check_run_output(columns, swept, until, report_path)
+    one_output(options, markdown)
+    output_file(report_path, (".html",), "--report")
     started = time.perf_counter()
     with RichProgress(not options.json) as progress:
         run = run_context(options, progress, force)
@@ -295,13 +313,13 @@ def _show_run(options: Options, recipes: list[Path], settings: list[Any], grid: 
     """The run's table (Markdown, terminal or JSON), or its artifacts when it stopped before eval."""
     from ltstg.stages.pipeline import recipe_labels
 
-    if not rows:
-        show_results(options, results, f"run {' '.join(map(str, recipes))} (until {until})")
-        return
     swept = (["recipe"] if len(recipes) > 1 else []) + list(grid)
     cells = tables.wide_cells(rows, columns, swept) if columns else tables.methods_cells(rows, swept)
     if markdown:
         sys.stdout.write(f"{title}\n\n" + tables.markdown(cells) + "\n")
+        return
+    if not rows:
+        show_results(options, results, f"run {' '.join(map(str, recipes))} (until {until})")
         return
     payload = {
         "recipes": [str(path) for path in recipes],
@@ -367,6 +385,7 @@ def report_command(
     from ltstg.stages.run_report import store_report
 
     options: Options = ctx.obj
+    output_file(out, (".html",), "--out")
     settings = load(options, recipe, {})
     with RichProgress(not options.json) as progress:
         report, rows = store_report(run_context(options, progress), settings, list(classifiers or []), with_tsne=tsne)

@@ -9,7 +9,9 @@ from rich.table import Table
 from rich.tree import Tree
 
 from ltstg.errors import LtstgError
-from ltstg.terminal import Options, RichProgress, emit, fmt, guarded, note, pick, result_table, run_context, text_table
+from ltstg.terminal import (
+    PICTURES, Options, RichProgress, emit, fmt, guarded, note, output_file, pick, result_table, run_context, text_table,
+)
 
 inspect_app = typer.Typer(help="Look inside the store, the data and what the STG learned.", no_args_is_help=True)
 
@@ -83,7 +85,7 @@ def inspect_lineage(
 
     options: Options = ctx.obj
     store = Store(options.store)
-    artifact_id = store.resolve(ref)
+    artifact_id = store.resolve(ref, sound=False)  # a damaged or deleted ancestor is what lineage shows
     tree_data = store.lineage(artifact_id)
 
     def label(node: dict[str, Any]) -> str:
@@ -148,6 +150,7 @@ def inspect_dataset(
     from ltstg.store import SHORT, Store
 
     options: Options = ctx.obj
+    output_file(plot, PICTURES, "--plot")
     store = Store(options.store)
     dataset = store.find(ref, "dataset")
     names, groups = dataset.info["class_names"], dataset.info["groups"]
@@ -191,6 +194,7 @@ def inspect_confusion(
     from ltstg.store import SHORT, Store
 
     options: Options = ctx.obj
+    output_file(out, PICTURES, "--out")
     store = Store(options.store)
     artifact = store.find(classifier, "classifier")
     features = store.get(artifact.parents[0], "features")
@@ -212,6 +216,7 @@ def inspect_curves(
     from ltstg.store import Store
 
     options: Options = ctx.obj
+    output_file(out, PICTURES, "--out")
     store = Store(options.store)
     artifact = store.find(backbone, "backbone")
     stg_artifact = store.find(stg, "stg") if stg is not None else None
@@ -237,6 +242,8 @@ def inspect_kl_divergence(
     from ltstg.stages import run_stage
 
     options: Options = ctx.obj
+    output_file(csv, (".csv",), "--csv")
+    output_file(plot, PICTURES, "--plot")
     with RichProgress(not options.json) as progress:
         run = run_context(options, progress, force)
         stg_artifact = pick(run, stg, "stg")
@@ -304,6 +311,7 @@ def inspect_tsne(
     from ltstg.store import Store
 
     options: Options = ctx.obj
+    output_file(out, (".png",), "--out")
     store = Store(options.store)
     features_artifact = store.find(features, "features")
     stg_artifact = None

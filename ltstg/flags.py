@@ -90,7 +90,7 @@ def _optional(annotation: Any) -> Any:
 def _help(field: FieldInfo, fallback: str = "") -> str:
     """The field's description and its default, as the model states them."""
     default = field.get_default(call_default_factory=True)
-    shown = "" if isinstance(default, BaseModel) else f" (default {default})"
+    shown = "" if isinstance(default, BaseModel) or default is None else f" (default {default})"
     return f"{field.description or fallback}{shown}".strip()
 
 

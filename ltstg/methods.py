@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeVar, get_args
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from ltstg.errors import LtstgError
 
@@ -35,6 +35,16 @@ class Settings(BaseModel):
     """Base of every settings model (recipe.py's and the methods'): a misspelt key is an error, values are frozen."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, data: Any) -> Any:
+        """pydantic reads `true` as 1 for a number; in a recipe that is a slip, not a count."""
+        for name, value in data.items() if isinstance(data, dict) else ():
+            field = cls.model_fields.get(name)
+            if isinstance(value, bool) and field is not None and field.annotation in (int, float):
+                raise ValueError(f"{name}: a number is needed here, not {str(value).lower()}")
+        return data
 
 
 class Augmenter(Protocol):

@@ -8,6 +8,7 @@ classifiers. No torch here (the method modules bring it).
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -30,10 +31,11 @@ def run_option(default: Any = None, **kwargs: Any) -> Any:
 
 class SyntheticSettings(Settings):
     num_classes: int = Field(10, ge=2, le=100, description="the generator draws 100 kinds of images")
-    train_per_class: int = Field(500, ge=1)
-    test_per_class: int = Field(100, ge=1)
+    train_per_class: int = Field(500, ge=1, description="generated training images per class before the profile")
+    test_per_class: int = Field(100, ge=1, description="generated test images per class")
 
 
+MAX_VIEWS = 16  # the paper recipes use 4; each view is one more copy of the training features in memory and on disk
 SPLIT_LIST_SOURCES = ("imagenet-lt", "places-lt")  # their counts come from the published split lists
 
 
@@ -43,14 +45,14 @@ class DatasetSettings(Settings):
     split_dir: str | None = run_option(None, description="folder holding the ImageNet-LT / Places-LT split lists")
     download: bool = run_option(False, description="allow torchvision to download CIFAR")
     imbalance: float = Field(100.0, ge=1, description="n_max / n_min of the training set")
-    profile: Literal["exp", "step"] = "exp"
+    profile: Literal["exp", "step"] = Field("exp", description="long-tail profile: exponential (Cao et al.) or step")
     profile_order: Literal["label", "size"] = Field(
         "label", description="lay the profile over classes in label order (Cao et al.) or largest source class first"
     )
     subset_seed: int = Field(
         0, ge=0, description="draws the long-tail subset (Cao et al. use 0); the recipe seed varies training only"
     )
-    size: int = Field(32, ge=8, le=1024, description="image side: stored size for image folders, crop for split lists")
+    size: int = Field(32, ge=8, le=1024, description="image side: stored size for image folders, crop for split lists (224 there)")
     classes: list[str] | None = Field(None, description="class order for image folders (default: sorted names)")
     strict: bool = Field(False, description="fail on unreadable images instead of skipping them")
     many_above: int = Field(100, ge=0, description="a class with more train images is 'many'")
@@ -86,23 +88,26 @@ class DatasetSettings(Settings):
 
 
 class PretrainSettings(Settings):
-    model: str = "resnet32_cifar"
+    model: str = Field("resnet32_cifar", description="any timm model name, or resnet20/32/44/56/110_cifar")
     init_weights: str | None = run_option(None, description="local weights file to start from (its sha256 joins the id)")
-    epochs: int = Field(200, ge=1)
-    batch_size: int = Field(128, ge=2)
-    lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    wd: float = Field(2e-4, ge=0)
-    warmup_epochs: int = Field(5, ge=0)
-    schedule: Literal["multistep", "cosine", "constant"] = "multistep"
-    milestones: list[int] = [160, 180]
-    gamma: float = Field(0.1, gt=0, le=1)
+    epochs: int = Field(200, ge=1, description="stage-1 epochs")
+    batch_size: int = Field(128, ge=2, description="global mini-batch size (split across torchrun processes)")
+    lr: float = Field(0.1, gt=0, description="SGD learning rate after warm-up")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    wd: float = Field(2e-4, ge=0, description="SGD weight decay")
+    warmup_epochs: int = Field(5, ge=0, description="linear learning-rate warm-up epochs")
+    schedule: Literal["multistep", "cosine", "constant"] = Field("multistep", description="learning-rate schedule after warm-up")
+    milestones: list[int] = Field([160, 180], description="multistep: epochs at which the lr is multiplied by gamma")
+    gamma: float = Field(0.1, gt=0, le=1, description="multistep: the lr factor at each milestone")
     mixup_alpha: float = Field(1.0, ge=0, description="Beta(alpha, alpha) for mixup; 0 disables it")
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the stage-1 loss")
     eval_every: int = Field(10, ge=1, description="test the stage-1 classifier every N epochs (and at the end)")
-    feature_views: int = Field(0, ge=0, description="extra augmented views of each training image in the features")
+    feature_views: int = Field(
+        0, ge=0, le=MAX_VIEWS, description="extra augmented views of each training image in the features (each one "
+        "more copy of the training features in memory and on disk)",
+    )
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 on a GPU, fp32 on a CPU")
-    channels_last: bool = run_option(True)
+    channels_last: bool = run_option(True, description="channels-last memory format (faster convolutions on a GPU)")
     compile: bool = run_option(False, description="torch.compile the model (GPU)")
     workers: int = run_option(4, ge=0, description="DataLoader workers for file-based sources")
 
@@ -116,17 +121,17 @@ class StgSettings(Settings):
     head_min_count: int = Field(100, ge=0, description="count rule: head class = more train images than this")
     head_share: float = Field(0.8, gt=0, lt=1, description="share rule: the head holds this share of the images")
     memory: int = Field(1200, ge=0, description="size m of the FIFO memory dictionary; 0 = mini-batch only")
-    hidden: int = Field(256, ge=1)
+    hidden: int = Field(256, ge=1, description="width of the STG's hidden layers")
     depth: int = Field(2, ge=1, description="layers of each MLP (Linear-BN-ReLU ... Linear)")
     token_std: float = Field(0.02, gt=0, description="std of the normal init of the class tokens")
-    var_activation: Literal["softplus", "exp"] = "softplus"
+    var_activation: Literal["softplus", "exp"] = Field("softplus", description="keeps the predicted Σ positive")
     smoothing: float = Field(0.9, ge=0, lt=1, description="momentum of each sample's running ground truth")
-    loss: Literal["mse", "kl"] = "mse"
-    mu_weight: float = Field(1.0, ge=0)
-    var_weight: float = Field(1.0, ge=0)
-    lr: float = Field(1e-3, gt=0)
-    epochs: int = Field(30, ge=1)
-    batch_size: int = Field(128, ge=2)
+    loss: Literal["mse", "kl"] = Field("mse", description="how predicted (μ, Σ) are fitted to their ground truth")
+    mu_weight: float = Field(1.0, ge=0, description="weight of the μ term of the loss")
+    var_weight: float = Field(1.0, ge=0, description="weight of the Σ term of the loss")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate of the STG")
+    epochs: int = Field(30, ge=1, description="STG epochs over the head features")
+    batch_size: int = Field(128, ge=2, description="STG mini-batch size")
     balanced: bool = Field(False, description="class-balanced mini-batches instead of plain shuffling")
     min_neighbors: int = Field(2, ge=1, description="anchors with fewer same-class samples are masked out")
     holdout: float = Field(0.1, ge=0, lt=1, description="share of head samples kept out to measure quality")
@@ -143,7 +148,7 @@ def retrain_settings_model() -> type[Settings]:
     `augment` (`retrain.tau`); a field of a classifier that is not `in_every_id` enters only its own ids."""
     names = tuple(classifiers())
     fields: dict[str, Any] = {
-        "classifier": (Literal[names], "crt"),
+        "classifier": (Literal[names], Field("crt", description="the stage-3 classifier")),
         "init": (Literal["auto", "fresh", "stage1"], Field(
             "auto",
             description="where a trained classifier starts: fresh (Kang et al.'s cRT) or the stage-1 classifier "
@@ -163,12 +168,12 @@ def retrain_settings_model() -> type[Settings]:
                 info.json_schema_extra = {**extra, "only_with": {"classifier": name}}
             fields[field] = (annotation, info)
     fields.update(
-        sampling=(Literal["balanced", "instance"], "balanced"),
-        lr=(float, Field(1e-3, gt=0)),
-        schedule=(Literal["cosine", "constant"], "cosine"),
+        sampling=(Literal["balanced", "instance"], Field("balanced", description="class-balanced draws (cRT) or plain shuffling")),
+        lr=(float, Field(1e-3, gt=0, description="Adam learning rate of the classifier")),
+        schedule=(Literal["cosine", "constant"], Field("cosine", description="learning-rate schedule, stepped per batch")),
         epochs=(int, Field(10, ge=1, description="epochs-equivalent of iterations over the training features")),
-        batch_size=(int, Field(128, ge=2)),
-        wd=(float, Field(0.0, ge=0)),
+        batch_size=(int, Field(128, ge=2, description="mini-batch size")),
+        wd=(float, Field(0.0, ge=0, description="weight decay")),
     )
     return create_model("RetrainSettings", __base__=Settings, __module__=__name__, **fields)
 
@@ -195,15 +200,24 @@ class Recipe(Settings):
 
 def id_settings(settings: BaseModel) -> dict[str, Any]:
     """The settings that define a result: the JSON dump minus run options and the fields of methods not chosen."""
+    return _dump(settings, run_options=False)
+
+
+def chosen_settings(settings: BaseModel) -> dict[str, Any]:
+    """The JSON dump minus the fields of methods not chosen: what an artifact records as its settings."""
+    return _dump(settings, run_options=True)
+
+
+def _dump(settings: BaseModel, *, run_options: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, field in type(settings).model_fields.items():
         extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-        if extra.get("run_option"):
+        if extra.get("run_option") and not run_options:
             continue
         if any(getattr(settings, key, None) != value for key, value in extra.get("only_with", {}).items()):
             continue  # a field of another classifier than the chosen one: it changes nothing here
         value = getattr(settings, name)
-        out[name] = id_settings(value) if isinstance(value, BaseModel) else _jsonable(value)
+        out[name] = _dump(value, run_options=run_options) if isinstance(value, BaseModel) else _jsonable(value)
     return out
 
 
@@ -217,6 +231,19 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load keeps the last of two equal keys without a word; a recipe says which one it means."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a recipe file safely; syntax errors name their line."""
     path = Path(path)
@@ -227,7 +254,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except UnicodeDecodeError as error:
         raise LtstgError(f"{path}: not UTF-8 text (byte {error.start}); save the recipe as UTF-8.") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a safe loader that also refuses a key given twice
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -289,7 +316,7 @@ def validate(raw: dict[str, Any], source: str) -> Recipe:
         recipe = Recipe.model_validate(raw)
     except ValidationError as error:
         recipe = None
-        problems = [f"{source}: {_loc(p['loc']) or '(top level)'}: {p['msg']}" for p in error.errors()]
+        problems = [f"{source}: {_loc(p['loc']) or '(top level)'}: {_message(p)}" for p in error.errors()]
     methods = raw.get("methods") if isinstance(raw, dict) else None
     if isinstance(methods, dict):
         # checked against the defaults when the recipe's own retrain section is broken (reported above)
@@ -305,6 +332,19 @@ def validate(raw: dict[str, Any], source: str) -> Recipe:
         raise LtstgError("\n".join(problems))
     assert recipe is not None
     return recipe
+
+
+def settings_error(error: ValidationError, prefix: str) -> LtstgError:
+    """One line per problem, `prefix: field: message`, as the recipe's own errors read."""
+    return LtstgError("\n".join(f"{prefix}: {_loc(e['loc']) or '(top level)'}: {_message(e)}" for e in error.errors()))
+
+
+def _message(error: Any) -> str:
+    """pydantic's message, except where it names no fix: augmenter settings given without an augmenter."""
+    if error["type"] == "union_tag_not_found":
+        names = ", ".join(entry.settings.model_fields["name"].default for entry in augmenters().values())
+        return f"augmenter settings without an augmenter name; set it (--augmenter / augment.name): one of {names}"
+    return error["msg"].removeprefix("Value error, ")
 
 
 def _retrain_or_default(raw: Any) -> RetrainSettings:
@@ -324,14 +364,12 @@ def load_recipe(
     path: str | Path | None = None, overrides: dict[str, Any] | None = None, *, method: str | None = None
 ) -> Recipe:
     """The recipe a command runs with: the YAML file (or the defaults), then one named method of its `methods`
-    as the `retrain` section, then flag overrides, validated once."""
+    as the `retrain` section (as `method_settings` makes it), then flag overrides, validated once."""
     raw = read_yaml(path) if path is not None else {}
     if method is not None:
         methods = raw.get("methods") if isinstance(raw.get("methods"), dict) else {}
-        if method not in methods or not isinstance(methods[method], dict):
-            known = ", ".join(sorted(methods)) or "none"
-            raise LtstgError(f"unknown method {method!r}; the recipe lists: {known}.")
-        raw = merge_overrides(raw, {f"retrain.{key}": value for key, value in flatten(methods[method]).items()})
+        retrain = raw.get("retrain") if isinstance(raw.get("retrain"), dict) else {}
+        raw = {**raw, "retrain": with_method(retrain, _named_method(methods, method))}
     merged = merge_overrides(raw, overrides or {})
     source = str(path) if path is not None else "recipe"
     return validate(merged, source)
@@ -339,23 +377,28 @@ def load_recipe(
 
 def method_settings(recipe: Recipe, method: str) -> RetrainSettings:
     """The retrain settings of one named method of `recipe.methods`, validated with the same rules."""
-    if method not in recipe.methods:
-        known = ", ".join(sorted(recipe.methods)) or "none"
+    return _method_over(recipe.retrain, method, _named_method(recipe.methods, method))
+
+
+def _named_method(methods: dict[str, Any], method: str) -> dict[str, Any]:
+    if method not in methods or not isinstance(methods[method], dict):
+        known = ", ".join(sorted(methods)) or "none"
         raise LtstgError(f"unknown method {method!r}; the recipe lists: {known}.")
-    return _method_over(recipe.retrain, method, recipe.methods[method])
+    return methods[method]
+
+
+def with_method(retrain: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """A `retrain` section with a method's override on top: the one way a named method becomes settings
+    (another augmenter name starts its settings afresh, as a flag does)."""
+    flat = {f"retrain.{key}": value for key, value in flatten(override).items()}
+    return merge_overrides({"retrain": retrain}, flat)["retrain"]
 
 
 def _method_over(retrain: RetrainSettings, method: str, override: dict[str, Any]) -> RetrainSettings:
-    base = retrain.model_dump(mode="json")
-    flat = {f"retrain.{k}": v for k, v in flatten(override).items()}
-    merged = merge_overrides({"retrain": base}, flat)
     try:
-        return RetrainSettings.model_validate(merged["retrain"])
+        return RetrainSettings.model_validate(with_method(retrain.model_dump(mode="json"), override))
     except ValidationError as error:
-        lines = [
-            f"methods.{method}.{_loc(e['loc'])}: {e['msg']}"
-            for e in error.errors()
-        ]
+        lines = [f"methods.{method}.{_loc(e['loc'])}: {_message(e)}" for e in error.errors()]
         raise LtstgError("\n".join(lines)) from None
 
 
@@ -373,18 +416,30 @@ def flatten(value: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def parse_sweeps(items: list[str]) -> dict[str, list[Any]]:
-    """`a.b=v1,v2` items as field -> values (YAML scalars, as --set reads them)."""
+    """`a.b=v1,v2` items as field -> values (YAML scalars, as --set reads them); every value given once."""
     sweeps: dict[str, list[Any]] = {}
     for item in items:
         key, sep, values = item.partition("=")
-        if not sep or not key.strip() or not values.strip():
+        key = key.strip()
+        if not sep or not key or not values.strip():
             raise LtstgError(f"--sweep {item!r}: expected FIELD=V1,V2,..., e.g. --sweep stg.memory=0,600,1200.")
-        if key.strip() in sweeps:
-            raise LtstgError(f"--sweep {key.strip()} is given twice; list all its values in one --sweep.")
+        if key == "seed":
+            raise LtstgError("--sweep seed: seeds are not a setting to sweep; give --seeds 0 --seeds 1 ... "
+                             "(they vary the stages from --vary-from on and are averaged in each row).")
+        if key in sweeps:
+            raise LtstgError(f"--sweep {key} is given twice; list all its values in one --sweep.")
+        texts = values.split(",")
+        if any(not text.strip() for text in texts):
+            raise LtstgError(f"--sweep {key}={values}: a value is empty; write every value, e.g. --sweep {key}=V1,V2.")
         try:
-            sweeps[key.strip()] = [yaml.safe_load(value) for value in values.split(",")]
+            parsed = [yaml.safe_load(text) for text in texts]
         except yaml.YAMLError:
             raise LtstgError(f"--sweep {item!r}: a value is not a YAML scalar.") from None
+        seen = [json.dumps(value, sort_keys=True) for value in parsed]
+        repeated = [text.strip() for text, mark in zip(texts, seen) if seen.count(mark) > 1]
+        if repeated:
+            raise LtstgError(f"--sweep {key} lists {repeated[0]} more than once; give each value once.")
+        sweeps[key] = parsed
     return sweeps
 
 

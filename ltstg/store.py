@@ -20,6 +20,7 @@ import io
 import json
 import os
 import re
+import resource
 import socket
 import struct
 from dataclasses import dataclass, field
@@ -208,6 +209,12 @@ def stale_temp_files(folder: Path) -> list[Path]:
         if pid.isdigit() and not _alive(int(pid)):
             stale.append(entry)
     return sorted(stale)
+
+
+def file_size_limit() -> int | None:
+    """The largest file this process may write (`ulimit -f`), or None when there is no limit."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    return None if soft == resource.RLIM_INFINITY else int(soft)
 
 
 def atomic_write(path: Path, chunks: list[bytes | memoryview]) -> None:
@@ -399,14 +406,17 @@ class Store:
             return []
         return sorted(ref for ref in self.refs.iterdir() if not ref.name.startswith(".") and not ref.is_file())
 
-    def resolve(self, ref: str | None, kind: str | None = None, *, parent: str | None = None) -> str:
+    def resolve(
+        self, ref: str | None, kind: str | None = None, *, parent: str | None = None, sound: bool = True
+    ) -> str:
         """The one way every command, report and API call picks an artifact: an id from a name or a unique id
         prefix (of `kind`, or of any kind when None), or without `ref` the newest artifact of `kind`, or the
-        newest of `kind` made from `parent` (its first parent)."""
+        newest of `kind` made from `parent` (its first parent). `sound=False` also gives damaged or deleted
+        artifacts' ids, for the commands that diagnose them (lineage)."""
         if ref is None:
             return self._newest(kind, parent)
         if _NAME.match(ref) and (self.refs / ref).is_file():
-            return self._named(ref, kind)
+            return self._named(ref, kind) if sound else (self.refs / ref).read_text().strip()
         matches = [i for i in self.ids() if i.startswith(ref.lower())]
         if not matches:
             known = self.list(kind)[-5:] if kind is not None else []
@@ -415,6 +425,8 @@ class Store:
             raise LtstgError(f"no artifact or name {ref!r} in {self.root}{listing}.")
         infos = [self.info(i) for i in matches]
         damaged = [i for i in infos if i.problem is not None]
+        if not sound and len(matches) == 1:
+            return matches[0]
         if damaged:  # even beside a sound match: the damaged one may be the artifact meant
             raise LtstgError(damaged[0].problem)
         of_kind = [i.id for i in infos if kind is None or i.kind == kind]

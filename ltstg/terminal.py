@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -105,6 +106,28 @@ class RichProgress:
             return
         self.said.add(message)
         self.progress.console.print(Text(message, style="dim"), highlight=False)
+
+
+PICTURES = (".png", ".pdf", ".svg")  # what matplotlib writes by the name's suffix
+
+
+def output_file(path: Optional[Path], suffixes: Sequence[str], flag: str) -> Optional[Path]:
+    """A file a command will write outside the store, checked before any work: a file name with a known suffix
+    (so the path said is the path written), not a folder, under a folder that exists or can be made, writable."""
+    if path is None:
+        return None
+    if path.is_dir():
+        raise LtstgError(f"{flag} {path} is a folder; give a file name, e.g. {path / ('out' + suffixes[0])}.")
+    if path.suffix.lower() not in suffixes:
+        raise LtstgError(f"{flag} {path}: give a file name ending in {' or '.join(suffixes)}.")
+    folder = path.absolute().parent
+    while not folder.exists():  # the missing folders are made when the file is written
+        folder = folder.parent
+    if not folder.is_dir():
+        raise LtstgError(f"{flag} {path}: {folder} is a file, so no folder can be made there.")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise LtstgError(f"{flag} {path}: the folder {folder} is not writable.")
+    return path
 
 
 def note(message: str) -> None:

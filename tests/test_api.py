@@ -71,3 +71,25 @@ def test_run_sets_up_the_device_as_the_cli_does(tmp_path, monkeypatch):
     with pytest.raises(ltstg.LtstgError, match="is not a device"):
         ltstg.run(recipe, tmp_path / "store", device="gpu")
     assert not (tmp_path / "store").exists()
+
+
+def test_r20_11_bad_input_to_the_api_is_one_line_ltstg_error(filled_store, monkeypatch):
+    store = ltstg.open_store(filled_store / ".artifacts")
+    stg, features = ltstg.load(store, "stg"), ltstg.load(store, "features")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cases = [
+        (lambda: ltstg.stg_augmenter(stg, features, mu="bogus"), "stg_augmenter: mu: Input should be"),
+        (lambda: ltstg.stg_augmenter(stg, features, lam=-1), "stg_augmenter: lam: Input should be greater than"),
+        (lambda: ltstg.stg_augmenter(stg, features, device="cuda"), "torch sees no CUDA device"),
+        (lambda: ltstg.stg_augmenter(None, features), "stg must be a stg artifact"),
+        (lambda: ltstg.stg_augmenter(stg, features).augment(
+            torch.zeros(2, 3, 4), torch.zeros(2, dtype=torch.long), generator=torch.Generator()),
+         "augment takes features (B, D) and labels (B,)"),
+        (lambda: ltstg.open_store(None), "open_store takes the store's folder as a path"),
+        (lambda: ltstg.load(str(filled_store / ".artifacts"), "stg"), "load takes a store from ltstg.open_store"),
+        (lambda: ltstg.run(None, filled_store / ".artifacts"), "run takes a recipe file"),
+    ]
+    for call, expected in cases:
+        with pytest.raises(ltstg.LtstgError) as raised:
+            call()
+        assert expected in str(raised.value) and len(str(raised.value).splitlines()) == 1, str(raised.value)

@@ -85,6 +85,19 @@ def test_inspect_artifacts_lineage_verify(tiny_recipe_path, tmp_path):
     assert using.exit_code == 2 and "corrupt" in using.stderr
 
 
+def test_lineage_shows_a_damaged_or_deleted_artifact_instead_of_refusing(tiny_recipe_path, tmp_path):
+    store = tmp_path / "store"
+    made = json.loads(invoke("--json", "make-dataset", "--recipe", str(tiny_recipe_path), "--name", "d", store=store).stdout)
+    path = Store(store).path(made["id"])
+    path.write_bytes(b"not a safetensors file")
+    for ref in ("d", made["id"][:10]):
+        damaged = invoke("inspect", "lineage", ref, store=store)
+        assert damaged.exit_code == 0 and made["id"][:12] in damaged.stdout, damaged.output
+    path.unlink()
+    deleted = invoke("inspect", "lineage", "d", store=store)
+    assert deleted.exit_code == 0 and "missing" in deleted.stdout
+
+
 def test_missing_and_ambiguous_artifacts_are_clear_errors(tmp_path):
     result = invoke("pretrain", "--dataset", "abc", store=tmp_path / "s")
     assert result.exit_code == 2 and "no artifact or name 'abc'" in result.stderr

@@ -2,6 +2,7 @@
 
 One test per row of the matrix (issue 13). Files are built in a temp folder; the data are tiny.
 """
+import json
 import os
 import struct
 import subprocess
@@ -288,6 +289,8 @@ def test_07_file_size_limit_is_one_line_and_leaves_no_temp_file(tiny_recipe_path
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and "File too large" in done.stderr
+    assert "files are limited to 20000 bytes here (ulimit -f)" in done.stderr  # said before the work
+    assert done.stderr.index("ulimit -f") < done.stderr.index("File too large")
     assert [p for p in store.rglob("*") if p.is_file()] == []
 
 
@@ -436,3 +439,172 @@ def test_pipeline_resume_message_through_run(tiny_recipe_path, tmp_path):
     notes = []
     run_recipe(Context(store=store, note=notes.append), recipe, seeds=[0], until="pretrain")
     assert any("backbone: resuming from the checkpoint: epoch 2 of 2 is next" in n for n in notes), notes
+
+
+# -- issue 20: the run / sweep surface checks everything before the first epoch ----------------------------------
+
+def nothing_written(store):
+    return not (store / "objects").exists() or not any((store / "objects").iterdir())
+
+
+def test_r20_02_sweeping_the_seed_is_refused_with_a_pointer_to_seeds(tiny_recipe_path, tmp_path):
+    result = invoke(tmp_path / "s", "run", str(tiny_recipe_path), "--sweep", "seed=1,2", "--seeds", "0")
+    one_error_line(result, "--sweep seed", "--seeds 0 --seeds 1")
+    assert nothing_written(tmp_path / "s")
+
+
+def test_r20_05_an_empty_sweep_value_names_the_sweep(tiny_recipe_path, tmp_path):
+    result = invoke(tmp_path / "s", "run", str(tiny_recipe_path), "--sweep", "stg.memory=,16")
+    one_error_line(result, "--sweep stg.memory=,16: a value is empty")
+    assert nothing_written(tmp_path / "s")
+
+
+@pytest.mark.parametrize("method,expected", [
+    ("{classifier: lws, init: fresh}", "init 'fresh' does not apply"),
+    ("{augment: {name: noise, std: 0}}", "with std 0 changes no sample"),
+    ("{classifier: tau-norm, augment: {name: dropout, p: 0.2}}", "is not trained, so augment 'dropout'"),
+])
+def test_r20_06_a_method_invalid_only_in_combination_fails_before_stage_1(tiny_recipe_path, tmp_path, method, expected):
+    tiny_recipe_path.write_text(tiny_recipe_path.read_text() + f"methods:\n  cRT: {{classifier: crt}}\n  odd: {method}\n")
+    result = invoke(tmp_path / "s", "run", str(tiny_recipe_path))
+    one_error_line(result, "methods.odd: ", expected)
+    assert nothing_written(tmp_path / "s")
+
+
+def test_r20_07_a_bad_seed_is_refused_before_the_first_seed_runs(tiny_recipe_path, tmp_path):
+    result = invoke(tmp_path / "s", "run", str(tiny_recipe_path), "--seeds", "0", "--seeds", "1", "--seeds", "-1")
+    one_error_line(result, "seed -1", "greater than or equal to 0")
+    assert nothing_written(tmp_path / "s")
+
+
+def test_r20_12_a_sweep_over_a_misspelt_method_says_the_near_match(tiny_recipe_path, tmp_path):
+    tiny_recipe_path.write_text(tiny_recipe_path.read_text() + "methods:\n  cRT: {classifier: crt}\n")
+    result = invoke(tmp_path / "s", "run", str(tiny_recipe_path), "--sweep", "methods.cRt.lr=0.1,0.2")
+    one_error_line(result, "the recipe has no method 'cRt'", "did you mean 'cRT'?")
+    assert nothing_written(tmp_path / "s")
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--seeds", "0", "--seeds", "0"], "--seeds 0 is given more than once"),
+    (["--sweep", "stg.memory=16,16"], "--sweep stg.memory lists 16 more than once"),
+])
+def test_r20_13_a_seed_or_value_given_twice_is_refused(tiny_recipe_path, tmp_path, args, expected):
+    result = invoke(tmp_path / "s", "run", str(tiny_recipe_path), *args)
+    one_error_line(result, expected)
+    assert nothing_written(tmp_path / "s")
+
+
+def test_r20_04_a_count_rule_that_falls_back_says_so_and_records_what_was_done(tiny_run, tmp_path):
+    said = []
+    ctx = Context(store=Store(tmp_path / "s"), note=said.append)
+    recipe = tiny_run["recipe"].model_copy(update={"stg": tiny_run["recipe"].stg.model_copy(
+        update={"head_rule": "count", "head_min_count": 100000})})
+    stg = steps.fit_stg_step(ctx, recipe, tiny_run["features"]).artifact
+    assert "fell back to the larger half of the classes" in stg.info["split"]
+    assert stg.info["head_classes"] == [0, 1]  # the larger half of 4 classes, largest first: classes 0 and 1
+    assert any("fell back to the larger half" in line for line in stg.meta["notes"])
+    assert any("fell back to the larger half" in line for line in said)
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["eval", "--plot-reliability", "a.xyz"], "--plot-reliability a.xyz: give a file name ending in .png"),
+    (["eval", "--plot", "noext"], "--plot noext: give a file name ending in .png"),
+    (["eval", "--plot", "{folder}"], "is a folder; give a file name"),
+    (["report", "--out", "{folder}"], "is a folder; give a file name, e.g."),
+    (["report", "--out", "r.htm"], "--out r.htm: give a file name ending in .html"),
+    (["inspect", "tsne", "--out", "tsne"], "--out tsne: give a file name ending in .png"),
+    (["inspect", "confusion", "--out", "conf"], "--out conf: give a file name ending in .png"),
+    (["inspect", "kl-divergence", "--plot", "{file}/kl.png"], "is a file, so no folder can be made there"),
+])
+def test_r20_08_10_every_output_path_is_checked_before_any_work(tmp_path, args, expected):
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    (tmp_path / "plain").write_text("a file")
+    args = [a.format(folder=folder, file=tmp_path / "plain") for a in args]
+    result = invoke(tmp_path / "s", *args)
+    one_error_line(result, expected)
+    assert not (tmp_path / "s").exists()  # refused before the store was even opened
+
+
+def test_r20_08_a_missing_output_folder_is_made_and_the_path_said_is_the_path_written(tmp_path):
+    from ltstg.inspect.plots import plot_class_counts
+    from ltstg.terminal import PICTURES, output_file
+
+    out = tmp_path / "no" / "dir" / "counts.png"
+    assert output_file(out, PICTURES, "--plot") == out
+    assert plot_class_counts([5, 3, 1], ["many", "medium", "few"], out, title="t") == out and out.is_file()
+
+
+def test_r20_09_a_failed_write_outside_the_store_keeps_the_good_file(tmp_path, monkeypatch):
+    import errno
+
+    from ltstg.inspect.plots import plot_class_counts
+
+    out = tmp_path / "counts.png"
+    out.write_bytes(b"the good picture")
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(LtstgError, match="cannot write .*counts.png \\(No space left on device\\)"):
+        plot_class_counts([5, 3, 1], ["many", "medium", "few"], out, title="t")
+    assert out.read_bytes() == b"the good picture"
+    assert [p.name for p in tmp_path.iterdir()] == ["counts.png"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("stg:\n  memory: 600\n  memory: 1200\n", "line 3: key 'memory' is given twice"),
+    ("pretrain: {feature_views: true}\n", "pretrain: feature_views: a number is needed here, not true"),
+    ("pretrain: {feature_views: 100000000}\n", "pretrain.feature_views: Input should be less than or equal to 16"),
+])
+def test_r20_14_small_recipe_slips_are_refused(tmp_path, text, expected):
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    one_error_line(invoke(tmp_path / "s", "run", str(path)), expected)
+    assert nothing_written(tmp_path / "s")
+
+
+def test_r20_14_augmenter_settings_without_an_augmenter_name_the_field_and_the_fix(tiny_recipe_path, tmp_path):
+    result = invoke(tmp_path / "s", "run", str(tiny_recipe_path), "--set", "retrain.augment.mu=relative")
+    one_error_line(result, "retrain.augment: augmenter settings without an augmenter name", "--augmenter")
+
+
+def test_r20_14_json_and_markdown_together_are_refused(tiny_recipe_path, tmp_path):
+    result = invoke(tmp_path / "s", "--json", "run", str(tiny_recipe_path), "--markdown")
+    one_error_line(result, "--json and --markdown both ask for the result on stdout")
+    assert result.stdout == "" and nothing_written(tmp_path / "s")
+
+
+def test_r20_14_pictures_over_two_features_artifacts_write_nothing(tiny_run, tmp_path):
+    from ltstg.recipe import RetrainSettings
+
+    store = tiny_run["ctx"].store
+    first = steps.retrain_step(tiny_run["ctx"], tiny_run["recipe"], RetrainSettings(classifier="none"),
+                               tiny_run["features"], None).artifact
+    other_recipe = tiny_run["recipe"].model_copy(update={"pretrain": tiny_run["recipe"].pretrain.model_copy(
+        update={"feature_views": 1})})
+    other_features = steps.features_step(tiny_run["ctx"], other_recipe, tiny_run["backbone"], tiny_run["dataset"]).artifact
+    second = steps.retrain_step(tiny_run["ctx"], tiny_run["recipe"], RetrainSettings(classifier="none"),
+                                other_features, None).artifact
+    reports_before = len(store.list("report"))
+    result = invoke(store.root, "eval", "--compare", first.id, "--compare", second.id, "--plot", str(tmp_path / "p.png"))
+    one_error_line(result, "one features artifact")
+    assert len(store.list("report")) == reports_before and not (tmp_path / "p.png").exists()
+
+
+def test_r20_01_report_rows_never_average_classifiers_of_different_ancestors(tiny_recipe_path, tmp_path):
+    from tests.conftest import TINY_METHODS
+
+    tiny_recipe_path.write_text(tiny_recipe_path.read_text() + TINY_METHODS)
+    store = tmp_path / "s"
+    ran = invoke(store, "--json", "run", str(tiny_recipe_path), "--methods", "cRT+STG", "--sweep", "stg.lr=0.001,0.1")
+    assert ran.exit_code == 0, ran.output
+    by_sweep = {row["swept"]["stg.lr"]: row["all"] for row in json.loads(ran.stdout)["rows"]}
+    result = invoke(store, "--json", "report", "--no-tsne", "--out", str(tmp_path / "r.html"))
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["rows"]
+    assert sorted(row["method"] for row in rows) == ["cRT+STG (↑stg.lr 0.001)", "cRT+STG (↑stg.lr 0.1)"]
+    assert all(row["seeds"] == [0] for row in rows)
+    assert {row["method"]: row["all"] for row in rows} == {f"cRT+STG (↑stg.lr {lr})": top1 for lr, top1 in by_sweep.items()}
+    assert "the report's STG sections show stg" in result.stderr

@@ -107,3 +107,26 @@ def test_methods_validate_and_merge(tmp_path):
     assert settings.augment == StgAugment(lam=1.0) and settings.lr == 0.01
     with pytest.raises(LtstgError, match="unknown method 'nope'"):
         method_settings(good, "nope")
+
+
+def test_an_artifact_records_only_the_chosen_classifiers_own_fields():
+    from ltstg.recipe import RetrainSettings, chosen_settings
+
+    crt = chosen_settings(RetrainSettings(classifier="crt"))
+    adjusted = chosen_settings(RetrainSettings(classifier="logit-adjust"))
+    assert "la_tau" not in crt and adjusted["la_tau"] == 1.0
+    assert crt["tau"] == 1.0 and crt["lr_factor"] == 0.1  # older fields stay, as in every id
+    assert crt == {k: v for k, v in RetrainSettings(classifier="crt").model_dump(mode="json").items() if k != "la_tau"}
+
+
+def test_retrain_with_a_method_and_flags_is_the_run_method_with_the_flags(tmp_path):
+    from ltstg.recipe import method_settings
+
+    path = write(tmp_path, "retrain: {epochs: 4}\nmethods:\n  STG: {augment: {name: stg, lam: 1.0}}\n  CE: {classifier: none}\n")
+    loaded = load_recipe(path, {"retrain.augment.t": 0.25, "retrain.lr": 0.01}, method="STG")
+    by_run = method_settings(load_recipe(path), "STG")
+    assert loaded.retrain == by_run.model_copy(update={"augment": by_run.augment.model_copy(update={"t": 0.25}),
+                                                       "lr": 0.01})
+    assert load_recipe(path, method="CE").retrain == method_settings(load_recipe(path), "CE")
+    with pytest.raises(LtstgError, match="unknown method 'cE'; the recipe lists: CE, STG"):
+        load_recipe(path, method="cE")

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 class DropoutAugment(Settings):
     name: Literal["dropout"] = "dropout"
-    p: float = Field(0.2, ge=0, lt=1)
+    p: float = Field(0.2, ge=0, lt=1, description="probability that a feature dimension is dropped")
 
 
 class DropoutAugmenter:

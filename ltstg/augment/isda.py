@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 class IsdaAugment(Settings):
     name: Literal["isda"] = "isda"
-    lam: float = Field(0.5, ge=0)
+    lam: float = Field(0.5, ge=0, description="strength λ of the class-conditional Gaussian (running diagonal covariance)")
 
 
 class IsdaAugmenter:

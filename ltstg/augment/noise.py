@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 class NoiseAugment(Settings):
     name: Literal["noise"] = "noise"
-    std: float = Field(0.5, ge=0)
+    std: float = Field(0.5, ge=0, description="std of the isotropic Gaussian noise added to every feature")
 
 
 class NoiseAugmenter:

@@ -92,6 +92,10 @@ class StgAugmenter:
 
     def augment(self, features: torch.Tensor, labels: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
         """Eq. 3-4 on tail samples; head samples come back unchanged since the STG was fit on them."""
+        if features.dim() != 2 or labels.shape != features.shape[:1]:
+            raise LtstgError(
+                f"augment takes features (B, D) and labels (B,), got {tuple(features.shape)} and {tuple(labels.shape)}."
+            )
         out = features.clone()
         tail = self.is_tail.to(labels.device)[labels]  # (B,)
         rows = torch.nonzero(tail).flatten()

@@ -17,7 +17,7 @@ from PIL import Image
 
 from ltstg import tables
 from ltstg.inspect import figures, plots
-from ltstg.store import SHORT, Artifact
+from ltstg.store import SHORT, Artifact, atomic_write
 
 MAX_WIDTH = 900  # pixels: embedded pictures are downscaled to this, so the file stays small
 
@@ -78,7 +78,7 @@ def write_report(report: RunReport, out: str | Path) -> Path:
         sections.append(f"<section><h2>Left out</h2><ul>{items}</ul></section>")
     page = _PAGE.format(title=html.escape(report.title), body="\n".join(sections))
     out = Path(out)
-    out.write_text(page, encoding="utf-8")
+    atomic_write(out, [page.encode("utf-8")])  # a failed write never leaves half a report in place of a good one
     return out
 
 

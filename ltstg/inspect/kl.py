@@ -8,6 +8,7 @@ should have smaller divergences between them than samples that borrow different 
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,7 +19,7 @@ from ltstg.errors import LtstgError
 from ltstg.models.gaussian import pairwise_kl
 from ltstg.models.prototypes import nearest_prototype
 from ltstg.models.stg import load_stg, stg_problems
-from ltstg.store import SHORT, Artifact, Output, require_kind
+from ltstg.store import SHORT, Artifact, Output, atomic_write, require_kind
 
 NAMES_SHOWN = 10  # class names an error message lists before it says "..."
 
@@ -140,12 +141,12 @@ def kl_csv(report: Any, path: str | Path) -> Path:
     """The KL matrix with a header row and each sample's borrowed head, for spreadsheets and papers."""
     rows = kl_rows(report)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
-        fields = list(rows[0]) if rows else ["sample", "train_index", "borrowed_head", "borrowed_head_name", "cosine"]
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO(newline="")
+    fields = list(rows[0]) if rows else ["sample", "train_index", "borrowed_head", "borrowed_head_name", "cosine"]
+    writer = csv.DictWriter(text, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, [text.getvalue().encode("utf-8")])
     return path
 
 

@@ -1,11 +1,14 @@
 """Pictures for `ltstg inspect`: matplotlib with the Agg backend, written straight to a file."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any, Sequence
 
 import matplotlib
 import torch
+
+from ltstg.store import atomic_write
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -28,10 +31,13 @@ def plot_class_counts(counts: Sequence[int], groups: Sequence[str], path: str | 
 
 
 def _save(figure: Any, path: str | Path) -> Path:
+    """Write the picture through a temporary file, so a failed write never replaces a good picture."""
     figure.tight_layout()
     path = Path(path)
-    figure.savefig(path)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=path.suffix[1:].lower() or "png")
     plt.close(figure)
+    atomic_write(path, [buffer.getvalue()])
     return path
 
 

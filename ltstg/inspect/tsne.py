@@ -6,6 +6,7 @@ gets one more panel with its decision regions in that map.
 """
 from __future__ import annotations
 
+import io
 import math
 import time
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from ltstg.augment.stg import StgAugmenter, stg_arguments
 from ltstg.errors import LtstgError
 from ltstg.inspect.kl import check_stg, checked_features, class_names
 from ltstg.recipe import StgAugment
-from ltstg.store import SHORT, Artifact, require_kind
+from ltstg.store import SHORT, Artifact, atomic_write, require_kind
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -186,13 +187,14 @@ def _draw_regions(axis: Any, points: _Map, classifier: Artifact, colours: np.nda
 
 
 def _save(figure: Any, out: Path, size: tuple[int, int]) -> None:
-    """Write the picture and make sure it has the size asked for."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=DPI)
+    """Write the picture (through a temporary file) and make sure it has the size asked for."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI)
     plt.close(figure)
-    with Image.open(out) as image:
+    with Image.open(io.BytesIO(buffer.getvalue())) as image:
         written = image.size
     assert written == size, f"matplotlib wrote {written}, asked for {size}"
+    atomic_write(out, [buffer.getvalue()])
 
 
 def stratified_sample(

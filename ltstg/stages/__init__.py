@@ -16,7 +16,9 @@ from pydantic import BaseModel
 from ltstg.errors import LtstgError
 from ltstg.recipe import id_settings
 from ltstg.progress import Progress, silent
-from ltstg.store import SHORT, Artifact, DamagedCheckpoint, Store, Output, artifact_id, require_kind  # noqa: F401 (re-exported)
+from ltstg.store import (  # noqa: F401 (Output and require_kind are re-exported)
+    SHORT, Artifact, DamagedCheckpoint, Output, Store, artifact_id, file_size_limit, require_kind,
+)
 from ltstg.version import __version__
 
 
@@ -148,7 +150,7 @@ def run_stage(
     *,
     seed: int,
     name: str | None = None,
-    record: BaseModel | None = None,
+    record: BaseModel | dict[str, Any] | None = None,
 ) -> Result:
     """Reuse the artifact if it exists, else compute it under the lock and commit it atomically.
 
@@ -162,6 +164,7 @@ def run_stage(
     result = _reuse(ctx, pending, kind)
     if result is None and ctx.is_main:
         store.check_writable()  # before any work: a store that can't take the result fails now, not after it
+        _say_file_size_limit(ctx)
     if result is None and not ctx.is_main:  # only rank 0 locks and writes; the others just compute
         result = _compute(ctx, pending, kind, record or settings, parents, call, seed)
     if result is None:
@@ -174,6 +177,14 @@ def run_stage(
         if moved_from is not None:
             ctx.note(f"name {name!r} moved from {moved_from[:SHORT]} to {pending[:SHORT]}")
     return result
+
+
+def _say_file_size_limit(ctx: Context) -> None:
+    """A `ulimit -f` can't be checked against a result not yet made, so it is said before the work."""
+    limit = file_size_limit()
+    if limit is not None:
+        ctx.note(f"note: files are limited to {limit} bytes here (ulimit -f); an artifact larger than that "
+                 "fails when it is written, after its work")
 
 
 def _reuse(ctx: Context, pending: str, kind: str) -> Result | None:

@@ -25,6 +25,7 @@ from ltstg.stages import Checkpoint, Output, Stateful, keep, require_kind, resum
 from ltstg.store import SHORT, Artifact
 
 REPORT_EVERY = 10  # steps between progress reports (each one reads the loss back from the device)
+FALLBACK = "fell back to the larger half of the classes, as fewer than two classes have more"
 MIN_ANCHOR_SHARE = 0.5  # below this, most head samples never train the STG: said, and kept in the artifact
 
 
@@ -42,6 +43,7 @@ class _Head:
     train_t: torch.Tensor  # (N_train,)
     held_x: torch.Tensor  # (N_held, D)
     held_t: torch.Tensor  # (N_held,)
+    split: str  # the split rule in words, as it was applied
 
     @property
     def num_tokens(self) -> int:
@@ -125,6 +127,7 @@ def _head_data(settings: StgSettings, features: Artifact, device: torch.device, 
     return _Head(
         head, class_names, head_names, int(class_counts.numel()), head_features, head_tokens,
         head_features[~held_out], head_tokens[~held_out], head_features[held_out], head_tokens[held_out],
+        split_rule(settings, class_counts),
     )
 
 
@@ -228,13 +231,13 @@ def _stg_output(
         metrics["anchor_share"] = anchor_shares[-1]
     key_metric = "heldout_gain" if quality else "train_loss"
     return Output("stg", tensors, metrics, _stg_info(settings, data), key_metric=key_metric,
-                  notes=_stg_notes(settings, anchor_shares, tail))
+                  notes=_stg_notes(settings, data, anchor_shares))
 
 
 def _stg_info(settings: StgSettings, data: _Head) -> dict[str, Any]:
     tail = data.tail
     return {
-        "split": split_rule(settings),
+        "split": data.split,
         "head_classes": data.head.tolist(),
         "head_class_names": data.head_names,
         "tail_classes": tail,
@@ -251,17 +254,17 @@ def _stg_info(settings: StgSettings, data: _Head) -> dict[str, Any]:
     }
 
 
-def _stg_notes(settings: StgSettings, anchor_shares: list[float], tail: list[int]) -> list[str]:
-    """What the user should know about this STG: too few anchors, or no tail class to serve."""
-    notes = []
+def _stg_notes(settings: StgSettings, data: _Head, anchor_shares: list[float]) -> list[str]:
+    """What the user should know about this STG: a split rule that fell back, too few anchors, no tail class."""
+    notes = [data.split] if FALLBACK in data.split else []
     if anchor_shares and anchor_shares[-1] < MIN_ANCHOR_SHARE:
         notes.append(
             f"only {100 * anchor_shares[-1]:.0f}% of the head training samples found {settings.min_neighbors} same-class "
             "neighbours in their mini-batch and memory in the last epoch, so the rest never trained the STG; raise "
             f"stg.memory or stg.batch_size{'' if settings.balanced else ', or set stg.balanced'}"
         )
-    if not tail:
-        notes.append(f"{split_rule(settings)} makes every class head: no tail class will borrow from this STG")
+    if not data.tail:
+        notes.append(f"{data.split} makes every class head: no tail class will borrow from this STG")
     return notes
 
 
@@ -287,10 +290,14 @@ def select_head_classes(class_counts: torch.Tensor, settings: StgSettings) -> to
     return torch.sort(head).values.long()
 
 
-def split_rule(settings: StgSettings) -> str:
-    """The split in words, for the artifact and for errors."""
+def split_rule(settings: StgSettings, class_counts: torch.Tensor | None = None) -> str:
+    """The split in words, as it applies to these counts, for the artifact, its notes and errors."""
     if settings.head_rule == "count":
-        return f"stg.head_rule=count (more than {settings.head_min_count} training images)"
+        rule = f"stg.head_rule=count (more than {settings.head_min_count} training images)"
+        above = None if class_counts is None else int((class_counts > settings.head_min_count).sum())
+        if above is not None and above < 2:
+            return f"{rule} {FALLBACK} ({above} class{'' if above == 1 else 'es'} above the count)"
+        return rule
     if settings.head_rule == "share":
         return f"stg.head_rule=share (the largest classes holding {settings.head_share:g} of the training images)"
     return "stg.head_rule=half (the larger half of the classes)"

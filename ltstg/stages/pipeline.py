@@ -5,6 +5,7 @@ skips what was committed and resumes the stage that was in flight from its check
 """
 from __future__ import annotations
 
+import difflib
 import itertools
 import math
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from ltstg.recipe import Recipe, RetrainSettings, load_recipe, method_settings, 
 from ltstg.stages import Context, Result
 from ltstg.stages import steps
 from ltstg.stages.evaluate import converged
+from ltstg.stages.retrain_checks import method_problems
 from ltstg.store import SHORT, Artifact
 
 STAGES = ("dataset", "pretrain", "fit-stg", "retrain", "eval")
@@ -53,12 +55,38 @@ def with_seed(recipe: Recipe, seed: int) -> Recipe:
 
 
 def check_run(recipe: Recipe, until: str, methods: list[str] | None, vary_from: str) -> dict[str, RetrainSettings]:
-    """The stages and methods a run names exist in this recipe; returns the chosen methods."""
+    """The stages and methods a run names exist in this recipe, and every method's settings go together
+    (a combination refused only when its stage starts would fail after hours of stage 1); returns the methods."""
     if until not in STAGES:
         raise LtstgError(f"unknown stage {until!r} for --until; use one of {', '.join(STAGES)}.")
     if vary_from not in SEEDED:
         raise LtstgError(f"unknown stage {vary_from!r} for --vary-from; use one of {', '.join(SEEDED)}.")
-    return methods_of(recipe, methods)
+    chosen = methods_of(recipe, methods)
+    if STAGES.index(until) >= STAGES.index("retrain"):
+        problems = [f"methods.{name}: {line}" for name, settings in chosen.items() for line in method_problems(settings)]
+        if problems:
+            raise LtstgError("\n".join(problems))
+    return chosen
+
+
+def check_seeds(recipe: Recipe, seeds: list[int]) -> None:
+    """Every seed is valid and given once, before the first seed's pipeline runs."""
+    repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+    if repeated:
+        raise LtstgError(f"--seeds {repeated[0]} is given more than once; give each seed once.")
+    for seed in seeds:
+        with_seed(recipe, seed)
+
+
+def check_swept_methods(recipe: Recipe, sweeps: dict[str, list[Any]]) -> None:
+    """A sweep over `methods.X.…` varies a method the recipe has: a misspelt X would quietly add a new one."""
+    for field in sweeps:
+        parts = field.split(".")
+        if parts[0] != "methods" or len(parts) < 3 or parts[1] in recipe.methods:
+            continue
+        near = difflib.get_close_matches(parts[1], list(recipe.methods), n=1)
+        hint = f"did you mean {near[0]!r}?" if near else f"the recipe lists: {', '.join(recipe.methods) or 'none'}."
+        raise LtstgError(f"--sweep {field}: the recipe has no method {parts[1]!r}; {hint}")
 
 
 def run_recipe(
@@ -219,9 +247,11 @@ def run_sweep(
     labels = recipe_labels([path or "defaults" for path in recipe_paths])
     planned = []
     for path, label in zip(recipe_paths, labels):  # every problem a recipe can show without data, before any work
+        check_swept_methods(load_recipe(path, overrides), sweeps)
         for combo in grid:
             recipe = load_recipe(path, {**overrides, **combo})
             check_run(recipe, until, methods, vary_from)
+            check_seeds(recipe, seeds or [recipe.seed])
             planned.append(({"recipe": label, **combo} if len(recipe_paths) > 1 else combo, recipe))
     rows: list[dict[str, Any]] = []
     results: list[Result] = []

@@ -11,7 +11,7 @@ from ltstg.recipe import Recipe, flatten
 from ltstg.stages import Context, Result, steps
 from ltstg.stages.evaluate import converged
 from ltstg.stages.pipeline import MethodRun, aggregate
-from ltstg.store import SHORT, Artifact
+from ltstg.store import SHORT, Artifact, Store
 
 
 def run_report(ctx: Context, rows: list[dict[str, Any]], results: list[Result], title: str, command: str) -> RunReport:
@@ -43,11 +43,14 @@ def store_report(
     if len(parents) > 1:
         raise LtstgError("a report shows classifiers of one features artifact; these come from several.")
     features = store.get(parents.pop(), "features")
-    labels = group_labels(picked)
+    labels = group_labels(store, picked)
     runs = [MethodRun(int(c.settings.get("seed", 0)), labels[c.id],
                       steps.eval_step(ctx, recipe, c, features).artifact, converged(c)) for c in picked]
-    stg_ids = {c.parents[1] for c in picked if len(c.parents) > 1}
-    stg = store.get(sorted(stg_ids)[0], "stg") if stg_ids else None
+    stg_ids = sorted({c.parents[1] for c in picked if len(c.parents) > 1})
+    stg = store.get(stg_ids[0], "stg") if stg_ids else None
+    if len(stg_ids) > 1:
+        ctx.note(f"the report's STG sections show stg {stg_ids[0][:SHORT]}, the first of the {len(stg_ids)} STGs "
+                 "these classifiers borrowed from")
     rows = aggregate(runs)
     shown = [(row["method"], _classifier_of(ctx, row["reports"][0])) for row in rows]
     kl, omitted = kl_of_rarest(ctx, stg, features) if stg is not None else (None, [])
@@ -56,6 +59,26 @@ def store_report(
                        omitted=omitted, with_tsne=with_tsne,
                        commands={"methods": "ltstg report " + " ".join(c.id[:SHORT] for c in picked)})
     return report, rows
+
+
+ANCESTOR = "↑"  # marks an ancestor's setting in a label: ↑stg.lr
+
+
+def _unseeded(meta: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in meta.get("settings", {}).items() if k != "seed"}
+
+
+def _ancestor_settings(store: Store, parents: list[str]) -> dict[str, Any]:
+    """Every ancestor's settings but its seed, as `↑kind.field`, read from the headers."""
+    out: dict[str, Any] = {}
+    for parent in parents:
+        info = store.info(parent) if store.exists(parent) else None
+        if info is None or info.problem is not None:
+            out[f"{ANCESTOR}{parent[:SHORT]}"] = "missing"
+            continue
+        out.update(flatten(_unseeded(info.meta), f"{ANCESTOR}{info.kind}."))
+        out.update(_ancestor_settings(store, info.parents))
+    return out
 
 
 def _classifier_of(ctx: Context, report_id: str) -> Artifact:
@@ -77,19 +100,19 @@ def kl_of_rarest(ctx: Context, stg: Artifact, features: Artifact) -> tuple[Any, 
     return report, []
 
 
-def group_labels(classifiers: list[Artifact]) -> dict[str, str]:
-    """A table label per classifier: its method, plus the settings that tell apart methods of one name;
-    classifiers that differ only in the seed share a label, so the table averages them."""
+def group_labels(store: Store, classifiers: list[Artifact]) -> dict[str, str]:
+    """A table label per classifier: its method, plus the settings that tell apart methods of one name, its
+    ancestors' included (`stg.lr 0.1`); classifiers that differ only in their seeds share a label, so the table
+    averages them, and never classifiers trained on different settings."""
     by_method: dict[str, list[Artifact]] = {}
     for c in classifiers:
         by_method.setdefault(c.info.get("method", "?"), []).append(c)
     labels = {}
     for method, group in by_method.items():
-        settings = [flatten({k: v for k, v in c.settings.items() if k != "seed"}) for c in group]
-        # a key some classifiers lack was added to ltstg after they were made: it did not tell them apart
-        keys = sorted(set.intersection(*(set(s) for s in settings)))
-        differing = [k for k in keys if len({json.dumps(s[k]) for s in settings}) > 1]
+        settings = [{**flatten(_unseeded(c.meta)), **_ancestor_settings(store, c.parents)} for c in group]
+        keys = sorted({k for s in settings for k in s})
+        differing = [k for k in keys if len({json.dumps(s.get(k)) for s in settings}) > 1]
         for c, s in zip(group, settings):
-            extra = ", ".join(f"{k.split('.')[-1]} {s[k]}" for k in differing)
+            extra = ", ".join(f"{k if k.startswith(ANCESTOR) else k.split('.')[-1]} {s.get(k)}" for k in differing)
             labels[c.id] = f"{method} ({extra})" if extra else method
     return labels

@@ -6,7 +6,7 @@ import hashlib
 from ltstg.data.inputs import FILE_INPUTS_REVISION
 from ltstg.errors import LtstgError
 from ltstg.models.backbones import check_weights_file
-from ltstg.recipe import Recipe, RetrainSettings, id_settings
+from ltstg.recipe import Recipe, RetrainSettings, chosen_settings, id_settings
 from ltstg.stages import Context, Result, run_stage, stage_id
 from ltstg.store import SHORT, Artifact
 
@@ -141,6 +141,7 @@ def retrain_step(
         ),
         seed=recipe.seed,
         name=name,
+        record=chosen_settings(settings),  # another classifier's own fields are no part of this one
     )
 
 

@@ -82,7 +82,7 @@ def make_dataset_command(
     from ltstg.stages import steps
 
     options: Options = ctx.obj
-    settings = load(options, recipe, {"dataset.source": source, **overrides(section_flags("dataset"), flags)})
+    settings = load(options, recipe, {"dataset.source": source, **overrides("dataset", flags)})
     with RichProgress(not options.json) as progress:
         result = steps.dataset_step(run_context(options, progress, force), settings, name=name)
     show_results(options, [result], "make-dataset")
@@ -104,7 +104,7 @@ def pretrain_command(
     from ltstg.stages import steps
 
     options: Options = ctx.obj
-    settings = load(options, recipe, overrides(section_flags("pretrain"), flags))
+    settings = load(options, recipe, overrides("pretrain", flags))
     with RichProgress(not options.json and is_main_process()) as progress:
         run = run_context(options, progress, force)
         data = pick(run, dataset, "dataset")
@@ -130,7 +130,7 @@ def fit_stg_command(
     from ltstg.stages import steps
 
     options: Options = ctx.obj
-    settings = load(options, recipe, overrides(section_flags("stg"), flags))
+    settings = load(options, recipe, overrides("stg", flags))
     with RichProgress(not options.json) as progress:
         run = run_context(options, progress, force)
         result = steps.fit_stg_step(run, settings, pick(run, features, "features"), name=name)
@@ -154,7 +154,7 @@ def retrain_command(
     from ltstg.stages import steps
 
     options: Options = ctx.obj
-    settings = load(options, recipe, overrides(section_flags("retrain"), flags), method=method)
+    settings = load(options, recipe, overrides("retrain", flags), method=method)
     with RichProgress(not options.json) as progress:
         run = run_context(options, progress, force)
         parent = pick(run, features, "features")

@@ -94,9 +94,9 @@ def _help(field: FieldInfo, fallback: str = "") -> str:
     return f"{field.description or fallback}{shown}".strip()
 
 
-def overrides(flags: list[Flag], values: dict[str, Any]) -> dict[str, Any]:
-    """The flags given on the command line as `{dotted key: value}`; flags left out are not overrides."""
-    return {flag.key: values[flag.param] for flag in flags if values.get(flag.param) not in (None, [], ())}
+def overrides(section: str, values: dict[str, Any]) -> dict[str, Any]:
+    """The section's flags given on the command line as `{dotted key: value}`; flags left out are not overrides."""
+    return {f.key: values[f.param] for f in section_flags(section) if values.get(f.param) not in (None, [], ())}
 
 
 def with_flags(command: Callable[..., Any], flags: list[Flag]) -> Callable[..., Any]:

@@ -89,7 +89,7 @@ def test_every_generated_flag_lands_on_its_field(command, flag):
     click_command = typer.main.get_command(app).commands[command]
     args, expected = sample(flag)
     ctx = click_command.make_context(command, owner_args(flag) + args)
-    given = overrides(section_flags(COMMANDS[command]), ctx.params)
+    given = overrides(COMMANDS[command], ctx.params)
     assert set(given) - {"retrain.augment.name"} <= {flag.key}
     recipe = load_recipe(None, given)
     assert value_at(recipe, flag.key) == expected

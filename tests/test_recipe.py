@@ -45,7 +45,7 @@ def test_overlapping_many_and_few_groups_fail_at_load_not_after_training(tmp_pat
     path = write(tmp_path, "dataset:\n  many_above: 100\n  few_below: 200\n")
     with pytest.raises(LtstgError) as error:
         load_recipe(path)
-    assert str(error.value) == (f"{path}: dataset: Value error, few_below (200) must not exceed many_above + 1 (101): "
+    assert str(error.value) == (f"{path}: dataset: few_below (200) must not exceed many_above + 1 (101): "
                                 "a class would be both many and few")
     assert load_recipe(None, {"dataset.few_below": 101}).dataset.few_below == 101
 

@@ -278,7 +278,7 @@ def test_several_recipes_run_into_one_table_with_a_column_each(recipe_path, tmp_
     assert len({row["reports"][0] for row in payload["rows"] if row["method"] == "cRT+STG"}) == 2
 
     broken = recipe_path.parent / "broken.yaml"
-    broken.write_text(recipe_path.read_text() + "stg: {memory: -1}\n")
+    broken.write_text(recipe_path.read_text().replace("  memory: 16", "  memory: -1"))
     refused = runner.invoke(app, ["--store", str(tmp_path / "t"), "run", str(recipe_path), str(broken)])
     assert refused.exit_code == 2 and "memory" in refused.stderr
     assert not (tmp_path / "t" / "objects").exists()  # the second recipe's problem stopped the first from running

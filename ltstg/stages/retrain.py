@@ -175,7 +175,7 @@ class _NoState:
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        """Nothing to restore: the augmenter keeps no statistics."""
 
 
 def train(

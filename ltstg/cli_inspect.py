@@ -156,14 +156,20 @@ def inspect_dataset(
     names, groups = dataset.info["class_names"], dataset.info["groups"]
     counts = dataset["class_counts"].tolist()
     test_counts = torch_bincount(dataset["test_labels"], len(names))
-    table = Table(title=f"dataset {dataset.id[:SHORT]}: {dataset.info['source']}, {dataset.info['protocol']}", title_justify="left")
-    for column in ("class", "name", "train", "test", "group", ""):
-        table.add_column(column, justify="right" if column in ("class", "train", "test") else "left")
+    val_counts = torch_bincount(dataset["val_labels"], len(names)) if "val_labels" in dataset.tensors else None
+    val_origin = dataset.info.get("val_origin") or "none (made before validation splits)"
+    table = Table(
+        title=f"dataset {dataset.id[:SHORT]}: {dataset.info['source']}, {dataset.info['protocol']}; "
+        f"validation: {val_origin}", title_justify="left",
+    )
+    for column in ("class", "name", "train", "val", "test", "group", ""):
+        table.add_column(column, justify="right" if column in ("class", "train", "val", "test") else "left")
     widest = max(counts) or 1
     colour = {"many": "blue", "medium": "yellow", "few": "red"}
     for index, (name, count, group) in enumerate(zip(names, counts, groups)):
         bar = "█" * max(1, round(24 * count / widest))
-        table.add_row(str(index), name, str(count), str(test_counts[index]), group, f"[{colour[group]}]{bar}[/]")
+        val = str(val_counts[index]) if val_counts is not None else "–"
+        table.add_row(str(index), name, str(count), val, str(test_counts[index]), group, f"[{colour[group]}]{bar}[/]")
     if plot is not None:
         from ltstg.inspect.plots import plot_class_counts
 
@@ -173,8 +179,10 @@ def inspect_dataset(
         "id": dataset.id,
         "source": dataset.info["source"],
         "protocol": dataset.info["protocol"],
+        "val_origin": dataset.info.get("val_origin"),
         "classes": [
-            {"index": i, "name": n, "train": c, "test": test_counts[i], "group": g}
+            {"index": i, "name": n, "train": c, "val": val_counts[i] if val_counts is not None else None,
+             "test": test_counts[i], "group": g}
             for i, (n, c, g) in enumerate(zip(names, counts, groups))
         ],
         "skipped": dataset.info.get("skipped_count", 0),

@@ -8,6 +8,7 @@ classifiers. No torch here (the method modules bring it).
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -37,6 +38,8 @@ class SyntheticSettings(Settings):
 
 MAX_VIEWS = 16  # the paper recipes use 4; each view is one more copy of the training features in memory and on disk
 SPLIT_LIST_SOURCES = ("imagenet-lt", "places-lt")  # their counts come from the published split lists
+VAL_PER_CLASS, VAL_TOTAL = 20, 1000  # the default validation size: see DatasetSettings.val_count
+SELECT = "select"  # the key of a named method that lists candidate values, chosen on the validation split
 
 
 class DatasetSettings(Settings):
@@ -55,6 +58,14 @@ class DatasetSettings(Settings):
     size: int = Field(32, ge=8, le=1024, description="image side: stored size for image folders, crop for split lists (224 there)")
     classes: list[str] | None = Field(None, description="class order for image folders (default: sorted names)")
     strict: bool = Field(False, description="fail on unreadable images instead of skipping them")
+    val_per_class: int | None = Field(
+        None, ge=1, description="validation images per class (CIFAR, generated data, subsampled image folders); "
+        "default max(20, ceil(1000 / classes)): ImageNet-LT's 20 per class, and at least 1000 in all",
+    )
+    val_share: float = Field(
+        0.1, gt=0, lt=1, description="share of each class held out for validation from an image folder kept as it "
+        "is that has no val/ folder",
+    )
     many_above: int = Field(100, ge=0, description="a class with more train images is 'many'")
     few_below: int = Field(20, ge=1, description="a class with fewer train images is 'few'")
     synthetic: SyntheticSettings = SyntheticSettings()
@@ -75,6 +86,11 @@ class DatasetSettings(Settings):
                 f"remove {', '.join(f'dataset.{key}' for key in changed)}"
             )
         return {"size": 224, **data}
+
+    def val_count(self, num_classes: int) -> int:
+        """Validation images per class: the field, or its default rule (20 per class as ImageNet-LT's own val, and
+        enough classes' worth that selection scores at least 1000 images)."""
+        return self.val_per_class if self.val_per_class is not None else max(VAL_PER_CLASS, -(-VAL_TOTAL // num_classes))
 
     @model_validator(mode="after")
     def _groups_do_not_overlap(self) -> "DatasetSettings":
@@ -194,7 +210,8 @@ class Recipe(Settings):
     retrain: RetrainSettings = RetrainSettings()
     eval: EvalSettings = EvalSettings()
     methods: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="named retrain variants for `ltstg run`: overrides of `retrain`"
+        default_factory=dict, description="named retrain variants for `ltstg run`: overrides of `retrain`, each "
+        "optionally with `select: {field: [candidates]}`, chosen per seed on the validation split",
     )
 
 
@@ -325,7 +342,7 @@ def validate(raw: dict[str, Any], source: str) -> Recipe:
             if not isinstance(override, dict):
                 continue  # pydantic already reported it
             try:
-                _method_over(base, method, override)
+                _candidates(base, method, override)
             except LtstgError as error:
                 problems.extend(f"{source}: {line}" for line in str(error).splitlines())
     if problems:
@@ -369,15 +386,65 @@ def load_recipe(
     if method is not None:
         methods = raw.get("methods") if isinstance(raw.get("methods"), dict) else {}
         retrain = raw.get("retrain") if isinstance(raw.get("retrain"), dict) else {}
-        raw = {**raw, "retrain": with_method(retrain, _named_method(methods, method))}
+        override = _named_method(methods, method)
+        if SELECT in override:
+            raise LtstgError(
+                f"method {method!r} chooses among candidates on the validation split ({SELECT}: "
+                f"{', '.join(map(str, override[SELECT])) if isinstance(override[SELECT], dict) else '?'}); "
+                f"run it with `ltstg run --methods {method!r}`, or give one candidate's settings as flags."
+            )
+        raw = {**raw, "retrain": with_method(retrain, override)}
     merged = merge_overrides(raw, overrides or {})
     source = str(path) if path is not None else "recipe"
     return validate(merged, source)
 
 
 def method_settings(recipe: Recipe, method: str) -> RetrainSettings:
-    """The retrain settings of one named method of `recipe.methods`, validated with the same rules."""
-    return _method_over(recipe.retrain, method, _named_method(recipe.methods, method))
+    """The retrain settings of one named method of `recipe.methods` (its first candidate, where it selects),
+    validated with the same rules."""
+    return method_candidates(recipe, method)[0][1]
+
+
+def method_candidates(recipe: Recipe, method: str) -> list[tuple[dict[str, Any], RetrainSettings]]:
+    """Every candidate of one named method: (the selected fields' values, its settings). A method without
+    `select` has one candidate, with no values."""
+    return _candidates(recipe.retrain, method, _named_method(recipe.methods, method))
+
+
+def _candidates(
+    retrain: RetrainSettings, method: str, override: dict[str, Any]
+) -> list[tuple[dict[str, Any], RetrainSettings]]:
+    fixed = {key: value for key, value in override.items() if key != SELECT}
+    grid = select_grid(method, override.get(SELECT, {}))
+    out, problems = [], []
+    for values in grid:
+        candidate = copy.deepcopy(fixed)
+        for dotted, value in values.items():
+            set_path(candidate, dotted, value)
+        try:
+            out.append((values, _method_over(retrain, method, candidate)))
+        except LtstgError as error:
+            where = f" ({', '.join(f'{k}={v}' for k, v in values.items())})" if values else ""
+            problems += [f"{line}{where}" for line in str(error).splitlines() if f"{line}{where}" not in problems]
+    if problems:
+        raise LtstgError("\n".join(problems))
+    return out
+
+
+def select_grid(method: str, select: Any) -> list[dict[str, Any]]:
+    """The candidates of `methods.<method>.select` (field -> values, fields relative to `retrain`) as one dict of
+    values each, every combination, the first field varying slowest; [{}] without a selection."""
+    where = f"methods.{method}.{SELECT}"
+    if not isinstance(select, dict):
+        raise LtstgError(f"{where}: expected a mapping of retrain fields to candidate lists, e.g. augment.lam: [0.5, 1].")
+    for field, values in select.items():
+        if not isinstance(values, list) or len(values) < 2:
+            raise LtstgError(f"{where}.{field}: give at least two candidate values as a list, e.g. [0.5, 1].")
+        seen = [json.dumps(value, sort_keys=True) for value in values]
+        if len(set(seen)) != len(seen):
+            raise LtstgError(f"{where}.{field}: a candidate is listed twice; give each value once.")
+    fields = list(select)
+    return [dict(zip(fields, combo)) for combo in itertools.product(*(select[f] for f in fields))] or [{}]
 
 
 def _named_method(methods: dict[str, Any], method: str) -> dict[str, Any]:

@@ -5,8 +5,10 @@ draws those same strings, so a number reads the same wherever it is shown:
 
 - Method: the method's name, then ` [not converged: k of n]` when k of the row's n classifiers did not converge;
 - one column per swept field, its value as `str()` (1, 1.0 and True stay apart);
-- All, Many, Medium, Few, ECE: percent with one decimal, ` ± std` when the row has `<key>_std` (several seeds);
-- NLL: three decimals, no std (the README's tables print it so);
+- Chosen on val, where a row selected settings on the validation split: each seed's choice;
+- All, Many, Medium, Few, ECE, ECE (T): percent with one decimal, ` ± std` when the row has `<key>_std` (several
+  seeds); (T): after temperature scaling fitted on the validation split;
+- NLL, NLL (T): three decimals, no std (the README's tables print it so);
 - id: the report id(s) the row was read from.
 A missing value is `–`. The pivot (`wide_table`) puts top-1 for each value of one swept field side by side.
 
@@ -32,7 +34,9 @@ from typing import Any, Callable, Sequence
 from ltstg.errors import LtstgError
 
 MISSING = "–"
-PERCENT = (("all", "All"), ("many", "Many"), ("medium", "Medium"), ("few", "Few"), ("ece", "ECE"))
+PERCENT = (("all", "All"), ("many", "Many"), ("medium", "Medium"), ("few", "Few"), ("ece", "ECE"),
+           ("ece_calibrated", "ECE (T)"))
+NUMBERS = (("nll", "NLL"), ("nll_calibrated", "NLL (T)"))  # three decimals, no std
 
 
 @dataclass(frozen=True)
@@ -82,20 +86,32 @@ def method_cell(row: dict[str, Any]) -> str:
     return f"{row['method']}{flag(row)}"
 
 
-def methods_columns(swept: Sequence[str] = ()) -> list[Column]:
-    """The methods table's columns: method, swept fields, the scores, the id."""
+def chosen_cell(row: dict[str, Any]) -> str:
+    """What each seed chose on the validation split, seeds apart by ' / ' (`lam=1, mu=zero / lam=1.5, …`); – for a
+    row that selected nothing. A field is named by its last part, as the recipe's `select` lists it."""
+    chosen = row.get("chosen")
+    if not chosen:
+        return MISSING
+    return " / ".join(", ".join(f"{field.rsplit('.', 1)[-1]}={value}" for field, value in values.items())
+                      for values in chosen)
+
+
+def methods_columns(swept: Sequence[str] = (), selected: bool = False) -> list[Column]:
+    """The methods table's columns: method, swept fields, what was chosen on validation, the scores, the id."""
     return [
         Column("Method", method_cell, "left"),
         *(Column(field, lambda row, field=field: str(row["swept"][field]), "left") for field in swept),
+        *([Column("Chosen on val", chosen_cell, "left")] if selected else []),
         *(Column(header, lambda row, key=key: percent(row, key)) for key, header in PERCENT),
-        Column("NLL", lambda row: decimals(row, "nll", 3)),
+        *(Column(header, lambda row, key=key: decimals(row, key, 3)) for key, header in NUMBERS),
         Column("id", lambda row: str(row.get("id") or MISSING), "left", code=True, terminal=False),
     ]
 
 
 def methods_cells(rows: list[dict[str, Any]], swept: Sequence[str] | None = None) -> Cells:
-    """Methods as rows (`compare_rows` / `pipeline.aggregate` rows); `swept` adds a column per swept field."""
-    columns = methods_columns(swept or ())
+    """Methods as rows (`compare_rows` / `pipeline.aggregate` rows); `swept` adds a column per swept field, and
+    rows that selected settings on the validation split add the column of their choices."""
+    columns = methods_columns(swept or (), selected=any(row.get("chosen") for row in rows))
     return Cells(
         header=[column.header for column in columns],
         body=[[column.cell(row) for column in columns] for row in rows],

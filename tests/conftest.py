@@ -17,6 +17,7 @@ dataset:
   source: synthetic
   imbalance: 10
   size: 16
+  val_per_class: 5
   synthetic: {num_classes: 4, train_per_class: 40, test_per_class: 10}
 pretrain:
   model: resnet20_cifar

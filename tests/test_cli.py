@@ -133,11 +133,12 @@ def test_inspect_dataset_table_json_and_plot(tiny_recipe_path, tmp_path):
     payload = json.loads(result.stdout)
     assert [c["train"] for c in payload["classes"]] == [40, 18, 8, 4]
     assert [c["group"] for c in payload["classes"]] == ["medium", "few", "few", "few"]
-    assert all(c["test"] == 10 for c in payload["classes"])
+    assert all(c["test"] == 10 and c["val"] == 5 for c in payload["classes"])
+    assert payload["val_origin"] == "generated, like the training images"
     with Image.open(tmp_path / "counts.png") as image:
         assert image.size == (800, 400)
     table = invoke("inspect", "dataset", store=store)
-    assert "disc" in table.stdout and "medium" in table.stdout
+    assert "disc" in table.stdout and "medium" in table.stdout and "validation: generated" in table.stdout
 
 
 def test_inspect_kl_divergence_and_tsne(tiny_recipe_path, tmp_path):

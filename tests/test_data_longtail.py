@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from ltstg.data.longtail import assign_groups, make_profile, select_long_tail
+from ltstg.data.longtail import assign_groups, make_profile, select_long_tail, split_off_share, split_off_validation
 from ltstg.errors import LtstgError
 
 
@@ -98,3 +98,40 @@ def test_selection_accepts_torch_labels_and_rejects_short_classes():
 def test_assign_groups_thresholds():
     assert assign_groups([500, 101, 100, 20, 19, 1]) == ["many", "many", "medium", "medium", "few", "few"]
     assert assign_groups([50, 10], many_min=40, few_max=11) == ["many", "few"]
+
+
+@pytest.mark.parametrize("num_classes, n_max, per_class", [(10, 5000, 100), (100, 500, 20)])
+@pytest.mark.parametrize("imbalance", [10, 50, 100])
+def test_validation_comes_from_unused_images_and_keeps_cao_counts(num_classes, n_max, per_class, imbalance):
+    """k val images per class, disjoint from training; Cao's subset is untouched wherever a class has k unused
+    images, and elsewhere only the missing ones leave training (its count drops by exactly that many)."""
+    labels = fake_labels(num_classes, n_max)
+    counts = make_profile(n_max, num_classes, imbalance, "exp")
+    train, val = split_off_validation(labels, counts, per_class, seed=0)
+    assert not set(train) & set(val) and len(set(val)) == len(val)
+    assert np.bincount(labels[val], minlength=num_classes).tolist() == [per_class] * num_classes
+    kept = np.bincount(labels[train], minlength=num_classes)
+    cao = select_long_tail(labels, counts, seed=0)
+    for c, count in enumerate(counts):
+        unused = n_max - count
+        assert kept[c] == count - max(per_class - unused, 0), c
+        rows = train[labels[train] == c]
+        if unused >= per_class:  # Cao et al.'s very images
+            np.testing.assert_array_equal(rows, cao[labels[cao] == c])
+    assert kept[0] == n_max - per_class  # the largest class keeps everything, so its val images come from training
+
+
+def test_validation_takes_at_most_a_tenth_of_a_class_s_training_images():
+    labels = np.array([0] * 40 + [1] * 9)
+    train, val = split_off_validation(labels, [40, 5], per_class=10, seed=0)
+    assert np.bincount(labels[train]).tolist() == [36, 5] and np.bincount(labels[val]).tolist() == [4, 4]
+
+
+def test_stratified_share_takes_one_where_a_class_can_spare_it():
+    labels = np.array([0] * 50 + [1] * 9 + [2] * 2 + [3])
+    train, val = split_off_share(labels, 4, 0.1, seed=0)
+    assert np.bincount(labels[val], minlength=4).tolist() == [5, 1, 1, 0]
+    assert np.bincount(labels[train], minlength=4).tolist() == [45, 8, 1, 1]
+    assert sorted(np.concatenate([train, val]).tolist()) == list(range(len(labels)))
+    again = split_off_share(labels, 4, 0.1, seed=0)
+    np.testing.assert_array_equal(again[1], val)

@@ -7,9 +7,10 @@ from ltstg.errors import LtstgError
 
 
 def test_shapes_dtypes_and_names():
-    source = make_synthetic(num_classes=4, train_per_class=6, test_per_class=3, size=8, seed=0)
+    source = make_synthetic(num_classes=4, train_per_class=6, test_per_class=3, size=8, seed=0, val_per_class=2)
     assert source.name == "synthetic" and source.class_names == ("disc", "square", "triangle", "ring")
-    assert set(source.splits) == {"train", "test"} and source.root is None
+    assert set(source.splits) == {"train", "val", "test"} and source.root is None
+    assert torch.bincount(source.splits["val"].labels).tolist() == [2] * 4
     train, test = source.splits["train"], source.splits["test"]
     assert train.images.shape == (24, 8, 8, 3) and train.images.dtype == torch.uint8 and train.paths is None
     assert test.images.shape == (12, 8, 8, 3)
@@ -32,6 +33,14 @@ def test_deterministic_and_seeded():
     bigger = make_synthetic(num_classes=3, train_per_class=30, test_per_class=5, seed=5)
     assert torch.equal(bigger.splits["test"].images, first.splits["test"].images)
     assert bigger.fingerprint != first.fingerprint
+    # generated validation images are new draws: neither training nor test images, and they move neither split
+    more_val = make_synthetic(num_classes=3, train_per_class=20, test_per_class=5, seed=5, val_per_class=7)
+    for split in ("train", "test"):
+        assert torch.equal(more_val.splits[split].images, first.splits[split].images)
+    val = first.splits["val"].images.flatten(1)
+    for split in ("train", "test"):
+        others = first.splits[split].images.flatten(1)
+        assert not (val.unsqueeze(1) == others.unsqueeze(0)).all(dim=2).any(), split
 
 
 def test_leaves_global_rng_alone():

@@ -51,7 +51,8 @@ def sample(flag) -> tuple[list[str], typing.Any]:
     if value_type is bool:
         return ([f"--no-{flag.option[2:]}"] if default else [flag.option]), not default
     if value_type is int:
-        return [flag.option, str(default + 1)], default + 1
+        value = default + 1 if default is not None else 7
+        return [flag.option, str(value)], value
     if value_type is float:
         value = default / 2 if default else 0.5
         return [flag.option, str(value)], value

@@ -101,20 +101,21 @@ def test_compare_rows_and_markdown_table_for_three_methods():
     assert [row["method"] for row in rows] == ["CE (stage 1)", "cRT", "cRT+STG"]
     assert rows[1]["all"] == pytest.approx(2 / 6) and rows[1]["many"] == 0.0 and rows[1]["few"] == 1.0
     assert rows[0]["id"] == "1" * 12
-    assert set(rows[0]) == {"method", "all", "many", "medium", "few", "ece", "nll", "id", "not_converged", "mean_class"}
+    assert set(rows[0]) == {"method", "all", "many", "medium", "few", "ece", "nll", "ece_calibrated", "nll_calibrated",
+                            "id", "not_converged", "mean_class"}
     # row 3: logits (2, 0, 0): confidence e^2 / (e^2 + 2) = 0.78699, ECE |4 - 6 * 0.78699| / 6 = 12.0 %
     assert markdown(methods_cells(rows)) == (
-        "| Method | All | Many | Medium | Few | ECE | NLL | id |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---|\n"
-        "| CE (stage 1) | 66.7 | 50.0 | 100.0 | 50.0 | 33.3 | 6.667 | `111111111111` |\n"
-        "| cRT | 33.3 | 0.0 | 0.0 | 100.0 | 66.1 | 6.672 | `222222222222` |\n"
-        "| cRT+STG | 66.7 | 50.0 | 100.0 | 50.0 | 12.0 | 0.906 | `333333333333` |\n"
+        "| Method | All | Many | Medium | Few | ECE | ECE (T) | NLL | NLL (T) | id |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n"
+        "| CE (stage 1) | 66.7 | 50.0 | 100.0 | 50.0 | 33.3 | – | 6.667 | – | `111111111111` |\n"
+        "| cRT | 33.3 | 0.0 | 0.0 | 100.0 | 66.1 | – | 6.672 | – | `222222222222` |\n"
+        "| cRT+STG | 66.7 | 50.0 | 100.0 | 50.0 | 12.0 | – | 0.906 | – | `333333333333` |\n"
     )
 
 
 def test_missing_group_shows_a_dash():
     rows = [{"method": "m", "all": 0.5, "many": 0.25, "medium": None, "few": None, "ece": 0.01, "nll": 1.0, "id": "ab"}]
-    assert markdown(methods_cells(rows)).splitlines()[-1] == "| m | 50.0 | 25.0 | – | – | 1.0 | 1.000 | `ab` |"
+    assert markdown(methods_cells(rows)).splitlines()[-1] == "| m | 50.0 | 25.0 | – | – | 1.0 | – | 1.000 | – | `ab` |"
 
 
 def test_compare_rows_rejects_other_kinds():
@@ -154,3 +155,31 @@ def test_compare_rows_count_a_classifier_that_did_not_converge():
     assert [row["not_converged"] for row in compare_rows([report, report], [stuck, fine])] == [1, 0]
     assert compare_rows([report])[0]["not_converged"] == 0  # without its classifier nothing is claimed
     assert "| cRT [not converged: 1 of 1] |" in markdown(methods_cells(compare_rows([report], [stuck])))
+
+
+def test_temperature_scaling_from_retrain_changes_calibration_not_accuracy():
+    """The temperature retrain fits on validation: eval reports ECE and NLL before and after, top-1 unchanged,
+    and the validation NLL it was fitted on went down."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_stages_retrain import make_features, run
+
+    from ltstg.recipe import EvalSettings, RetrainSettings
+    from ltstg.stages.evaluate import evaluate
+    from ltstg.store import Artifact
+
+    features = make_features()
+    out = run(RetrainSettings(epochs=10, batch_size=32, lr=1e-2), features)
+    assert out.tensors["temperature"].shape == (1,) and out.metrics["temperature"] != 1.0
+    assert out.metrics["val_nll_calibrated"] < out.metrics["val_nll"]
+    classifier = Artifact("c" * 64, {"kind": "classifier", "info": out.info, "metrics": out.metrics}, out.tensors)
+    report = evaluate(classifier, features, EvalSettings())
+    plain = Artifact("c" * 64, {"kind": "classifier", "info": out.info},
+                     {k: v for k, v in out.tensors.items() if k != "temperature"})
+    without = evaluate(plain, features, EvalSettings())
+    assert report.metrics["top1"] == without.metrics["top1"] and report.metrics["few"] == without.metrics["few"]
+    assert report.metrics["ece"] == without.metrics["ece"] and "ece_calibrated" not in without.metrics
+    assert report.metrics["temperature"] == pytest.approx(float(out.tensors["temperature"]))
+    assert report.metrics["nll_calibrated"] != report.metrics["nll"]

@@ -321,28 +321,40 @@ methods:
   Dropout: {augment: {name: dropout, p: 0.2}}
 """
 
-# The ids the tiny pipeline had before the issue-19 restructuring (commit a52b857): a refactor must not move them,
-# or every artifact a user already has would be recomputed and the README's ids would point nowhere.
-IDS_BEFORE_RESTRUCTURING = {
-    "dataset": "e1b608fc987fc8af",
-    "backbone": "4a615929583639c8",
-    "features": "1ed79760c2f64024",
-    "stg": "a78e165c5d3f46f1",
-    "classifier CE": "7d1ab07289ff5bdc", "report CE": "a3dd4eee2fcada1c",
-    "classifier cRT": "e446619b20699bba", "report cRT": "8c9bc523d1ec1d44",
-    "classifier LWS": "bb98b3da13a83116", "report LWS": "3f089ae81d06927f",
-    "classifier tau": "9ca9fc95f1a1b0ff", "report tau": "abc2edc6963e5a08",
-    "classifier MiSLAS": "516204a753f05bb3", "report MiSLAS": "662d9e2539635fbe",
-    "classifier cRT-stage1": "068c48b2bafd9bf8", "report cRT-stage1": "c6f87ef9fd3bdeb7",
-    "classifier STG": "942323a4ee1674b0", "report STG": "e4534e7d4ffd2d5c",
-    "classifier STG-rel": "a6ae5d874619b040", "report STG-rel": "48b731bd74bbaef6",
-    "classifier ISDA": "cdcdde9ea8bea00d", "report ISDA": "ccf92249a26b3613",
-    "classifier Noise": "5e8af1b7018fc990", "report Noise": "1e01972ce128e028",
-    "classifier Dropout": "1bceefabcc9eede0", "report Dropout": "8c4e477487337652",
+# The ids of the tiny pipeline, pinned: a refactor must not move them, or every artifact a user already has would be
+# recomputed and the README's ids would point nowhere. Pinned at the issue-19 restructuring (a52b857) and moved once
+# since, on purpose, by issue 21: every data set gained a validation split (and dataset.val_per_class / val_share).
+PINNED_IDS = {
+    "dataset": "9075b2cd68772e21",
+    "backbone": "dfa463004585f825",
+    "features": "0e71715f9afad04a",
+    "stg": "21457dc44d40fdd5",
+    "classifier CE": "8026107ef97c2608",
+    "report CE": "49943bac427094f9",
+    "classifier cRT": "38a422ddc6d68099",
+    "report cRT": "e90566a92f0c7c74",
+    "classifier LWS": "3982a1f2a33ae175",
+    "report LWS": "b1a17d9c38a176f3",
+    "classifier tau": "fb3d7bee5d915e91",
+    "report tau": "91df551ee827e798",
+    "classifier MiSLAS": "7d729e7477b7e9ac",
+    "report MiSLAS": "6cab4b5423758c85",
+    "classifier cRT-stage1": "734ce72c9323de57",
+    "report cRT-stage1": "cbb85ebcbae1e6f8",
+    "classifier STG": "5f4aef26529fdeca",
+    "report STG": "f03dde30b90d482d",
+    "classifier STG-rel": "f6495adbb5bc4dc7",
+    "report STG-rel": "555bb4f608fdea0e",
+    "classifier ISDA": "8bb5453196f8a05a",
+    "report ISDA": "b42455c92c5eddf8",
+    "classifier Noise": "57ac36c76ff9f8dd",
+    "report Noise": "cd7ea910dcc48c39",
+    "classifier Dropout": "440990f7beeb2aa0",
+    "report Dropout": "1aace647108970e7",
 }
 
 
-def test_every_artifact_id_of_the_tiny_pipeline_is_the_one_it_had_before_the_restructuring(tmp_path, one_thread):
+def test_every_artifact_id_of_the_tiny_pipeline_is_pinned(tmp_path, one_thread):
     from tests.conftest import TINY
 
     path = tmp_path / "every.yaml"
@@ -352,4 +364,91 @@ def test_every_artifact_id_of_the_tiny_pipeline_is_the_one_it_had_before_the_res
     for run in runs:
         ids[f"classifier {run.method}"] = run.report.parents[0][:16]
         ids[f"report {run.method}"] = run.report.id[:16]
-    assert ids == IDS_BEFORE_RESTRUCTURING
+    assert ids == PINNED_IDS
+
+
+SELECTING = """
+methods:
+  cRT: {classifier: crt}
+  cRT+noise (std on val): {augment: {name: noise}, select: {augment.std: [0.05, 50.0]}}
+"""
+
+
+def shuffled_test_labels(monkeypatch):
+    """Make every features artifact hold its test labels in a random order, as a test split with other labels."""
+    from ltstg.stages import extract_features as module
+
+    real = module.extract_features
+
+    def shuffled(*args, **kwargs):
+        out = real(*args, **kwargs)
+        labels = out.tensors["test_labels"]
+        out.tensors["test_labels"] = labels[torch.randperm(labels.numel(), generator=torch.Generator().manual_seed(1))]
+        return out
+
+    monkeypatch.setattr(module, "extract_features", shuffled)
+
+
+def test_selection_chooses_on_validation_per_seed_and_never_reads_the_test_split(tiny_recipe_path, tmp_path,
+                                                                                 monkeypatch, one_thread):
+    tiny_recipe_path.write_text(tiny_recipe_path.read_text() + SELECTING)
+    recipe = load_recipe(tiny_recipe_path)
+    method = "cRT+noise (std on val)"
+    assert [values for values, _ in methods_of(recipe, None)[method]] == [{"augment.std": 0.05}, {"augment.std": 50.0}]
+    runs, results = run_recipe(Context(store=Store(tmp_path / "a")), recipe, seeds=[0, 1], vary_from="retrain")
+    rows = {row["method"]: row for row in aggregate(runs)}
+    selected = rows[method]
+    assert "chosen" not in rows["cRT"]
+    assert len(selected["chosen"]) == 2 and len(selected["candidates"]) == 2
+    for seed_candidates, chosen in zip(selected["candidates"], selected["chosen"]):
+        scores = [c["val_mean_class"] for c in seed_candidates]
+        best = seed_candidates[scores.index(max(scores))]
+        assert best["chosen"] and best["values"] == chosen and sum(c["chosen"] for c in seed_candidates) == 1
+    store = Store(tmp_path / "a")
+    for run, seed_candidates in zip([r for r in runs if r.method == method], selected["candidates"]):
+        chosen_id = next(c["classifier"] for c in seed_candidates if c["chosen"])
+        assert run.report.parents[0] == chosen_id  # the report scores the chosen classifier, and only it
+    reports = [r.artifact for r in results if r.artifact.kind == "report"]
+    assert len(reports) == 4  # one per method and seed: candidates that lost are never scored on test
+    assert store.get(chosen_id).kind == "classifier"
+
+    shuffled_test_labels(monkeypatch)
+    again, _ = run_recipe(Context(store=Store(tmp_path / "b")), recipe, seeds=[0, 1], vary_from="retrain")
+    rows_again = {row["method"]: row for row in aggregate(again)}
+    assert rows_again[method]["chosen"] == selected["chosen"]
+    assert [[c["val_mean_class"] for c in seed] for seed in rows_again[method]["candidates"]] == \
+        [[c["val_mean_class"] for c in seed] for seed in selected["candidates"]]
+    assert rows_again["cRT"]["all"] != rows["cRT"]["all"]  # the test split really changed
+
+
+def test_select_is_checked_before_any_work(tiny_recipe_path, tmp_path):
+    for select, message in [
+        ("{augment.std: [0.5]}", "give at least two candidate values"),
+        ("{augment.std: [0.5, 0.5]}", "a candidate is listed twice"),
+        ("{augment.stdd: [0.5, 1]}", "augment.stdd"),
+        ("{augment.std: [0.5, -1]}", "augment.std=-1"),
+        ("[augment.std]", "expected a mapping"),
+    ]:
+        tiny_recipe_path.write_text(tiny_recipe_path.read_text().split("methods:")[0]
+                                    + f"methods:\n  noise: {{augment: {{name: noise}}, select: {select}}}\n")
+        with pytest.raises(LtstgError, match=message):
+            load_recipe(tiny_recipe_path)
+    assert not (tmp_path / ".artifacts").exists()
+
+
+def test_a_selecting_method_cannot_be_retrained_alone(tiny_recipe_path):
+    tiny_recipe_path.write_text(tiny_recipe_path.read_text() + SELECTING)
+    with pytest.raises(LtstgError, match="ltstg run --methods"):
+        load_recipe(tiny_recipe_path, method="cRT+noise (std on val)")
+
+
+def test_different_candidate_budgets_are_said(tiny_recipe_path, tmp_path):
+    tiny_recipe_path.write_text(tiny_recipe_path.read_text() + """
+methods:
+  noise: {augment: {name: noise}, select: {augment.std: [0.1, 0.5, 1.5]}}
+  dropout: {augment: {name: dropout}, select: {augment.p: [0.1, 0.2]}}
+""")
+    notes = []
+    run_recipe(Context(store=Store(tmp_path / "store"), note=notes.append), load_recipe(tiny_recipe_path),
+               seeds=[0], until="dataset")
+    assert any("different numbers of candidates (noise 3, dropout 2)" in note for note in notes)

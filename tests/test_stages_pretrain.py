@@ -159,8 +159,12 @@ def test_real_cifar10_jpeg_imagefolder_imb100_counts(tmp_path, cifar10_jpeg):
     recipe = load_recipe(None, {"dataset.source": "imagefolder", "dataset.root": str(cifar10_jpeg),
                                 "dataset.imbalance": 100})
     dataset = steps.dataset_step(Context(store=Store(tmp_path / "store")), recipe).artifact
-    assert dataset["train_images"].shape == (12406, 32, 32, 3) and dataset["train_images"].dtype == torch.uint8
-    assert dataset["class_counts"].tolist() == [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+    # Cao et al.'s counts, but the first class, which keeps all its 5000 images, lends 100 to validation
+    assert dataset["train_images"].shape == (12306, 32, 32, 3) and dataset["train_images"].dtype == torch.uint8
+    assert dataset["class_counts"].tolist() == [4900, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+    assert dataset["val_counts"].tolist() == [100] * 10 and dataset["val_images"].shape == (1000, 32, 32, 3)
+    train_rows, val_rows = set(dataset["train_index"].tolist()), set(dataset["val_index"].tolist())
+    assert not train_rows & val_rows  # rows of the source's train/ folder; the test/ folder is apart
     assert torch.bincount(dataset["train_labels"], minlength=10).tolist() == dataset["class_counts"].tolist()
     assert dataset["test_images"].shape[0] == 10000 and len(dataset["test_labels"]) == 10000
     assert torch.bincount(dataset["test_labels"], minlength=10).tolist() == [1000] * 10

@@ -93,7 +93,7 @@ def read_html(text):
 @pytest.mark.parametrize("swept", [[], SWEPT])
 def test_the_four_formats_agree_cell_for_cell(swept):
     cells = methods_cells(ROWS, swept)
-    assert cells.header == ["Method", *swept, "All", "Many", "Medium", "Few", "ECE", "NLL", "id"]
+    assert cells.header == ["Method", *swept, "All", "Many", "Medium", "Few", "ECE", "ECE (T)", "NLL", "NLL (T)", "id"]
 
     header, body, align = read_markdown(markdown(cells), cells.code)
     assert (header, body, align) == (cells.header, cells.body, cells.align)
@@ -147,11 +147,21 @@ def test_nll_has_three_decimals_everywhere_and_no_std():
 
 def test_markdown_is_what_the_readme_tables_were_made_with():
     assert markdown(methods_cells(ROWS[:1], ["stg.memory"])) == (
-        "| Method | stg.memory | All | Many | Medium | Few | ECE | NLL | id |\n"
-        "|---|---|---:|---:|---:|---:|---:|---:|---|\n"
-        "| cRT [v2] [not converged: 1 of 3] | 600 | 73.5 ± 0.3 | 90.0 ± 1.0 | – | 41.0 ± 0.0 | 12.3 ± 0.4 | 1.235 "
-        "| `aaaaaaaaaaaa,bbbbbbbbbbbb,cccccccccccc` |\n"
+        "| Method | stg.memory | All | Many | Medium | Few | ECE | ECE (T) | NLL | NLL (T) | id |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n"
+        "| cRT [v2] [not converged: 1 of 3] | 600 | 73.5 ± 0.3 | 90.0 ± 1.0 | – | 41.0 ± 0.0 | 12.3 ± 0.4 | – | 1.235 "
+        "| – | `aaaaaaaaaaaa,bbbbbbbbbbbb,cccccccccccc` |\n"
     )
+
+
+def test_a_selected_row_shows_what_each_seed_chose_on_validation():
+    chosen = {**ROWS[1], "chosen": [{"augment.lam": 1, "augment.mu": "zero"}, {"augment.lam": 1.5, "augment.mu": "eq3"}],
+              "ece_calibrated": 0.021, "nll_calibrated": 0.8}
+    cells = methods_cells([chosen, ROWS[2]])
+    column = cells.header.index("Chosen on val")
+    assert [line[column] for line in cells.body] == ["lam=1, mu=zero / lam=1.5, mu=eq3", "–"]
+    assert cells.body[0][cells.header.index("ECE (T)")] == "2.1" and cells.body[0][cells.header.index("NLL (T)")] == "0.800"
+    assert "Chosen on val" not in methods_cells(ROWS).header  # only where a row selected
 
 
 def test_swept_values_keep_their_text_so_1_and_1_0_stay_apart():

@@ -13,7 +13,7 @@ from ltstg.data import Source, Split, fingerprint
 from ltstg.errors import LtstgError
 from ltstg.progress import Progress, silent
 
-SPLITS = ("train", "test", "val")
+VAL_FOLDERS = ("val", "valid")
 REPORT_EVERY = 1000
 # What PIL raises for unreadable, truncated or hostile files; anything else is a bug and keeps its traceback.
 UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
@@ -33,7 +33,8 @@ def list_imagefolder(root: str, classes: Sequence[str] | None = None) -> Source:
             raise LtstgError(
                 f"{root} has no {split}/ folder; an image folder needs train/<class>/<image> and test/<class>/<image>."
             )
-    found = {split: _class_folders(root, split) for split in SPLITS if os.path.isdir(os.path.join(root, split))}
+    split_folders = {split: split for split in ("train", "test")} | _val_folder(root)  # split -> its folder under root
+    found = {split: _class_folders(root, folder) for split, folder in split_folders.items()}
     if not found["train"]:
         raise LtstgError(
             f"{os.path.join(root, 'train')} has no class folders; put each class's images in train/<class>/."
@@ -54,14 +55,14 @@ def list_imagefolder(root: str, classes: Sequence[str] | None = None) -> Source:
         extra = sorted(set(folders) - set(found["train"]))
         if extra:
             raise LtstgError(
-                f"{os.path.join(root, split, extra[0])} is a class absent from train/ ({len(extra)} such folders); "
+                f"{os.path.join(root, split_folders[split], extra[0])} is a class absent from train/ ({len(extra)} such folders); "
                 "add it to train/ or remove it."
             )
     splits, listing = {}, []
     for split in found:
         paths, labels = [], []
         for label, name in enumerate(class_names):
-            files = _files(root, os.path.join(split, name))
+            files = _files(root, os.path.join(split_folders[split], name))
             if split == "train" and not files:
                 raise LtstgError(f"{os.path.join(root, split, name)} holds no images; add some or leave the class out.")
             paths += [path for path, _ in files]
@@ -75,6 +76,14 @@ def list_imagefolder(root: str, classes: Sequence[str] | None = None) -> Source:
         root=root,
         fingerprint=fingerprint(["imagefolder", *class_names, *listing]),
     )
+
+
+def _val_folder(root: str) -> dict[str, str]:
+    """The validation folder, `val/` or `valid/` (as some published trees name it); both at once is ambiguous."""
+    present = [name for name in VAL_FOLDERS if os.path.isdir(os.path.join(root, name))]
+    if len(present) > 1:
+        raise LtstgError(f"{root} has both val/ and valid/; keep the one that holds the validation images.")
+    return {"val": present[0]} if present else {}
 
 
 def _class_folders(root: str, split: str) -> list[str]:

@@ -62,25 +62,26 @@ CLASSES = tuple(
 
 
 def make_synthetic(
-    num_classes: int = 10, train_per_class: int = 500, test_per_class: int = 100, size: int = 32, seed: int = 0
+    num_classes: int = 10, train_per_class: int = 500, test_per_class: int = 100, size: int = 32, seed: int = 0,
+    val_per_class: int = 100,
 ) -> Source:
-    """Balanced train and test splits, bit-identical for the same arguments, from a private generator.
+    """Balanced train, val and test splits, bit-identical for the same arguments, from private generators.
 
     Instances vary in colour, position, scale, rotation, background gradient and noise, so a small
     CNN learns the classes well above chance but not perfectly.
     """
     if not 1 <= num_classes <= len(CLASSES):
         raise LtstgError(f"the synthetic source has 1 to {len(CLASSES)} classes, got num_classes={num_classes}.")
-    if train_per_class < 1 or test_per_class < 1:
+    if min(train_per_class, test_per_class, val_per_class) < 1:
         raise LtstgError(
-            f"the synthetic source needs at least one image per class and split, got {train_per_class} train "
-            f"and {test_per_class} test."
+            f"the synthetic source needs at least one image per class and split, got {train_per_class} train, "
+            f"{val_per_class} val and {test_per_class} test."
         )
     if size < 4:
         raise LtstgError(f"synthetic images must be at least 4 pixels wide, got size={size}.")
     splits = {}
-    for split, per_class in (("train", train_per_class), ("test", test_per_class)):
-        # one generator per split, so the test set does not change with train_per_class
+    for split, per_class in (("train", train_per_class), ("test", test_per_class), ("val", val_per_class)):
+        # one generator per split, so the test set does not change with train_per_class or val_per_class
         generator = torch.Generator().manual_seed(_split_seed(seed, split))
         images = [
             _draw(shape, texture, palette, min(CHUNK, per_class - start), size, generator)
@@ -91,7 +92,7 @@ def make_synthetic(
             labels=torch.arange(num_classes).repeat_interleave(per_class),  # (N,) int64, class-major
             images=torch.cat(images),  # (N, size, size, 3) uint8
         )
-    parameters = f"{VERSION} {num_classes} {train_per_class} {test_per_class} {size} {seed}"
+    parameters = f"{VERSION} {num_classes} {train_per_class} {test_per_class} {size} {seed} val {val_per_class}"
     return Source(
         name="synthetic",
         class_names=tuple(name for name, _, _, _ in CLASSES[:num_classes]),

@@ -7,14 +7,34 @@ tokens are training-time tools and never touch a test feature.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ltstg.data.features import split_tensors
 from ltstg.data.longtail import assign_groups
 from ltstg.errors import LtstgError
-from ltstg.metrics import classification_metrics, confusion_matrix, per_class_accuracy
+from ltstg.metrics import classification_metrics, confusion_matrix, expected_calibration_error, per_class_accuracy
 from ltstg.recipe import EvalSettings
 from ltstg.stages import Output, require_kind
 from ltstg.store import SHORT, Artifact
+
+VAL_METRICS = ("top1", "mean_class", "ece", "nll", "ece_calibrated", "nll_calibrated")  # what retrain keeps of val
+
+
+def split_logits(
+    weight: torch.Tensor, bias: torch.Tensor, features: Artifact, split: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits = a @ W.T + b (M, C) of one split's features, and its labels (M,); a classifier that does not fit
+    the features is one clear error."""
+    inputs, labels = split_tensors(features, split)
+    num_classes = features["class_counts"].numel()
+    if inputs.dim() != 2 or weight.shape != (num_classes, inputs.shape[1]) or bias.shape != (num_classes,):
+        raise LtstgError(
+            f"the classifier ({tuple(weight.shape)} weight, {tuple(bias.shape)} bias) does not fit features "
+            f"{features.id[:SHORT]} ({num_classes} classes, {split} features {tuple(inputs.shape)}); "
+            "evaluate it on the features it was trained on."
+        )
+    return inputs.float() @ weight.float().T + bias.float(), labels.long()
+
 
 def score(
     weight: torch.Tensor,
@@ -23,19 +43,16 @@ def score(
     settings: EvalSettings,
     *,
     split: str = "test",
+    temperature: float | None = None,
 ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-    """Metrics and per-class tensors of logits = a @ W.T + b on one split; shared by eval and retrain."""
-    inputs, labels = split_tensors(features, split)
+    """Metrics and per-class tensors of logits = a @ W.T + b on one split; shared by eval and retrain.
+
+    With a temperature (fitted on the validation split by retrain), ECE and NLL are also given for the
+    logits divided by it (`ece_calibrated`, `nll_calibrated`); the predictions, and so top-1, are the same.
+    """
+    logits, labels = split_logits(weight, bias, features, split)  # (M, C), (M,)
     counts = features["class_counts"]
     num_classes = counts.numel()
-    if inputs.dim() != 2 or weight.shape != (num_classes, inputs.shape[1]) or bias.shape != (num_classes,):
-        raise LtstgError(
-            f"the classifier ({tuple(weight.shape)} weight, {tuple(bias.shape)} bias) does not fit features "
-            f"{features.id[:SHORT]} ({num_classes} classes, {split} features {tuple(inputs.shape)}); "
-            "evaluate it on the features it was trained on."
-        )
-    logits = inputs.float() @ weight.float().T + bias.float()  # (M, C)
-    labels = labels.long()
     metrics = classification_metrics(
         logits,
         labels,
@@ -44,6 +61,11 @@ def score(
         few_max=int(features.info.get("few_below", 20)),
         ece_bins=settings.ece_bins,
     )
+    if temperature is not None:
+        calibrated = logits / temperature
+        metrics["ece_calibrated"] = expected_calibration_error(calibrated.softmax(dim=1), labels, bins=settings.ece_bins)
+        metrics["nll_calibrated"] = float(F.cross_entropy(calibrated, labels))
+        metrics["temperature"] = float(temperature)
     preds = logits.argmax(dim=1)  # (M,)
     tensors = {
         "per_class_accuracy": per_class_accuracy(preds, labels, num_classes).float(),  # (C,), NaN: no samples
@@ -56,7 +78,9 @@ def evaluate(classifier: Artifact, features: Artifact, settings: EvalSettings, *
     """Top-1, many/medium/few, ECE and NLL of one classifier, so every method is scored by one code path."""
     require_kind(classifier, "classifier")
     require_kind(features, "features")
-    metrics, tensors = score(classifier["weight"], classifier["bias"], features, settings, split=split)
+    metrics, tensors = score(
+        classifier["weight"], classifier["bias"], features, settings, split=split, temperature=temperature_of(classifier)
+    )
     counts = features["class_counts"]
     info = {
         "method": classifier.info.get("method", classifier.info.get("classifier", "?")),
@@ -74,6 +98,11 @@ def evaluate(classifier: Artifact, features: Artifact, settings: EvalSettings, *
             "weights them equally, as the paper's balanced test sets do"
         )
     return Output("report", tensors, metrics, info, key_metric="top1", notes=notes)
+
+
+def temperature_of(classifier: Artifact) -> float | None:
+    """The temperature retrain fitted on the validation split; None for a classifier made without one."""
+    return float(classifier["temperature"]) if "temperature" in classifier.tensors else None
 
 
 def converged(classifier: Artifact) -> bool:
@@ -98,6 +127,8 @@ def compare_rows(reports: list[Artifact], classifiers: list[Artifact] | None = N
                 "few": metrics.get("few"),
                 "ece": metrics.get("ece"),
                 "nll": metrics.get("nll"),
+                "ece_calibrated": metrics.get("ece_calibrated"),
+                "nll_calibrated": metrics.get("nll_calibrated"),
                 "id": report.id[:SHORT],
                 "not_converged": int(classifiers is not None and not converged(classifiers[index])),
             }

@@ -10,7 +10,7 @@ import torch
 from ltstg.data import Source, Split
 from ltstg.data.cifar import load_cifar
 from ltstg.data.imagefolder import decode_images, list_imagefolder
-from ltstg.data.longtail import assign_groups, make_profile, select_long_tail
+from ltstg.data.longtail import assign_groups, make_profile, select_long_tail, split_off_share, split_off_validation
 from ltstg.data.split_list import read_split_lists
 from ltstg.data.synthetic import make_synthetic
 from ltstg.errors import LtstgError
@@ -33,7 +33,8 @@ def _split_lists(settings: DatasetSettings) -> Source:
 
 LOADERS: dict[str, Callable[[DatasetSettings, int], Source]] = {
     "synthetic": lambda s, seed: make_synthetic(
-        s.synthetic.num_classes, s.synthetic.train_per_class, s.synthetic.test_per_class, s.size, seed
+        s.synthetic.num_classes, s.synthetic.train_per_class, s.synthetic.test_per_class, s.size, seed,
+        val_per_class=s.val_count(s.synthetic.num_classes),
     ),
     "cifar10": lambda s, seed: load_cifar("cifar10", s.root, s.download),
     "cifar100": lambda s, seed: load_cifar("cifar100", s.root, s.download),
@@ -59,16 +60,21 @@ def decode_strings(tensor: torch.Tensor) -> list[str]:
 
 
 def make_dataset(settings: DatasetSettings, source: Source, *, seed: int, progress: Progress = silent) -> Output:
-    """Select the long-tailed training subset (Cao et al.) and store images or paths with counts and groups."""
+    """Select the long-tailed training subset (Cao et al.), set a validation split apart, and store images or
+    paths with counts and groups."""
     source_counts = _checked_counts(source)  # (C,)
     notes: list[str] = []
-    kept, protocol = _select(settings, source, source_counts, seed, notes)
-    splits = {"train": _take(source.splits["train"], kept)} | {k: v for k, v in source.splits.items() if k != "train"}
+    kept, val_rows, protocol, val_origin = _select(settings, source, source_counts, seed, notes)
+    train = source.splits["train"]
+    splits = {"train": _take(train, kept)} | ({"val": _take(train, val_rows)} if val_rows is not None else {})
+    splits |= {k: v for k, v in source.splits.items() if k != "train"}
     tensors, skipped = _split_tensors(settings, source, splits, progress)
     tensors = {"train_index": torch.from_numpy(kept.astype(np.int64)), **tensors}
+    if val_rows is not None:
+        tensors["val_index"] = torch.from_numpy(val_rows.astype(np.int64))  # rows of the source's training split
     _note_skipped(settings, source, skipped, notes)
     _check_not_emptied(source, list(splits), tensors)
-    return _dataset_output(settings, source, kept, protocol, tensors, skipped, notes)
+    return _dataset_output(settings, source, kept, protocol, val_origin, tensors, skipped, notes)
 
 
 def _checked_counts(source: Source) -> np.ndarray:
@@ -89,12 +95,43 @@ def _checked_counts(source: Source) -> np.ndarray:
 
 def _select(
     settings: DatasetSettings, source: Source, source_counts: np.ndarray, seed: int, notes: list[str]
-) -> tuple[np.ndarray, str]:
-    """The kept training rows and the protocol in words; a class the profile can't fill is noted in `notes`."""
+) -> tuple[np.ndarray, np.ndarray | None, str, str]:
+    """The kept training rows, the validation rows taken from the source's training split (None: the source has
+    its own val split), the protocol and where validation comes from, in words; deviations go to `notes`."""
     train = source.splits["train"]
-    if source.name in SPLIT_LIST_SOURCES or settings.imbalance == 1:
-        protocol = "published split list" if source.name in SPLIT_LIST_SOURCES else "source as is"
-        return np.arange(len(train.labels)), protocol
+    num_classes = len(source.class_names)
+    counts, protocol = _profile_counts(settings, source, source_counts, notes)  # (C,) or None: the source as is
+    if "val" in source.splits:
+        origin = "generated, like the training images" if source.name == "synthetic" else "the source's own val split"
+        kept = np.arange(len(train.labels)) if counts is None else select_long_tail(train.labels.numpy(), counts, seed)
+        return kept, None, protocol, origin
+    if counts is None and source.name == "imagefolder":  # kept as it is: a stratified share, which shrinks the tail
+        kept, val_rows = split_off_share(train.labels.numpy(), num_classes, settings.val_share, seed)
+        taken = np.bincount(train.labels.numpy()[val_rows], minlength=num_classes)
+        notes.append(
+            f"validation: held out {len(val_rows)} training images ({100 * settings.val_share:g}% of each class, at "
+            f"least one where a class can spare one; {int(taken.min())}-{int(taken.max())} per class), since the "
+            "source has no val/ folder; the training counts shrink by as much (add a val/ folder to keep them)"
+        )
+        return kept, val_rows, protocol, f"a stratified {100 * settings.val_share:g}% of the source's training images"
+    per_class = settings.val_count(num_classes)
+    counts = counts if counts is not None else source_counts.tolist()
+    kept, val_rows = split_off_validation(train.labels.numpy(), counts, per_class, seed)
+    per_split = {name: np.bincount(train.labels.numpy()[rows], minlength=num_classes) for name, rows in
+                 (("train", kept), ("val", val_rows))}
+    _note_borrowed(source, counts, per_split["train"], per_split["val"], per_class, notes)
+    return kept, val_rows, protocol, f"{per_class} per class from the training images the profile left unused"
+
+
+def _profile_counts(
+    settings: DatasetSettings, source: Source, source_counts: np.ndarray, notes: list[str]
+) -> tuple[list[int] | None, str]:
+    """Training images per class the protocol keeps (None: every image, as the source has them) and the protocol
+    in words; a class the profile can't fill is noted in `notes`."""
+    if source.name in SPLIT_LIST_SOURCES:
+        return None, "published split list"
+    if settings.imbalance == 1:
+        return None, "source as is"
     num_classes = len(source.class_names)
     protocol = f"{settings.profile} profile, imbalance {settings.imbalance:g} (Cao et al.)"
     profile = np.asarray(make_profile(int(source_counts.max()), num_classes, settings.imbalance, settings.profile))
@@ -116,7 +153,30 @@ def _select(
             f"imbalance {settings.imbalance:g} leaves class {int(counts.argmin())} without images; "
             f"the largest this source allows is {int(source_counts.max())}."
         )
-    return select_long_tail(train.labels.numpy(), counts.tolist(), seed), protocol
+    return counts.tolist(), protocol
+
+
+def _note_borrowed(
+    source: Source, wanted: list[int], kept: np.ndarray, val: np.ndarray, per_class: int, notes: list[str]
+) -> None:
+    """Classes whose validation images had to come out of their training images (the profile left too few
+    unused), and classes whose validation set is smaller than asked."""
+    borrowed = [c for c in range(len(wanted)) if kept[c] < wanted[c]]
+    if borrowed:
+        listing = ", ".join(f"{source.class_names[c]} {wanted[c]} → {int(kept[c])}" for c in borrowed[:5])
+        notes.append(
+            f"validation: {len(borrowed)} class(es) lacked {per_class} unused training images, so part of their "
+            f"validation images came out of their training images ({listing}{', …' if len(borrowed) > 5 else ''}; "
+            f"at most a tenth of a class's); the achieved imbalance is {kept.max() / max(kept.min(), 1):.2f} "
+            "(dataset.val_per_class sets the size)"
+        )
+    small = [c for c in range(len(wanted)) if val[c] < per_class]
+    if small:
+        listing = ", ".join(f"{source.class_names[c]} {int(val[c])}" for c in small[:5])
+        notes.append(
+            f"validation: {len(small)} class(es) have under {per_class} validation images ({listing}"
+            f"{', …' if len(small) > 5 else ''}); selection weighs every class alike all the same"
+        )
 
 
 def _split_tensors(
@@ -169,12 +229,13 @@ def _check_not_emptied(source: Source, split_names: list[str], tensors: dict[str
 
 
 def _dataset_output(
-    settings: DatasetSettings, source: Source, kept: np.ndarray, protocol: str, tensors: dict[str, torch.Tensor],
-    skipped: list[tuple[str, str]], notes: list[str],
+    settings: DatasetSettings, source: Source, kept: np.ndarray, protocol: str, val_origin: str,
+    tensors: dict[str, torch.Tensor], skipped: list[tuple[str, str]], notes: list[str],
 ) -> Output:
     num_classes = len(source.class_names)
     train_counts = torch.bincount(tensors["train_labels"], minlength=num_classes)  # (C,)
     tensors["class_counts"] = train_counts
+    tensors["val_counts"] = torch.bincount(tensors["val_labels"], minlength=num_classes)  # (C,)
     groups = assign_groups(train_counts.tolist(), settings.many_above, settings.few_below)
     selected = hashlib.sha256(np.ascontiguousarray(kept.astype(np.int64)).tobytes()).hexdigest()
     info = {
@@ -184,7 +245,8 @@ def _dataset_output(
         "protocol": protocol,
         "class_names": list(source.class_names),
         "groups": groups,
-        "splits": sorted(source.splits),
+        "splits": sorted(name for name in ("train", "val", "test") if f"{name}_labels" in tensors),
+        "val_origin": val_origin,
         "storage": "paths" if source.name in SPLIT_LIST_SOURCES else "images",
         "selected_digest": selected,
         "skipped": [f"{path} ({why})" for path, why in skipped[:20]],
@@ -194,6 +256,7 @@ def _dataset_output(
     metrics = {
         "train": float(len(tensors["train_labels"])),
         "test": float(len(tensors["test_labels"])),
+        "val": float(len(tensors["val_labels"])),
         "classes": float(num_classes),
         "imbalance": max(counts) / max(min(counts), 1),
         "skipped": float(len(skipped)),

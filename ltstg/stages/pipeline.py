@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ltstg.errors import LtstgError
-from ltstg.recipe import Recipe, RetrainSettings, load_recipe, method_settings, validate
+from ltstg.recipe import Recipe, RetrainSettings, load_recipe, method_candidates, validate
 from ltstg.stages import Context, Result
 from ltstg.stages import steps
 from ltstg.stages.evaluate import converged
@@ -27,7 +27,11 @@ SEEDED = ("pretrain", "fit-stg", "retrain")  # stages a seed can vary; the data 
 COLUMNS = {  # metric -> row column; head and tail: the STG split's classes, when the run has an STG
     "top1": "all", "mean_class": "mean_class", "head": "head", "tail": "tail",
     "many": "many", "medium": "medium", "few": "few", "ece": "ece", "nll": "nll",
+    "ece_calibrated": "ece_calibrated", "nll_calibrated": "nll_calibrated",
 }
+SELECTED_BY = "val_mean_class"  # what selection maximises: class-balanced accuracy on the validation split
+
+Candidates = list[tuple[dict[str, Any], RetrainSettings]]  # (selected values, settings); one with {} = no selection
 
 
 @dataclass(frozen=True)
@@ -37,11 +41,14 @@ class MethodRun:
     report: Artifact
     converged: bool = True  # False: the stage-3 classifier behind the report did not converge
     head_classes: tuple[int, ...] | None = None  # the run's STG split, to score its head and tail classes apart
+    chosen: dict[str, Any] | None = None  # the selected fields' values this seed chose on the validation split
+    candidates: tuple[dict[str, Any], ...] = ()  # every candidate: values, validation score, classifier id
 
 
-def methods_of(recipe: Recipe, chosen: list[str] | None) -> dict[str, RetrainSettings]:
-    """The recipe's named methods (or its one `retrain` section), optionally narrowed to `chosen`."""
-    available = {name: method_settings(recipe, name) for name in recipe.methods} or {"default": recipe.retrain}
+def methods_of(recipe: Recipe, chosen: list[str] | None) -> dict[str, Candidates]:
+    """The recipe's named methods (or its one `retrain` section) with their candidates, optionally narrowed to
+    `chosen`."""
+    available = {name: method_candidates(recipe, name) for name in recipe.methods} or {"default": [({}, recipe.retrain)]}
     if not chosen:
         return available
     unknown = [name for name in chosen if name not in available]
@@ -54,7 +61,7 @@ def with_seed(recipe: Recipe, seed: int) -> Recipe:
     return validate({**recipe.model_dump(mode="json"), "seed": seed}, f"seed {seed}")
 
 
-def check_run(recipe: Recipe, until: str, methods: list[str] | None, vary_from: str) -> dict[str, RetrainSettings]:
+def check_run(recipe: Recipe, until: str, methods: list[str] | None, vary_from: str) -> dict[str, Candidates]:
     """The stages and methods a run names exist in this recipe, and every method's settings go together
     (a combination refused only when its stage starts would fail after hours of stage 1); returns the methods."""
     if until not in STAGES:
@@ -63,7 +70,10 @@ def check_run(recipe: Recipe, until: str, methods: list[str] | None, vary_from: 
         raise LtstgError(f"unknown stage {vary_from!r} for --vary-from; use one of {', '.join(SEEDED)}.")
     chosen = methods_of(recipe, methods)
     if STAGES.index(until) >= STAGES.index("retrain"):
-        problems = [f"methods.{name}: {line}" for name, settings in chosen.items() for line in method_problems(settings)]
+        problems = list(dict.fromkeys(
+            f"methods.{name}: {line}" for name, candidates in chosen.items() for _, settings in candidates
+            for line in method_problems(settings)
+        ))
         if problems:
             raise LtstgError("\n".join(problems))
     return chosen
@@ -105,8 +115,10 @@ def run_recipe(
     """
     chosen = check_run(recipe, until, methods, vary_from)
     last = STAGES.index(until)
-    needs_stg = any(s.augment.name == "stg" for s in chosen.values()) or until == "fit-stg"
-    per_seed = 1 + (last >= 1) * 2 + (last >= 2 and needs_stg) + (last >= 3) * len(chosen) * (1 + (last >= 4))
+    needs_stg = any(s.augment.name == "stg" for c in chosen.values() for _, s in c) or until == "fit-stg"
+    trainings = sum(len(candidates) for candidates in chosen.values())
+    per_seed = 1 + (last >= 1) * 2 + (last >= 2 and needs_stg) + (last >= 3) * trainings + (last >= 4) * len(chosen)
+    note_budgets(ctx, chosen)
     total, done = per_seed * len(seeds), 0
     runs: list[MethodRun] = []
     results: list[Result] = []
@@ -136,12 +148,45 @@ def run_recipe(
         head_classes = tuple(stg["head_classes"].tolist()) if stg is not None else None
         if last < 3:
             continue
-        for method, settings in chosen.items():
-            classifier = step(steps.retrain_step(ctx, at("retrain"), settings, features, stg)).artifact
+        for method, candidates in chosen.items():
+            trained = [step(steps.retrain_step(ctx, at("retrain"), settings, features, stg)).artifact
+                       for _, settings in candidates]
+            values, classifier, tried = select(method, candidates, trained)
             if last >= 4:
                 report = step(steps.eval_step(ctx, at("retrain"), classifier, features)).artifact
-                runs.append(MethodRun(seed, method, report, converged(classifier), head_classes))
+                runs.append(MethodRun(seed, method, report, converged(classifier), head_classes,
+                                      values if len(candidates) > 1 else None, tried))
     return runs, results
+
+
+def select(
+    method: str, candidates: Candidates, trained: list[Artifact]
+) -> tuple[dict[str, Any], Artifact, tuple[dict[str, Any], ...]]:
+    """The candidate with the best class-balanced validation accuracy (the first of equals), read from the
+    classifiers' validation metrics alone: the test split plays no part. Returns its values, its classifier
+    and every candidate's record."""
+    if len(trained) == 1:
+        return candidates[0][0], trained[0], ()
+    missing = [c for c in trained if SELECTED_BY not in c.metrics]
+    if missing:
+        raise LtstgError(
+            f"method {method!r} selects on the validation split, but classifier {missing[0].id[:SHORT]} has no "
+            "validation score (its features were made without a validation split); re-run make-dataset and pretrain."
+        )
+    scores = [c.metrics[SELECTED_BY] for c in trained]
+    best = max(range(len(trained)), key=lambda i: (scores[i], -i))
+    tried = tuple({"values": values, SELECTED_BY: score, "classifier": c.id, "chosen": i == best}
+                  for i, ((values, _), c, score) in enumerate(zip(candidates, trained, scores)))
+    return candidates[best][0], trained[best], tried
+
+
+def note_budgets(ctx: Context, chosen: dict[str, Candidates]) -> None:
+    """Methods that select with different numbers of candidates are not tuned alike: said, not refused."""
+    budgets = {name: len(candidates) for name, candidates in chosen.items() if len(candidates) > 1}
+    if len(set(budgets.values())) > 1:
+        listing = ", ".join(f"{name} {count}" for name, count in budgets.items())
+        ctx.note(f"note: the methods that select on the validation split try different numbers of candidates "
+                 f"({listing}); a method with more candidates had more chances")
 
 
 def aggregate(runs: list[MethodRun]) -> list[dict[str, Any]]:
@@ -162,6 +207,9 @@ def aggregate(runs: list[MethodRun]) -> list[dict[str, Any]]:
             "id": ",".join(r.report.id[:SHORT] for r in group),
             "not_converged": sum(not r.converged for r in group),
         }
+        if any(r.chosen is not None for r in group):
+            row["chosen"] = [r.chosen for r in group]  # per seed, in the order of "seeds"
+            row["candidates"] = [list(r.candidates) for r in group]
         scores = [{**r.report.metrics, **split_accuracy(r)} for r in group]
         for metric, column in COLUMNS.items():
             values = [score[metric] for score in scores if metric in score]

@@ -15,22 +15,24 @@ from typing import Any
 import torch
 from torch import nn
 
+from ltstg.calibration import fit_temperature
 from ltstg.data.balanced import class_balanced_indices
 from ltstg.data.features import TrainingFeatures, training_features
 from ltstg.errors import LtstgError
 from ltstg.methods import PLAIN, ClassifierEntry, get_augmenter, get_classifier
-from ltstg.metrics import per_class_accuracy
 from ltstg.progress import Progress, silent
 from ltstg.recipe import EvalSettings, RetrainSettings
 from ltstg.stages import Checkpoint, Output, keep, resume
-from ltstg.stages.evaluate import score
+from ltstg.stages.evaluate import VAL_METRICS, score, split_logits
 from ltstg.stages.retrain_checks import check_inputs
-from ltstg.store import Artifact
+from ltstg.store import SHORT, Artifact
 from ltstg.training import make_scheduler, smoothed_cross_entropy
 
-ACCURACY_CHUNK = 8192  # rows per prediction batch, so (N, C) logits never sit in memory at once
-UNCONVERGED_LOSS = 0.9  # a final training loss above this share of ln C is what an untrained classifier gives
-BALANCED_MARGIN = 0.02  # class-balanced training accuracy this far below stage 1's means the classifier did not train
+UNTRAINED_SHARE = 0.9  # a fresh classifier whose loss above its floor kept this share of a uniform guess's did not train
+MIN_MOVED = 1e-3  # a classifier from stage 1 that moved less than this (relative) barely trained
+STILL_FALLING = 0.5  # the last tenth of the epochs still lowered the loss at half the run's average rate or more
+NOISE = 0.02  # ... by more than this share of the loss above its floor (smaller drops are batch noise)
+BELOW_STAGE1 = 0.02  # validation class-balanced accuracy this far below the stage-1 classifier's is worth a warning
 
 
 def resolved_init(settings: RetrainSettings) -> str:
@@ -72,8 +74,11 @@ def retrain(
         tensors, metrics, notes = {"curve.loss": torch.zeros(0)}, {}, []  # no training, no curve
     tensors["weight"] = weight.contiguous()  # (C, D)
     tensors["bias"] = bias.contiguous()  # (C,)
-    test_metrics, _ = score(tensors["weight"], tensors["bias"], features, EvalSettings())
-    metrics["top1"] = test_metrics["top1"]
+    val_metrics, temperature, val_notes = validate(tensors["weight"], tensors["bias"], features)
+    metrics.update(val_metrics)
+    notes += val_notes
+    if temperature is not None:
+        tensors["temperature"] = torch.tensor([temperature], dtype=torch.float32)  # (1,): logits / T are calibrated
     info = {
         "classifier": settings.classifier,
         "augment": settings.augment.name,
@@ -82,7 +87,34 @@ def retrain(
         "feature_dim": int(tensors["weight"].shape[1]),
         "num_classes": int(tensors["weight"].shape[0]),
     }
-    return Output("classifier", tensors, metrics, info, key_metric="top1", notes=notes)
+    key_metric = "val_mean_class" if "val_mean_class" in metrics else None
+    return Output("classifier", tensors, metrics, info, key_metric=key_metric, notes=notes)
+
+
+def validate(
+    weight: torch.Tensor, bias: torch.Tensor, features: Artifact
+) -> tuple[dict[str, float], float | None, list[str]]:
+    """Scores on the validation split (what `ltstg run` selects on; the test split is never read here), the
+    temperature fitted there (Guo et al.), and a warning when the classifier is below stage 1's on it."""
+    if "val_features" not in features.tensors:
+        return {}, None, [
+            f"features {features.id[:SHORT]} have no validation split (made before ltstg had one): no temperature "
+            "scaling and nothing to select on; re-run make-dataset and pretrain to get one"
+        ]
+    logits, labels = split_logits(weight, bias, features, "val")  # (M, C), (M,)
+    temperature = fit_temperature(logits, labels)
+    scores, _ = score(weight, bias, features, EvalSettings(), split="val", temperature=temperature)
+    stage1, _ = score(features["classifier.weight"], features["classifier.bias"], features, EvalSettings(), split="val")
+    metrics = {f"val_{key}": value for key, value in scores.items() if key in VAL_METRICS}
+    metrics["temperature"] = temperature
+    metrics["stage1_val_mean_class"] = stage1["mean_class"]
+    notes = []
+    if metrics["val_mean_class"] < stage1["mean_class"] - BELOW_STAGE1:
+        notes.append(
+            f"warning: class-balanced validation accuracy {100 * metrics['val_mean_class']:.1f}% is below the stage-1 "
+            f"classifier's {100 * stage1['mean_class']:.1f}% that it replaces"
+        )
+    return metrics, temperature, notes
 
 
 def fit(
@@ -109,8 +141,9 @@ def fit(
     metrics = {"augmented_share": sum(changed) / (len(changed) * inputs.labels.numel())}
     weight, bias = (value.detach().cpu() for value in model.folded())
     tensors = {"curve.loss": torch.tensor(curve, dtype=torch.float32)}  # (epochs,)
-    stage1_weight, stage1_bias = features["classifier.weight"].float(), features["classifier.bias"].float()
-    metrics.update(convergence(curve[-1], weight, bias, stage1_weight, stage1_bias, features))
+    stage1 = features["classifier.weight"].float(), features["classifier.bias"].float()
+    floor = loss_floor(epsilon_of(settings, classifier, inputs), inputs.labels, settings.sampling)
+    metrics.update(convergence(curve, floor, (weight, bias), stage1, resolved_init(settings)))
     notes = convergence_notes(metrics, settings)
     metrics["converged"] = float(not notes)
     if augmenter_entry.outputs is not None:
@@ -118,52 +151,74 @@ def fit(
     return weight, bias, tensors, metrics, notes
 
 
-def balanced_accuracy(weight: torch.Tensor, bias: torch.Tensor, features: torch.Tensor, labels: torch.Tensor) -> float:
-    """Mean of per-class accuracies, so every class weighs the same however many samples it has."""
-    weight, bias = weight.float(), bias.float()
-    preds = torch.cat(
-        [(chunk.float() @ weight.T + bias).argmax(dim=1) for chunk in torch.split(features, ACCURACY_CHUNK)]
-    )  # (N,), in chunks so (N, C) logits never sit in memory at once
-    per_class = per_class_accuracy(preds, labels.long(), weight.shape[0])  # (C,)
-    return float(per_class[~per_class.isnan()].mean())
+def epsilon_of(settings: RetrainSettings, classifier: ClassifierEntry, inputs: TrainingFeatures) -> torch.Tensor:
+    """The classifier's per-class label smoothing ε (C,); zeros for plain cross-entropy."""
+    if classifier.smoothing is not None:
+        return classifier.smoothing(settings, inputs)
+    return torch.zeros(inputs.num_classes, device=inputs.labels.device)
+
+
+def loss_floor(epsilon: torch.Tensor, labels: torch.Tensor, sampling: str) -> float:
+    """The lowest training loss the targets allow: the mean entropy of the smoothed targets over the draws.
+
+    A target (1 − ε)·onehot + ε/C has entropy > 0 when ε > 0, so a perfect classifier under smoothing
+    still scores above 0; balanced sampling weighs every class alike, instance sampling by its count.
+    """
+    num_classes = epsilon.numel()
+    eps = epsilon.double().cpu()  # (C,)
+    on = 1 - eps + eps / num_classes
+    off = eps / num_classes
+    entropy = -(on * on.log()) - (num_classes - 1) * torch.where(off > 0, off * off.log(), torch.zeros_like(off))
+    if sampling == "balanced":
+        return float(entropy.mean())
+    counts = torch.bincount(labels.cpu(), minlength=num_classes).double()
+    return float((entropy * counts).sum() / counts.sum())
 
 
 def convergence(
-    final_loss: float,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    stage1_weight: torch.Tensor,
-    stage1_bias: torch.Tensor,
-    features: Artifact,
+    curve: list[float],
+    floor: float,
+    trained: tuple[torch.Tensor, torch.Tensor],
+    stage1: tuple[torch.Tensor, torch.Tensor],
+    init: str,
 ) -> dict[str, float]:
-    """What says whether the classifier trained: its last loss against ln C, and class-balanced training accuracy
-    on the un-augmented training features next to the stage-1 classifier's."""
-    train_features, train_labels = features["train_features"], features["train_labels"]
-    num_classes = weight.shape[0]
-    return {
-        "train_loss": final_loss,
-        "chance_loss": math.log(num_classes),
-        "balanced_train_top1": balanced_accuracy(weight, bias, train_features, train_labels),
-        "stage1_balanced_train_top1": balanced_accuracy(stage1_weight, stage1_bias, train_features, train_labels),
-    }
+    """The signs of training that hold whatever the init, the smoothing and the augmentation: the last loss and
+    its floor, how far a classifier from stage 1 moved, and how fast the loss still fell at the end."""
+    num_classes = trained[0].shape[0]
+    metrics = {"train_loss": curve[-1], "loss_floor": floor, "chance_loss": math.log(num_classes)}
+    if init == "stage1":  # (W, b) against the stage-1 classifier it started from
+        start = torch.cat([stage1[0], stage1[1].unsqueeze(1)], dim=1).double()  # (C, D + 1)
+        end = torch.cat([trained[0], trained[1].unsqueeze(1)], dim=1).double()
+        metrics["moved"] = float((end - start).norm() / start.norm().clamp_min(1e-12))
+    tail = len(curve) // 10
+    if tail >= 1:  # the last tenth's drop per epoch against the whole run's
+        metrics["tail_rate"] = (curve[-1 - tail] - curve[-1]) / tail
+        metrics["mean_rate"] = (curve[0] - curve[-1]) / (len(curve) - 1)
+    return metrics
 
 
 def convergence_notes(metrics: dict[str, float], settings: RetrainSettings) -> list[str]:
     """One line per sign that the classifier did not converge; the runner prints them and stores them."""
     notes = []
-    loss, chance = metrics["train_loss"], metrics["chance_loss"]
-    if loss > UNCONVERGED_LOSS * chance:
+    loss, floor, chance = metrics["train_loss"], metrics["loss_floor"], metrics["chance_loss"]
+    fix = f"raise retrain.epochs (now {settings.epochs}) or retrain.lr (now {settings.lr:g})"
+    if "moved" not in metrics and loss - floor > UNTRAINED_SHARE * (chance - floor):
         notes.append(
-            f"warning: the classifier did not converge: final training loss {loss:.3f} is near ln C = {chance:.3f} "
-            f"(an untrained classifier); raise retrain.epochs (now {settings.epochs}) or retrain.lr (now {settings.lr:g}), "
+            f"warning: the classifier did not converge: its final training loss {loss:.3f} is still near a uniform "
+            f"guess's (ln C = {chance:.3f}; {floor:.3f} is the lowest its targets allow); {fix}, "
             "or start from stage 1 (retrain.init=stage1)"
         )
-    ours, stage1 = metrics["balanced_train_top1"], metrics["stage1_balanced_train_top1"]
-    if ours < stage1 - BALANCED_MARGIN:
+    if metrics.get("moved", 1.0) < MIN_MOVED:
         notes.append(
-            f"warning: the classifier did not converge: its class-balanced training accuracy {100 * ours:.1f}% is below "
-            f"the stage-1 classifier's {100 * stage1:.1f}% it replaces; raise retrain.epochs or retrain.lr, "
-            "or start from stage 1 (retrain.init=stage1)"
+            f"warning: the classifier did not converge: it barely moved from the stage-1 classifier it started from "
+            f"(relative change {metrics['moved']:.1e}); {fix}"
+        )
+    tail_rate, mean_rate = metrics.get("tail_rate", 0.0), metrics.get("mean_rate", 0.0)
+    if mean_rate > 0 and tail_rate >= STILL_FALLING * mean_rate and tail_rate > NOISE * max(loss - floor, 0.0):
+        notes.append(
+            f"warning: the classifier did not converge: its training loss was still falling over the last tenth of "
+            f"the epochs ({tail_rate:.3g} per epoch against {mean_rate:.3g} on average); raise retrain.epochs "
+            f"(now {settings.epochs}) or use the cosine schedule"
         )
     return notes
 
@@ -197,9 +252,7 @@ def train(
     steps_per_epoch = math.ceil(inputs.labels.numel() / settings.batch_size)
     groups = classifier.parameter_groups(model, settings) if classifier.parameter_groups else model.parameters()
     optimizer = torch.optim.Adam(groups, lr=settings.lr, weight_decay=settings.wd)
-    # (C,) per-class label smoothing; zeros = plain cross-entropy
-    epsilon = (classifier.smoothing(settings, inputs) if classifier.smoothing is not None
-               else torch.zeros(inputs.num_classes, device=inputs.labels.device))
+    epsilon = epsilon_of(settings, classifier, inputs)  # (C,) per-class label smoothing; zeros = plain cross-entropy
     # paper: "cosine learning rate that decays from 0.001 to 0" (ImageNet-LT/Places); CIFAR is silent (retrain.schedule)
     scheduler = make_scheduler(
         optimizer, steps_per_epoch, epochs=settings.epochs, warmup_epochs=0, schedule=settings.schedule

@@ -179,7 +179,7 @@ def text_table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]],
 def methods_table(title: str, cells: Cells) -> Table:
     """A methods table (ltstg.tables) in the terminal: the columns every format shares, minus the id."""
     shown = for_terminal(cells)
-    return text_table(title, shown.header, shown.body, shown.align)
+    return text_table(title, shown.header, shown.body, shown.align, wrap=("Chosen on val",))  # one choice per seed
 
 
 def result_table(title: str, rows: dict[str, Any]) -> Table:

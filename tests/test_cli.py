@@ -203,3 +203,19 @@ def test_a_note_repeated_in_one_invocation_is_said_once(capsys):
         report.note(message)
     err = capsys.readouterr().err
     assert err.count("reused stg abc") == 1 and err.count("not balanced") == 1
+
+
+def test_run_selects_on_validation_from_a_set_flag_and_shows_the_choice(tiny_recipe_path, tmp_path):
+    """`--set methods.NAME.select=...` adds candidates; the table and the JSON say what each seed chose."""
+    tiny_recipe_path.write_text(tiny_recipe_path.read_text() + "methods:\n  noise: {augment: {name: noise}}\n")
+    store = tmp_path / "store"
+    args = ["run", str(tiny_recipe_path), "--set", "methods.noise.select={augment.std: [0.1, 2.0]}", "--seeds", "0",
+            "--seeds", "1", "--vary-from", "retrain"]
+    result = invoke("--json", *args, store=store)
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout)["rows"][0]
+    assert len(row["chosen"]) == 2 and all(set(choice) == {"augment.std"} for choice in row["chosen"])
+    assert [len(seed) for seed in row["candidates"]] == [2, 2]
+    table = runner.invoke(app, ["--store", str(store), *args], env={"COLUMNS": "200"})  # a table of 10 columns
+    assert "Chosen on val" in table.stdout and "ECE (T)" in table.stdout
+    assert " / ".join(f"std={choice['augment.std']}" for choice in row["chosen"]) in table.stdout

@@ -436,6 +436,16 @@ def test_fresh_classifier_at_lr_1e4_for_10_epochs_does_not_converge_and_says_so(
     assert out.metrics["loss_floor"] == 0.0  # no smoothing: a perfect classifier could reach 0
 
 
+def test_a_half_trained_fresh_classifier_below_stage1_on_validation_did_not_converge():
+    """Thirty epochs at lr 1e-4: the loss has fallen below 0.9 · ln C, but it kept most of a uniform guess's and
+    the classifier is far below the stage-1 one on validation (the 100-class set's 'fresh, lr 1e-4, 30 epochs')."""
+    out = run(RetrainSettings(init="fresh", lr=1e-4, epochs=30), cifar100_shaped_features())
+    assert 0.5 * math.log(100) < out.metrics["train_loss"] < 0.9 * math.log(100)
+    assert out.metrics["val_mean_class"] < out.metrics["stage1_val_mean_class"] - 0.2
+    assert out.metrics["converged"] == 0.0
+    assert any("did not converge" in note and "below the stage-1 classifier on validation" in note for note in out.notes)
+
+
 def test_cifar100_recipes_train_a_converged_classifier():
     """Every classifier setting the CIFAR-100 recipes train (augmenters aside) converges on CIFAR-100-shaped features."""
     from pathlib import Path

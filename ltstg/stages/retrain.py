@@ -29,6 +29,7 @@ from ltstg.store import SHORT, Artifact
 from ltstg.training import make_scheduler, smoothed_cross_entropy
 
 UNTRAINED_SHARE = 0.9  # a fresh classifier whose loss above its floor kept this share of a uniform guess's did not train
+HALF_TRAINED = 0.5  # ... nor did one that kept half of it and is below the stage-1 classifier on validation
 MIN_MOVED = 1e-3  # a classifier from stage 1 that moved less than this (relative) barely trained
 STILL_FALLING = 0.5  # the last tenth of the epochs still lowered the loss at half the run's average rate or more
 NOISE = 0.02  # ... by more than this share of the loss above its floor (smaller drops are batch noise)
@@ -65,18 +66,21 @@ def retrain(
     check_inputs(settings, features, stg)
     classifier = get_classifier(settings.classifier)
     if classifier.trainable:
-        weight, bias, tensors, metrics, notes = fit(
+        weight, bias, tensors, metrics = fit(
             settings, classifier, features, stg, seed=seed, device=device, generator=generator,
             progress=progress, checkpoint=checkpoint,
         )
     else:  # on the CPU, where the stage-1 classifier is
         weight, bias = classifier.post_hoc(settings, training_features(features, torch.device("cpu")))
-        tensors, metrics, notes = {"curve.loss": torch.zeros(0)}, {}, []  # no training, no curve
+        tensors, metrics = {"curve.loss": torch.zeros(0)}, {}  # no training, no curve
     tensors["weight"] = weight.contiguous()  # (C, D)
     tensors["bias"] = bias.contiguous()  # (C,)
-    val_metrics, temperature, val_notes = validate(tensors["weight"], tensors["bias"], features)
+    val_metrics, temperature, notes = validate(tensors["weight"], tensors["bias"], features)
     metrics.update(val_metrics)
-    notes += val_notes
+    if classifier.trainable:  # judged with the validation scores where there are some
+        unconverged = convergence_notes(metrics, settings)
+        metrics["converged"] = float(not unconverged)
+        notes = unconverged + notes
     if temperature is not None:
         tensors["temperature"] = torch.tensor([temperature], dtype=torch.float32)  # (1,): logits / T are calibrated
     info = {
@@ -128,9 +132,9 @@ def fit(
     generator: torch.Generator,
     progress: Progress,
     checkpoint: Checkpoint | None,
-) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], dict[str, float], list[str]]:
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], dict[str, float]]:
     """Train a registered classifier on augmented features and fold it into (weight, bias), with its loss
-    curve, the augmenter's extra tensors, and the metrics and notes that say whether it converged."""
+    curve, the augmenter's extra tensors, and the metrics that say whether it converged."""
     inputs = training_features(features, device)
     augmenter_entry = get_augmenter(settings.augment.name)
     augmenter = augmenter_entry.build(settings.augment, inputs, stg, device)
@@ -144,11 +148,9 @@ def fit(
     stage1 = features["classifier.weight"].float(), features["classifier.bias"].float()
     floor = loss_floor(epsilon_of(settings, classifier, inputs), inputs.labels, settings.sampling)
     metrics.update(convergence(curve, floor, (weight, bias), stage1, resolved_init(settings)))
-    notes = convergence_notes(metrics, settings)
-    metrics["converged"] = float(not notes)
     if augmenter_entry.outputs is not None:
         tensors.update(augmenter_entry.outputs(augmenter, inputs))
-    return weight, bias, tensors, metrics, notes
+    return weight, bias, tensors, metrics
 
 
 def epsilon_of(settings: RetrainSettings, classifier: ClassifierEntry, inputs: TrainingFeatures) -> torch.Tensor:
@@ -202,11 +204,14 @@ def convergence_notes(metrics: dict[str, float], settings: RetrainSettings) -> l
     notes = []
     loss, floor, chance = metrics["train_loss"], metrics["loss_floor"], metrics["chance_loss"]
     fix = f"raise retrain.epochs (now {settings.epochs}) or retrain.lr (now {settings.lr:g})"
-    if "moved" not in metrics and loss - floor > UNTRAINED_SHARE * (chance - floor):
+    kept = (loss - floor) / max(chance - floor, 1e-12)  # share of a uniform guess's loss above the floor
+    below = metrics.get("stage1_val_mean_class", 0.0) - metrics.get("val_mean_class", 1.0)
+    if "moved" not in metrics and (kept > UNTRAINED_SHARE or (kept > HALF_TRAINED and below > BELOW_STAGE1)):
         notes.append(
-            f"warning: the classifier did not converge: its final training loss {loss:.3f} is still near a uniform "
-            f"guess's (ln C = {chance:.3f}; {floor:.3f} is the lowest its targets allow); {fix}, "
-            "or start from stage 1 (retrain.init=stage1)"
+            f"warning: the classifier did not converge: its final training loss {loss:.3f} kept {100 * kept:.0f}% of a "
+            f"uniform guess's (ln C = {chance:.3f}; {floor:.3f} is the lowest its targets allow)"
+            + (f" and it is {100 * below:.1f} points below the stage-1 classifier on validation" if below > 0 else "")
+            + f"; {fix}, or start from stage 1 (retrain.init=stage1)"
         )
     if metrics.get("moved", 1.0) < MIN_MOVED:
         notes.append(

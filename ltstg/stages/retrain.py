@@ -31,8 +31,8 @@ from ltstg.training import make_scheduler, smoothed_cross_entropy
 UNTRAINED_SHARE = 0.9  # a fresh classifier whose loss above its floor kept this share of a uniform guess's did not train
 HALF_TRAINED = 0.5  # ... nor did one that kept half of it and is below the stage-1 classifier on validation
 MIN_MOVED = 1e-3  # a classifier from stage 1 that moved less than this (relative) barely trained
-STILL_FALLING = 0.5  # the last tenth of the epochs still lowered the loss at half the run's average rate or more
-NOISE = 0.02  # ... by more than this share of the loss above its floor (smaller drops are batch noise)
+STILL_FALLING = 0.5  # the last fifth of the epochs still lowered the loss at half the run's average rate or more
+NOISE = 0.02  # ... by more than this share of the loss above its floor per epoch (smaller drops are batch noise)
 BELOW_STAGE1 = 0.02  # validation class-balanced accuracy this far below the stage-1 classifier's is worth a warning
 
 
@@ -192,9 +192,10 @@ def convergence(
         start = torch.cat([stage1[0], stage1[1].unsqueeze(1)], dim=1).double()  # (C, D + 1)
         end = torch.cat([trained[0], trained[1].unsqueeze(1)], dim=1).double()
         metrics["moved"] = float((end - start).norm() / start.norm().clamp_min(1e-12))
-    tail = len(curve) // 10
-    if tail >= 1:  # the last tenth's drop per epoch against the whole run's
-        metrics["tail_rate"] = (curve[-1 - tail] - curve[-1]) / tail
+    window = len(curve) // 5
+    if window >= 2:  # the last fifth's mean against the fifth before it, per epoch: one epoch's mean is too noisy
+        before, last = curve[-2 * window:-window], curve[-window:]
+        metrics["tail_rate"] = (sum(before) - sum(last)) / window / window
         metrics["mean_rate"] = (curve[0] - curve[-1]) / (len(curve) - 1)
     return metrics
 
@@ -221,7 +222,7 @@ def convergence_notes(metrics: dict[str, float], settings: RetrainSettings) -> l
     tail_rate, mean_rate = metrics.get("tail_rate", 0.0), metrics.get("mean_rate", 0.0)
     if mean_rate > 0 and tail_rate >= STILL_FALLING * mean_rate and tail_rate > NOISE * max(loss - floor, 0.0):
         notes.append(
-            f"warning: the classifier did not converge: its training loss was still falling over the last tenth of "
+            f"warning: the classifier did not converge: its training loss was still falling over the last fifth of "
             f"the epochs ({tail_rate:.3g} per epoch against {mean_rate:.3g} on average); raise retrain.epochs "
             f"(now {settings.epochs}) or use the cosine schedule"
         )

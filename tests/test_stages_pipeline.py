@@ -452,3 +452,18 @@ methods:
     run_recipe(Context(store=Store(tmp_path / "store"), note=notes.append), load_recipe(tiny_recipe_path),
                seeds=[0], until="dataset")
     assert any("different numbers of candidates (noise 3, dropout 2)" in note for note in notes)
+
+
+def test_selection_needs_validation_scores():
+    """Classifiers made on features without a validation split cannot be selected among: one clear error."""
+    from ltstg.recipe import RetrainSettings
+    from ltstg.stages.pipeline import select
+
+    candidates = [({"lr": 0.001}, RetrainSettings(lr=0.001)), ({"lr": 0.01}, RetrainSettings(lr=0.01))]
+    old = [Artifact(c * 64, {"kind": "classifier", "metrics": {"train_loss": 0.5}}, {}) for c in "ab"]
+    with pytest.raises(LtstgError, match="selects on the validation split, but classifier aaaaaaaaaaaa has no validation"):
+        select("m", candidates, old)
+    scored = [Artifact(c * 64, {"kind": "classifier", "metrics": {"val_mean_class": v}}, {}) for c, v in (("a", 0.7), ("b", 0.7))]
+    values, chosen, tried = select("m", candidates, scored)
+    assert values == {"lr": 0.001} and chosen.id == "a" * 64  # the first of equals
+    assert [t["chosen"] for t in tried] == [True, False]

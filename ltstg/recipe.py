@@ -1,7 +1,9 @@
 """Settings of every stage as pydantic models, loaded from one YAML recipe plus flag overrides.
 
 Fields marked `run_option` (where data sits, how fast to run) are recorded but never hashed into an
-artifact id; everything else defines the result. Stage 3's settings come from the method registries
+artifact id; everything else defines the result. A field added after ids were published (`since_ids`)
+joins an id only when it is set to something else than its default, so the stores made before it keep
+their ids. Stage 3's settings come from the method registries
 (`ltstg.methods`): the augment union from the augmenters, the classifier choice and its fields from the
 classifiers. No torch here (the method modules bring it).
 """
@@ -28,6 +30,14 @@ from ltstg.methods import PLAIN, Settings, augmenters, classifiers, get_augmente
 def run_option(default: Any = None, **kwargs: Any) -> Any:
     """A field that changes where or how fast a stage runs, not what it produces: not part of ids."""
     return Field(default, json_schema_extra={"run_option": True}, **kwargs)
+
+
+def since_ids(default: Any, *, only_with: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+    """A field added after ids were published: at its default it is left out of ids, so they stay valid. With
+    `only_with` it joins an id exactly when those fields have those values (momentum with sgd), which no id
+    made before it had."""
+    extra: dict[str, Any] = {"since_ids": True, **({"only_with": only_with} if only_with else {})}
+    return Field(default, json_schema_extra=extra, **kwargs)
 
 
 class SyntheticSettings(Settings):
@@ -172,7 +182,8 @@ def retrain_settings_model() -> type[Settings]:
         )),
         "augment": (augment_union(), get_augmenter(PLAIN).settings()),
     }
-    core = ("sampling", "lr", "schedule", "epochs", "batch_size", "wd")
+    core = ("sampling", "samples_per_class", "optimizer", "lr", "momentum", "schedule", "schedule_step", "epochs",
+            "batch_size", "wd", "bn_shift")
     for name, entry in classifiers().items():
         for field, info in entry.settings.model_fields.items():
             if field in fields or field in core:
@@ -184,12 +195,32 @@ def retrain_settings_model() -> type[Settings]:
                 info.json_schema_extra = {**extra, "only_with": {"classifier": name}}
             fields[field] = (annotation, info)
     fields.update(
-        sampling=(Literal["balanced", "instance"], Field("balanced", description="class-balanced draws (cRT) or plain shuffling")),
-        lr=(float, Field(1e-3, gt=0, description="Adam learning rate of the classifier")),
-        schedule=(Literal["cosine", "constant"], Field("cosine", description="learning-rate schedule, stepped per batch")),
+        sampling=(Literal["balanced", "class_aware", "instance"], Field(
+            "balanced",
+            description="balanced = independent class-balanced draws; class_aware = Kang et al.'s and MiSLAS's "
+            "sampler (classes in shuffled cycles, samples_per_class consecutive draws of a class, each class's samples "
+            "without replacement until it is used up); instance = plain shuffling",
+        )),
+        samples_per_class=(int, since_ids(
+            4, only_with={"sampling": "class_aware"}, ge=1, description="class_aware: consecutive draws of one class")),
+        optimizer=(Literal["adam", "sgd"], since_ids(
+            "adam", description="adam (the STG paper's stage 3) or sgd with momentum (Kang et al.'s cRT, MiSLAS)"
+        )),
+        lr=(float, Field(1e-3, gt=0, description="learning rate of the classifier")),
+        momentum=(float, since_ids(
+            0.9, only_with={"optimizer": "sgd"}, ge=0, lt=1, description="sgd: momentum"
+        )),
+        schedule=(Literal["cosine", "constant"], Field("cosine", description="learning-rate schedule")),
+        schedule_step=(Literal["step", "epoch"], since_ids(
+            "step", description="when the lr changes: every step, or once per epoch as Kang et al. and MiSLAS step it"
+        )),
         epochs=(int, Field(10, ge=1, description="epochs-equivalent of iterations over the training features")),
         batch_size=(int, Field(128, ge=2, description="mini-batch size")),
         wd=(float, Field(0.0, ge=0, description="weight decay")),
+        bn_shift=(bool, since_ids(
+            False, description="train on features whose backbone BatchNorm statistics were re-estimated on "
+            "class-aware, augmented training batches first (MiSLAS's shift_bn, as far as a frozen backbone allows)",
+        )),
     )
     return create_model("RetrainSettings", __base__=Settings, __module__=__name__, **fields)
 
@@ -231,6 +262,8 @@ def _dump(settings: BaseModel, *, run_options: bool) -> dict[str, Any]:
         extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
         if extra.get("run_option") and not run_options:
             continue
+        if extra.get("since_ids") and "only_with" not in extra and not run_options and getattr(settings, name) == field.default:
+            continue  # added after ids were published: at its default it leaves them as they were
         if any(getattr(settings, key, None) != value for key, value in extra.get("only_with", {}).items()):
             continue  # a field of another classifier than the chosen one: it changes nothing here
         value = getattr(settings, name)

@@ -107,15 +107,20 @@ def make_scheduler(
     schedule: Literal["multistep", "cosine", "constant"],
     milestones: Sequence[int] = (),
     gamma: float = 0.1,
+    per: Literal["step", "epoch"] = "step",
 ) -> LambdaLR:
-    """Per-iteration LambdaLR read at each step's midpoint, so warm-up starts near 0 and milestones hit epoch edges."""
+    """Per-iteration LambdaLR read at each step's midpoint, so warm-up starts near 0 and milestones hit epoch edges.
+
+    With `per="epoch"` the lr holds for a whole epoch at the value of its start, as Kang et al.'s and MiSLAS's
+    stage 2 set it (the last of 10 cosine epochs runs at 0.024 × lr, not near 0).
+    """
     if schedule not in SCHEDULES:
         raise LtstgError(f"Unknown lr schedule '{schedule}'; use one of {', '.join(SCHEDULES)}.")
     milestones = tuple(milestones)
 
     def factor(step: int) -> float:
         return lr_factor(
-            (step + 0.5) / steps_per_epoch,
+            step // steps_per_epoch if per == "epoch" else (step + 0.5) / steps_per_epoch,
             epochs=epochs,
             warmup_epochs=warmup_epochs,
             schedule=schedule,

@@ -116,7 +116,25 @@ def test_an_artifact_records_only_the_chosen_classifiers_own_fields():
     adjusted = chosen_settings(RetrainSettings(classifier="logit-adjust"))
     assert "la_tau" not in crt and adjusted["la_tau"] == 1.0
     assert crt["tau"] == 1.0 and crt["lr_factor"] == 0.1  # older fields stay, as in every id
-    assert crt == {k: v for k, v in RetrainSettings(classifier="crt").model_dump(mode="json").items() if k != "la_tau"}
+    unused = ("la_tau", "momentum", "samples_per_class")  # logit-adjust's, sgd's and class-aware sampling's
+    assert crt == {k: v for k, v in RetrainSettings(classifier="crt").model_dump(mode="json").items() if k not in unused}
+    sgd = chosen_settings(RetrainSettings(optimizer="sgd", sampling="class_aware"))
+    assert sgd["momentum"] == 0.9 and sgd["samples_per_class"] == 4
+
+
+def test_fields_added_after_ids_were_published_leave_old_ids_alone_at_their_defaults():
+    from ltstg.recipe import RetrainSettings, id_settings
+
+    plain = id_settings(RetrainSettings())
+    assert not {"optimizer", "momentum", "schedule_step", "samples_per_class", "bn_shift"} & set(plain)
+    assert id_settings(RetrainSettings(momentum=0.5)) == plain  # momentum means nothing to adam
+    sgd = id_settings(RetrainSettings(optimizer="sgd"))
+    assert sgd["optimizer"] == "sgd" and sgd["momentum"] == 0.9  # set: it joins the id, with what it brings
+    assert id_settings(RetrainSettings(optimizer="sgd", momentum=0.5)) != sgd
+    aware = id_settings(RetrainSettings(sampling="class_aware"))
+    assert aware["samples_per_class"] == 4 and "samples_per_class" not in id_settings(RetrainSettings(samples_per_class=2))
+    assert id_settings(RetrainSettings(schedule_step="epoch"))["schedule_step"] == "epoch"
+    assert id_settings(RetrainSettings(bn_shift=True))["bn_shift"] is True
 
 
 def test_retrain_with_a_method_and_flags_is_the_run_method_with_the_flags(tmp_path):

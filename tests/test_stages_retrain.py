@@ -649,3 +649,55 @@ def test_augmented_share_counts_the_changed_draws():
     assert 0.2 < out.metrics["augmented_share"] < 0.9  # tail draws (4 of 6 classes, balanced) with t = 0.5
     noise = run(RetrainSettings(augment=NoiseAugment(), **FAST), features)
     assert noise.metrics["augmented_share"] == 1.0
+
+
+def test_per_epoch_cosine_holds_each_epochs_start_value_as_mislas_sets_it():
+    from ltstg.training import make_scheduler
+
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    scheduler = make_scheduler(optimizer, 3, epochs=10, warmup_epochs=0, schedule="cosine", per="epoch")
+    seen = []
+    for _ in range(30):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    mislas = [0.5 * 0.1 * (1 + math.cos(epoch / 10 * math.pi)) for epoch in range(10)]  # its adjust_learning_rate
+    assert seen == pytest.approx([lr for lr in mislas for _ in range(3)])
+    assert seen[-1] == pytest.approx(0.1 * 0.0245, abs=1e-5)  # the last epoch is not at 0
+
+
+def test_sgd_with_class_aware_sampling_resumes_bit_identically(tmp_path):
+    """Kang et al.'s and MiSLAS's way: SGD with momentum, class-aware sampling, the lr stepped per epoch; the
+    sampler's position is in the checkpoint, so a killed run continues with the same draws."""
+    features = make_features()
+    settings = RetrainSettings(classifier="mislas", optimizer="sgd", lr=0.1, wd=2e-4, sampling="class_aware",
+                               schedule_step="epoch", epochs=4, batch_size=32)
+    straight = run(settings, features)
+    store = Store(tmp_path / ".artifacts")
+    with pytest.raises(Killed):
+        run(settings, features, checkpoint=KillAfter(store, "a" * 64, epoch=1))
+    assert "sampler" in store.load_checkpoint("a" * 64)
+    resumed = run(settings, features, checkpoint=Checkpoint(store, "a" * 64))
+    assert torch.equal(resumed.tensors["weight"], straight.tensors["weight"])
+    assert torch.equal(resumed.tensors["curve.loss"], straight.tensors["curve.loss"])
+    assert straight.metrics["converged"] == 1.0
+
+
+def test_the_optimizer_and_its_settings_change_the_result(monkeypatch):
+    features = make_features()
+    made = []
+    real_sgd = torch.optim.SGD
+
+    def watched(*args, **kwargs):
+        made.append(kwargs)
+        return real_sgd(*args, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "SGD", watched)
+    adam = run(RetrainSettings(**FAST), features).tensors["weight"]
+    assert made == []
+    sgd = run(RetrainSettings(**FAST, optimizer="sgd", wd=5e-4), features).tensors["weight"]
+    assert made == [{"lr": 1e-2, "momentum": 0.9, "weight_decay": 5e-4}]
+    slower = run(RetrainSettings(**FAST, optimizer="sgd", wd=5e-4, momentum=0.5), features).tensors["weight"]
+    assert not torch.equal(adam, sgd) and not torch.equal(sgd, slower)
+    aware = run(RetrainSettings(**FAST, sampling="class_aware"), features).tensors["weight"]
+    assert not torch.equal(aware, adam)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ltstg.calibration import fit_temperature
-from ltstg.data.balanced import class_balanced_indices
+from ltstg.data.balanced import ClassAwareSampler, class_balanced_indices
 from ltstg.data.features import TrainingFeatures, training_features
 from ltstg.errors import LtstgError
 from ltstg.methods import PLAIN, ClassifierEntry, get_augmenter, get_classifier
@@ -33,6 +33,7 @@ HALF_TRAINED = 0.5  # ... nor did one that kept half of it and is below the stag
 MIN_MOVED = 1e-3  # a classifier from stage 1 that moved less than this (relative) barely trained
 STILL_FALLING = 0.5  # the last fifth of the epochs still lowered the loss at half the run's average rate or more
 NOISE = 0.02  # ... by more than this share of the loss above its floor per epoch (smaller drops are batch noise)
+BALANCED = ("balanced", "class_aware")  # samplings that draw every class equally often
 BELOW_STAGE1 = 0.02  # validation class-balanced accuracy this far below the stage-1 classifier's is worth a warning
 
 
@@ -171,7 +172,7 @@ def loss_floor(epsilon: torch.Tensor, labels: torch.Tensor, sampling: str) -> fl
     on = 1 - eps + eps / num_classes
     off = eps / num_classes
     entropy = -(on * on.log()) - (num_classes - 1) * torch.where(off > 0, off * off.log(), torch.zeros_like(off))
-    if sampling == "balanced":
+    if sampling in BALANCED:
         return float(entropy.mean())
     counts = torch.bincount(labels.cpu(), minlength=num_classes).double()
     return float((entropy * counts).sum() / counts.sum())
@@ -251,7 +252,7 @@ def train(
     progress: Progress = silent,
     checkpoint: Checkpoint | None = None,
 ) -> tuple[list[float], list[int]]:
-    """Adam + cross-entropy on augmented mini-batches for `epochs` × ceil(N / batch) steps.
+    """Adam or SGD + cross-entropy on augmented mini-batches for `epochs` × ceil(N / batch) steps.
 
     Returns the per-epoch mean loss and the per-epoch number of draws the augmenter changed; an
     augmenter that changed none in an epoch stops the run, since its result would be plain cRT.
@@ -259,22 +260,27 @@ def train(
     classifier = get_classifier(settings.classifier)
     steps_per_epoch = math.ceil(inputs.labels.numel() / settings.batch_size)
     groups = classifier.parameter_groups(model, settings) if classifier.parameter_groups else model.parameters()
-    optimizer = torch.optim.Adam(groups, lr=settings.lr, weight_decay=settings.wd)
+    optimizer = make_optimizer(settings, groups)
     epsilon = epsilon_of(settings, classifier, inputs)  # (C,) per-class label smoothing; zeros = plain cross-entropy
     # paper: "cosine learning rate that decays from 0.001 to 0" (ImageNet-LT/Places); CIFAR is silent (retrain.schedule)
     scheduler = make_scheduler(
-        optimizer, steps_per_epoch, epochs=settings.epochs, warmup_epochs=0, schedule=settings.schedule
+        optimizer, steps_per_epoch, epochs=settings.epochs, warmup_epochs=0, schedule=settings.schedule,
+        per=settings.schedule_step,
     )
+    sampler = (ClassAwareSampler(inputs.labels, settings.samples_per_class, generator=generator)
+               if settings.sampling == "class_aware" else None)
     # the checkpoint's keys, as older checkpoints hold them: classifier, optimizer, scheduler, augmenter,
-    # generator, epoch, curve, changed
+    # generator, epoch, curve, changed; a class-aware sampler's position joins them
     stateful = {"classifier": model, "optimizer": optimizer, "scheduler": scheduler,
                 "augmenter": augmenter if hasattr(augmenter, "state_dict") else _NoState()}
+    if sampler is not None:
+        stateful["sampler"] = sampler
     start_epoch, saved = resume(checkpoint, stateful, generator, epochs=settings.epochs)
     curve = [float(x) for x in saved["curve"]] if saved else []  # (epochs done so far,)
     changed = [int(x) for x in saved["changed"]] if saved else []
     model.train()
     for epoch in range(start_epoch, settings.epochs):
-        loss, count = train_epoch(settings, model, augmenter, inputs, optimizer, scheduler, epsilon, generator)
+        loss, count = train_epoch(settings, model, augmenter, inputs, optimizer, scheduler, epsilon, generator, sampler)
         curve.append(loss)
         changed.append(count)
         if count == 0 and settings.augment.name != PLAIN:
@@ -299,10 +305,11 @@ def train_epoch(
     scheduler: Any,
     epsilon: torch.Tensor,
     generator: torch.Generator,
+    sampler: ClassAwareSampler | None = None,
 ) -> tuple[float, int]:
     """One epoch of N draws: the mean loss, and how many draws the augmenter changed."""
     num_train = inputs.labels.numel()
-    order = epoch_order(inputs.labels, settings.sampling, generator)  # (N,)
+    order = sampler.draws(num_train) if sampler is not None else epoch_order(inputs.labels, settings.sampling, generator)
     view = draw_views(inputs, generator)  # (N,) 0 = original, k = view k-1; None without views
     loss_sum = torch.zeros((), dtype=torch.float64, device=inputs.labels.device)
     changed_sum = torch.zeros((), dtype=torch.long, device=inputs.labels.device)
@@ -320,6 +327,14 @@ def train_epoch(
         loss_sum += loss.detach().double() * batch.numel()
         changed_sum += (augmented != batch_features).any(dim=1).sum()
     return float(loss_sum) / num_train, int(changed_sum)
+
+
+def make_optimizer(settings: RetrainSettings, groups: Any) -> torch.optim.Optimizer:
+    """Adam, as the STG paper trains stage 3, or SGD with momentum, as Kang et al.'s cRT and MiSLAS's stage 2;
+    the weight decay applies to every parameter group, as both of theirs do."""
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.wd)
+    return torch.optim.Adam(groups, lr=settings.lr, weight_decay=settings.wd)
 
 
 def epoch_order(labels: torch.Tensor, sampling: str, generator: torch.Generator) -> torch.Tensor:

@@ -158,9 +158,11 @@ def retrain_command(
     with RichProgress(not options.json) as progress:
         run = run_context(options, progress, force)
         parent = pick(run, features, "features")
+        variant = steps.features_for(run, settings, settings.retrain, parent)  # retrain.bn_shift: other features
+        parent = variant.artifact if variant is not None else parent
         stg_artifact = pick(run, stg, "stg", parent=parent.id) if settings.retrain.augment.name == "stg" else None
         result = steps.retrain_step(run, settings, settings.retrain, parent, stg_artifact, name=name)
-    show_results(options, [result], "retrain")
+    show_results(options, [variant, result] if variant is not None else [result], "retrain")
 
 
 # -- eval --------------------------------------------------------------------------------------------

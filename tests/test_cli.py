@@ -219,3 +219,22 @@ def test_run_selects_on_validation_from_a_set_flag_and_shows_the_choice(tiny_rec
     table = runner.invoke(app, ["--store", str(store), *args], env={"COLUMNS": "200"})  # a table of 10 columns
     assert "Chosen on val" in table.stdout and "ECE (T)" in table.stdout
     assert " / ".join(f"std={choice['augment.std']}" for choice in row["chosen"]) in table.stdout
+
+
+def test_retrain_with_bn_shift_makes_the_shifted_features_and_trains_on_them(tiny_recipe_path, tmp_path):
+    store = tmp_path / "store"
+    assert runner.invoke(app, ["--store", str(store), "run", str(tiny_recipe_path), "--until", "pretrain"]).exit_code == 0
+    flags = ["--classifier", "mislas", "--optimizer", "sgd", "--lr", "0.1", "--sampling", "class_aware",
+             "--schedule-step", "epoch", "--bn-shift"]
+    made = invoke("--json", "retrain", "--recipe", str(tiny_recipe_path), *flags, "--name", "shifted", store=store)
+    assert made.exit_code == 0, made.output
+    kinds = [a["kind"] for a in json.loads(made.stdout)["artifacts"]]
+    assert kinds == ["features", "classifier"]
+    classifier = Store(store).get(Store(store).resolve("shifted", "classifier"))
+    features = Store(store).get(classifier.parents[0])
+    assert features.info["bn_shift"]["batch_size"] == 16 and classifier.settings["bn_shift"] is True
+    assert classifier.settings["optimizer"] == "sgd" and classifier.settings["schedule_step"] == "epoch"
+    plain = invoke("retrain", "--recipe", str(tiny_recipe_path), "--features", features.id[:12], store=store)
+    assert plain.exit_code == 0, plain.output  # a plain row given the shifted features trains on the plain ones
+    newest = Store(store).find(None, "classifier")
+    assert "bn_shift" not in Store(store).get(newest.parents[0]).info

@@ -39,6 +39,8 @@ class ImageInputs(Protocol):
 
     def view_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]: ...
 
+    def sample_batches(self, order: torch.Tensor, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]: ...
+
 
 def shard(indices: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
     """This rank's share of a global batch: every world_size-th sample, so shares differ by at most one."""
@@ -84,10 +86,14 @@ class TensorInputs:
 
     def view_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
         """Augmented training images in stored order (extra feature views)."""
-        images = self.splits["train"][0]
-        for start in range(0, self.num_train, batch_size):
+        yield from self.sample_batches(torch.arange(self.num_train, device=self.device), batch_size, generator)
+
+    def sample_batches(self, order: torch.Tensor, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+        """Augmented training images in the given order of their indices, batch by batch."""
+        images, order = self.splits["train"][0], order.to(self.device)
+        for start in range(0, len(order), batch_size):
             yield augment_batch(
-                images[start : start + batch_size], generator=generator, mean=self.mean, std=self.std,
+                images[order[start : start + batch_size]], generator=generator, mean=self.mean, std=self.std,
                 channels_last=self.channels_last,
             )
 
@@ -178,4 +184,10 @@ class FileInputs:
 
     def view_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
         for images, _ in self._loader("train", self.train_transform, batch_size, seed=epoch_seed(generator)):
+            yield images.to(self.device, non_blocking=True)
+
+    def sample_batches(self, order: torch.Tensor, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+        """Augmented training images in the given order of their indices (the last partial batch dropped)."""
+        loader = self._loader("train", self.train_transform, batch_size, order.cpu().tolist(), epoch_seed(generator))
+        for images, _ in loader:
             yield images.to(self.device, non_blocking=True)

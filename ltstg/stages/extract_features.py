@@ -1,8 +1,15 @@
-"""Frozen eval-mode features of every image, so stages 2-4 never touch images again."""
+"""Frozen eval-mode features of every image, so stages 2-4 never touch images again; optionally after
+MiSLAS's BatchNorm shift, re-estimated on class-aware batches (`shift_batchnorm`)."""
 from __future__ import annotations
 
-import torch
+from typing import Any
 
+import torch
+from torch import nn
+
+from ltstg.data.balanced import ClassAwareSampler
+from ltstg.data.inputs import ImageInputs
+from ltstg.errors import LtstgError
 from ltstg.models.backbones import extract_pooled
 from ltstg.progress import Progress, silent
 from ltstg.stages import Output
@@ -10,6 +17,7 @@ from ltstg.stages.pretrain import autocast, image_inputs, load_backbone
 from ltstg.store import Artifact
 
 BATCH = 512
+SHIFT_SAMPLES_PER_CLASS = 4  # MiSLAS's stage-2 class-aware sampler (Kang et al.'s num_samples_cls)
 
 
 @torch.no_grad()
@@ -23,10 +31,16 @@ def extract_features(
     generator: torch.Generator,
     workers: int = 4,
     progress: Progress = silent,
+    bn_shift_batch: int | None = None,
 ) -> Output:
-    """Pooled features (and stage-1 logits' weights) of train and test images, plus K augmented views."""
+    """Pooled features (and stage-1 logits' weights) of train and test images, plus K augmented views; with
+    `bn_shift_batch`, from a backbone whose BatchNorm statistics were first re-estimated on class-aware batches."""
     model = load_backbone(backbone, device)
     inputs = image_inputs(dataset, device, workers)
+    shift = None
+    if bn_shift_batch is not None:
+        shift = shift_batchnorm(model, inputs, dataset["train_labels"], batch_size=bn_shift_batch,
+                                generator=generator, device=device, precision=precision, progress=progress)
     tensors: dict[str, torch.Tensor] = {}
     splits = dataset.info["splits"]
     total = sum(len(dataset[f"{s}_labels"]) for s in splits) + feature_views * inputs.num_train
@@ -67,6 +81,8 @@ def extract_features(
         "many_above": dataset.settings.get("many_above", 100),
         "few_below": dataset.settings.get("few_below", 20),
     }
+    if shift is not None:
+        info["bn_shift"] = shift
     metrics = {
         "train": float(len(tensors["train_labels"])),
         "test": float(len(tensors["test_labels"])),
@@ -74,3 +90,47 @@ def extract_features(
         "stage1_top1": top1,
     }
     return Output("features", tensors, metrics, info, key_metric="stage1_top1")
+
+
+@torch.no_grad()
+def shift_batchnorm(
+    model: nn.Module,
+    inputs: ImageInputs,
+    labels: torch.Tensor,
+    *,
+    batch_size: int,
+    generator: torch.Generator,
+    device: torch.device,
+    precision: str,
+    progress: Progress = silent,
+) -> dict[str, Any]:
+    """MiSLAS's `shift_bn` for a frozen backbone: the BatchNorm running statistics re-estimated on one epoch
+    (N images) of class-aware, augmented training batches; no weight changes. Returns what it did.
+
+    MiSLAS (train_stage2.py) keeps the backbone in train mode through its 10 stage-2 epochs, so the running
+    statistics drift towards class-balanced batches by exponential averaging (momentum 0.1) while the
+    classifier trains on batch-normalised features. Here they are a cumulative average over one epoch, then
+    fixed, and every feature is extracted in eval mode with them.
+    """
+    norms = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        raise LtstgError("retrain.bn_shift: this backbone has no BatchNorm layer whose statistics could shift.")
+    order = ClassAwareSampler(labels.cpu(), SHIFT_SAMPLES_PER_CLASS, generator=generator).draws(inputs.num_train)
+    momenta = [module.momentum for module in norms]
+    for module in norms:
+        module.reset_running_stats()
+        module.momentum = None  # a cumulative average over every batch of the pass
+    model.train()
+    batches = images_seen = 0
+    for images in inputs.sample_batches(order, batch_size, generator):
+        if len(images) < 2:  # one image has no batch statistics
+            continue
+        with autocast(device, precision):
+            extract_pooled(model, images)
+        batches, images_seen = batches + 1, images_seen + len(images)
+        progress("bn-shift", images_seen, inputs.num_train)
+    model.eval()
+    for module, momentum in zip(norms, momenta):
+        module.momentum = momentum
+    return {"batch_size": batch_size, "batches": batches, "images": images_seen, "layers": len(norms),
+            "sampling": f"class_aware, {SHIFT_SAMPLES_PER_CLASS} per class", "average": "cumulative"}

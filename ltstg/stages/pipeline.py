@@ -117,7 +117,9 @@ def run_recipe(
     last = STAGES.index(until)
     needs_stg = any(s.augment.name == "stg" for c in chosen.values() for _, s in c) or until == "fit-stg"
     trainings = sum(len(candidates) for candidates in chosen.values())
-    per_seed = 1 + (last >= 1) * 2 + (last >= 2 and needs_stg) + (last >= 3) * trainings + (last >= 4) * len(chosen)
+    shifts = len({s.batch_size for c in chosen.values() for _, s in c if s.bn_shift})  # BatchNorm-shifted features
+    per_seed = (1 + (last >= 1) * 2 + (last >= 2 and needs_stg) + (last >= 3) * (trainings + shifts)
+                + (last >= 4) * len(chosen))
     note_budgets(ctx, chosen)
     total, done = per_seed * len(seeds), 0
     runs: list[MethodRun] = []
@@ -148,12 +150,22 @@ def run_recipe(
         head_classes = tuple(stg["head_classes"].tolist()) if stg is not None else None
         if last < 3:
             continue
+        variants = {None: features}  # BatchNorm-shift batch size (None: plain) -> features
+
+        def inputs_of(settings: RetrainSettings) -> Artifact:
+            key = settings.batch_size if settings.bn_shift else None
+            if key not in variants:  # a features step of its own, made once per seed and batch size
+                made = steps.features_for(ctx, at("pretrain"), settings, features)
+                variants[key] = step(made).artifact if made is not None else features
+            return variants[key]
+
         for method, candidates in chosen.items():
-            trained = [step(steps.retrain_step(ctx, at("retrain"), settings, features, stg)).artifact
+            trained = [step(steps.retrain_step(ctx, at("retrain"), settings, inputs_of(settings), stg)).artifact
                        for _, settings in candidates]
             values, classifier, tried = select(method, candidates, trained)
             if last >= 4:
-                report = step(steps.eval_step(ctx, at("retrain"), classifier, features)).artifact
+                on = next(f for f in variants.values() if f.id == classifier.parents[0])  # what it trained on
+                report = step(steps.eval_step(ctx, at("retrain"), classifier, on)).artifact
                 runs.append(MethodRun(seed, method, report, converged(classifier), head_classes,
                                       values if len(candidates) > 1 else None, tried))
     return runs, results

@@ -27,7 +27,7 @@ def check_inputs(settings: Any, features: Artifact, stg: Artifact | None) -> Non
             "re-extract the features with this ltstg version."
         )
     classifier, augmenter = get_classifier(settings.classifier), get_augmenter(settings.augment.name)
-    problems = method_problems(settings) + feature_problems(features)
+    problems = method_problems(settings) + feature_problems(features) + shift_problems(settings, features)
     for entry in (classifier, augmenter):
         if entry.checks is not None:
             problems.extend(entry.checks(settings, features, stg))
@@ -52,6 +52,11 @@ def method_problems(settings: Any) -> list[str]:
             f"augment {settings.augment.name!r} with {strength} 0 changes no sample, so the result would be plain "
             f"{classifier.label}; use augment {PLAIN} for that, or a {strength} above 0."
         )
+    if settings.bn_shift and settings.augment.name == "stg":
+        problems.append(
+            "retrain.bn_shift with augment 'stg': the STG is fitted on the plain features, not on BatchNorm-shifted "
+            "ones; leave bn_shift off for STG rows."
+        )
     if settings.init != "auto" and settings.init not in classifier.inits:
         taking = either([name for name, entry in classifiers().items() if settings.init in entry.inits])
         problems.append(
@@ -59,6 +64,19 @@ def method_problems(settings: Any) -> list[str]:
             f"apply; use --classifier {taking}, or init auto."
         )
     return problems
+
+
+def shift_problems(settings: Any, features: Artifact) -> list[str]:
+    """The features are BatchNorm-shifted exactly when `retrain.bn_shift` says so, at the method's batch size,
+    so the flag recorded with the classifier never misstates what it trained on."""
+    shifted = features.info.get("bn_shift", {}).get("batch_size")
+    wanted = settings.batch_size if settings.bn_shift else None
+    if shifted == wanted:
+        return []
+    have = f"were extracted after a BatchNorm shift on batches of {shifted}" if shifted else "are plain (no BatchNorm shift)"
+    return [f"features {features.id[:SHORT]} {have}, but retrain.bn_shift is {str(settings.bn_shift).lower()}"
+            + (f" at batch size {wanted}" if wanted else "") + "; `ltstg retrain` and `ltstg run` pick the matching "
+            "features themselves: leave --features out, or give the matching ones."]
 
 
 def feature_problems(features: Artifact) -> list[str]:

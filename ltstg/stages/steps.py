@@ -71,24 +71,48 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def features_step(ctx: Context, recipe: Recipe, backbone: Artifact, dataset: Artifact, *, name: str | None = None) -> Result:
+def features_step(
+    ctx: Context,
+    recipe: Recipe,
+    backbone: Artifact,
+    dataset: Artifact,
+    *,
+    name: str | None = None,
+    bn_shift_batch: int | None = None,
+) -> Result:
+    """The backbone's features; with `bn_shift_batch`, the BatchNorm-shifted variant (an artifact of its own)."""
     from ltstg.stages.extract_features import extract_features
     from ltstg.stages.pretrain import resolve_precision
 
     settings = recipe.pretrain
     precision = resolve_precision(settings.precision, ctx.device)
+    defining: dict[str, object] = {"feature_views": settings.feature_views, "precision": precision}
+    if bn_shift_batch is not None:  # only then, so the plain features keep the ids they always had
+        defining["bn_shift_batch"] = bn_shift_batch
     return run_stage(
         ctx,
         "features",
-        {"feature_views": settings.feature_views, "precision": precision},
+        defining,
         [backbone, dataset],
         lambda generator, checkpoint: extract_features(
             backbone, dataset, feature_views=settings.feature_views, precision=precision,
             device=ctx.device, generator=generator, workers=settings.workers, progress=ctx.progress,
+            bn_shift_batch=bn_shift_batch,
         ),
         seed=recipe.seed,
         name=name,
     )
+
+
+def features_for(ctx: Context, recipe: Recipe, settings: RetrainSettings, features: Artifact) -> Result | None:
+    """The features step a stage-3 method needs besides `features` (None: `features` serve): for
+    `retrain.bn_shift`, the variant of the same backbone whose BatchNorm statistics shifted on class-aware
+    batches of the method's batch size; for a method without it given shifted features, the plain ones."""
+    wanted = settings.batch_size if settings.bn_shift else None
+    if features.info.get("bn_shift", {}).get("batch_size") == wanted:
+        return None
+    backbone, dataset = (ctx.store.get(parent, kind) for parent, kind in zip(features.parents, ("backbone", "dataset")))
+    return features_step(ctx, recipe, backbone, dataset, bn_shift_batch=wanted)
 
 
 def fit_stg_step(ctx: Context, recipe: Recipe, features: Artifact, *, name: str | None = None) -> Result:

@@ -1,0 +1,117 @@
+"""The features stage's BatchNorm shift (MiSLAS's shift_bn for a frozen backbone) and how stage 3 finds it."""
+import pytest
+import torch
+from torch import nn
+
+from ltstg.data.inputs import TensorInputs
+from ltstg.errors import LtstgError
+from ltstg.recipe import load_recipe
+from ltstg.stages import Context
+from ltstg.stages.extract_features import shift_batchnorm
+from ltstg.stages.pipeline import run_recipe
+from ltstg.store import Store
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class Tiny(nn.Module):
+    """A BatchNorm on the raw pixels, then timm's two-step head: what extract_pooled calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(3)
+        self.fc = nn.Linear(3, 2)
+
+    def forward_features(self, images):
+        return self.norm(images)
+
+    def forward_head(self, x, pre_logits=False):
+        pooled = x.mean(dim=(2, 3))
+        return pooled if pre_logits else self.fc(pooled)
+
+
+def two_classes():
+    """180 dark images of class 0 and 20 bright ones of class 1: instance batches are mostly dark."""
+    g = torch.Generator().manual_seed(0)
+    dark = torch.randint(0, 60, (180, 8, 8, 3), generator=g, dtype=torch.uint8)
+    bright = torch.randint(190, 250, (20, 8, 8, 3), generator=g, dtype=torch.uint8)
+    labels = torch.cat([torch.zeros(180), torch.ones(20)]).long()
+    inputs = TensorInputs({"train": (torch.cat([dark, bright]), labels)}, torch.device("cpu"))
+    return inputs, labels
+
+
+def shifted(model, inputs, labels, seed=0):
+    return shift_batchnorm(model, inputs, labels, batch_size=16, generator=torch.Generator().manual_seed(seed),
+                           device=torch.device("cpu"), precision="fp32")
+
+
+def test_the_shift_averages_class_balanced_augmented_batches_into_the_running_statistics_and_moves_no_weight():
+    inputs, labels = two_classes()
+    model = Tiny().eval()
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    seen = []
+    model.norm.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    record = shifted(model, inputs, labels)
+    brightest = torch.cat([batch[:, 0].amax(dim=(1, 2)) for batch in seen])  # (200,) one per image seen
+    bright = brightest > (120 / 255 - inputs.mean[0]) / inputs.std[0]  # a crop keeps some of its pixels (>= 190)
+    assert len(brightest) == 200 and int(bright.sum()) == 100  # half of them from the 20-image class
+    batch_means = torch.stack([batch.mean(dim=(0, 2, 3)) for batch in seen])  # (batches, 3)
+    batch_vars = torch.stack([batch.var(dim=(0, 2, 3)) for batch in seen])  # unbiased, as BatchNorm keeps it
+    assert torch.allclose(model.norm.running_mean, batch_means.mean(dim=0), atol=1e-5)  # cumulative: every batch alike
+    assert torch.allclose(model.norm.running_var, batch_vars.mean(dim=0), atol=1e-4)
+    assert not model.training and model.norm.momentum == 0.1  # back in eval mode, its momentum restored
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
+    assert record == {"batch_size": 16, "batches": 13, "images": 200, "layers": 1,
+                      "sampling": "class_aware, 4 per class", "average": "cumulative"}
+    again = Tiny().eval()
+    shifted(again, inputs, labels)
+    assert torch.equal(again.norm.running_mean, model.norm.running_mean)  # seeded
+
+
+def test_a_backbone_without_batchnorm_cannot_shift():
+    inputs, labels = two_classes()
+    model = Tiny()
+    model.norm = nn.Identity()
+    with pytest.raises(LtstgError, match="no BatchNorm layer"):
+        shifted(model, inputs, labels)
+
+
+SHIFTING = """
+methods:
+  cRT: {classifier: crt}
+  MiSLAS: {classifier: mislas, optimizer: sgd, lr: 0.1, wd: 2.0e-4, sampling: class_aware, schedule_step: epoch}
+  MiSLAS (BN shift): {classifier: mislas, optimizer: sgd, lr: 0.1, wd: 2.0e-4, sampling: class_aware,
+                      schedule_step: epoch, bn_shift: true}
+"""
+
+
+def test_a_bn_shift_row_trains_and_is_scored_on_shifted_features_and_the_others_on_the_plain_ones(
+    tiny_recipe_path, tmp_path
+):
+    tiny_recipe_path.write_text(tiny_recipe_path.read_text() + SHIFTING)
+    store = Store(tmp_path / "store")
+    runs, results = run_recipe(Context(store=store), load_recipe(tiny_recipe_path), seeds=[0])
+    features = [r.artifact for r in results if r.artifact.kind == "features"]
+    assert len(features) == 2
+    plain, shift = features
+    assert "bn_shift" not in plain.info and shift.info["bn_shift"]["batch_size"] == 16
+    assert shift.parents == plain.parents  # the same backbone and data set
+    assert not torch.equal(shift["train_features"], plain["train_features"])
+    assert torch.equal(shift["classifier.weight"], plain["classifier.weight"])  # no weight moved
+    on = {run.method: store.get(run.report.parents[0]).parents[0] for run in runs}
+    assert on == {"cRT": plain.id, "MiSLAS": plain.id, "MiSLAS (BN shift)": shift.id}
+    assert all(run.report.parents[1] == on[run.method] for run in runs)  # scored on what it trained on
+    again, results_again = run_recipe(Context(store=store), load_recipe(tiny_recipe_path), seeds=[0])
+    assert all(r.reused for r in results_again) and len(results_again) == len(results)
+
+
+def test_the_shift_flag_and_the_features_must_agree(tiny_run):
+    from ltstg.recipe import RetrainSettings, StgAugment
+    from ltstg.stages.retrain_checks import method_problems, shift_problems
+
+    plain = tiny_run["features"]
+    assert shift_problems(RetrainSettings(), plain) == []
+    assert "are plain (no BatchNorm shift), but retrain.bn_shift is true at batch size 128" in \
+        shift_problems(RetrainSettings(bn_shift=True), plain)[0]
+    assert "the STG is fitted on the plain features" in method_problems(
+        RetrainSettings(bn_shift=True, augment=StgAugment()))[0]

@@ -282,11 +282,14 @@ def _jsonable(value: Any) -> Any:
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.safe_load keeps the last of two equal keys without a word; a recipe says which one it means."""
+    """yaml.safe_load keeps the last of two equal keys without a word; a recipe says which one it means.
+    A merge (`<<: *anchor`, one method built on another) may be overridden by the keys written beside it."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice", key_node.start_mark)

@@ -148,3 +148,16 @@ def test_retrain_with_a_method_and_flags_is_the_run_method_with_the_flags(tmp_pa
     assert load_recipe(path, method="CE").retrain == method_settings(load_recipe(path), "CE")
     with pytest.raises(LtstgError, match="unknown method 'cE'; the recipe lists: CE, STG"):
         load_recipe(path, method="cE")
+
+
+def test_a_method_can_build_on_another_with_a_yaml_merge(tmp_path):
+    from ltstg.recipe import method_candidates
+
+    path = write(tmp_path, "methods:\n  MiSLAS: &mislas {classifier: mislas, optimizer: sgd, lr: 0.1}\n"
+                           "  MiSLAS (lr on val): {<<: *mislas, lr: 0.2, select: {wd: [0.0, 2.0e-4]}}\n")
+    candidates = method_candidates(load_recipe(path), "MiSLAS (lr on val)")
+    assert [(values, s.optimizer, s.lr, s.wd) for values, s in candidates] == [
+        ({"wd": 0.0}, "sgd", 0.2, 0.0), ({"wd": 2e-4}, "sgd", 0.2, 2e-4)]  # the key beside the merge wins
+    twice = write(tmp_path, "methods:\n  A: &a {lr: 0.1}\n  B: {<<: *a, lr: 0.2, lr: 0.3}\n")
+    with pytest.raises(LtstgError, match="key 'lr' is given twice"):
+        load_recipe(twice)

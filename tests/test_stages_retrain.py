@@ -459,7 +459,8 @@ def cifar100_recipe_settings(candidates: bool):
         for method in recipe.methods:
             for values, settings in method_candidates(recipe, method):
                 if settings.classifier in ("crt", "mislas") and bool(values) == candidates:
-                    plain = settings.model_copy(update={"augment": NoAugment()})
+                    # these CIFAR-100-shaped features stand for the BatchNorm-shifted ones too
+                    plain = settings.model_copy(update={"augment": NoAugment(), "bn_shift": False})
                     distinct.setdefault(plain.model_dump_json(), (f"{path.name}: {method} {values}", plain))
     assert distinct
     return list(distinct.values())

@@ -107,6 +107,20 @@ def test_features_artifact_shapes(tiny_run):
     assert abs(features.metrics["stage1_top1"] - backbone.metrics["test_top1"]) <= 1 / n_test + 1e-6
 
 
+def test_stage1_is_scored_on_the_validation_split_class_balanced_so_its_settings_can_be_chosen_there(tiny_run):
+    """The backbone records its class-balanced validation accuracy at every test epoch; the cached validation
+    features give the same number, so stage-1 settings can be compared without looking at the test split."""
+    features, backbone = tiny_run["features"], tiny_run["backbone"]
+    history = backbone.info["history"]
+    assert len(history["val_mean_class"]) == len(history["eval_epoch"]) == 2
+    logits = features["val_features"] @ features["classifier.weight"].T + features["classifier.bias"]
+    labels = features["val_labels"]
+    right = (logits.argmax(dim=1) == labels).double()
+    per_class = [float(right[labels == c].mean()) for c in labels.unique()]
+    assert backbone.metrics["val_mean_class"] == history["val_mean_class"][-1]
+    assert abs(backbone.metrics["val_mean_class"] - sum(per_class) / len(per_class)) <= 1e-6 + 1 / len(labels)
+
+
 def test_feature_views_are_augmented_copies(tmp_path, tiny_run, tiny_recipe_path):
     recipe = load_recipe(tiny_recipe_path, {"pretrain.feature_views": 2})
     ctx = Context(store=Store(tmp_path / "store"))

@@ -27,6 +27,7 @@ FILE_INPUTS_REVISION = 2
 
 
 class ImageInputs(Protocol):
+    splits: dict  # split name -> its images (or paths) and labels
     num_train: int
     mean: tuple[float, ...]
     std: tuple[float, ...]

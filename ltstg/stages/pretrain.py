@@ -120,7 +120,11 @@ def pretrain(
         if (epoch + 1) % settings.eval_every == 0 or epoch + 1 == settings.epochs:
             if run.rank == 0:
                 history["eval_epoch"].append(epoch + 1)
-                history["eval_top1"].append(evaluate_images(model, run.inputs, device, run.precision, progress))
+                history["eval_top1"].append(evaluate_images(model, run.inputs, device, run.precision, progress)[0])
+                if "val" in run.inputs.splits:  # what stage-1 settings are compared on; the test split only reports
+                    history.setdefault("val_mean_class", []).append(
+                        evaluate_images(model, run.inputs, device, run.precision, progress, split="val")[1]
+                    )
         if epoch + 1 < settings.epochs:
             keep(checkpoint, stateful, generator, epoch=epoch,
                  mix_rng=json.dumps(mix_rng.bit_generator.state), history=json.dumps(history))
@@ -238,6 +242,8 @@ def _backbone_output(run: _Run, model: nn.Module, history: dict[str, list[float]
         "img_s": float(np.median(timed)),
         "epochs": float(settings.epochs),
     }
+    if history.get("val_mean_class"):
+        metrics["val_mean_class"] = history["val_mean_class"][-1]
     info = {
         "model": settings.model,
         "num_classes": run.num_classes,
@@ -246,26 +252,35 @@ def _backbone_output(run: _Run, model: nn.Module, history: dict[str, list[float]
         "std": list(run.inputs.std),
         "precision": run.precision,
         "world_size": run.world_size,
-        "history": {"eval_epoch": history["eval_epoch"], "eval_top1": history["eval_top1"]},
+        "history": {key: history[key] for key in ("eval_epoch", "eval_top1", "val_mean_class") if key in history},
     }
     return Output("backbone", tensors, metrics, info, key_metric="test_top1", notes=notes)
 
 
 @torch.no_grad()
 def evaluate_images(
-    model: nn.Module, inputs: ImageInputs, device: torch.device, precision: str, progress: Progress = silent
-) -> float:
-    """Top-1 of the stage-1 classifier on the test split."""
+    model: nn.Module,
+    inputs: ImageInputs,
+    device: torch.device,
+    precision: str,
+    progress: Progress = silent,
+    split: str = "test",
+) -> tuple[float, float]:
+    """Top-1 and class-balanced accuracy (the mean over the classes the split holds) of the stage-1 classifier."""
     was_training = model.training
     model.eval()
-    correct, total = 0, 0
-    for images, labels in inputs.eval_batches("test", 512):
+    hits = counts = torch.zeros((), dtype=torch.float64)  # (C,) once the first batch has added to them
+    for images, labels in inputs.eval_batches(split, 512):
         with autocast(device, precision):
             logits = model(images)
-        correct += int((logits.argmax(dim=1) == labels).sum())
-        total += len(labels)
+        right = (logits.argmax(dim=1) == labels).double().cpu()
+        hits = hits + torch.bincount(labels.cpu(), weights=right, minlength=logits.shape[1])
+        counts = counts + torch.bincount(labels.cpu(), minlength=logits.shape[1])
     model.train(was_training)
-    return correct / max(total, 1)
+    present = counts > 0
+    if not bool(present.any()):  # an empty split
+        return 0.0, 0.0
+    return float(hits.sum() / counts.sum()), float((hits[present] / counts[present]).mean())
 
 
 def load_backbone(backbone: Artifact, device: torch.device) -> nn.Module:

@@ -31,7 +31,7 @@ class ScaledLinearClassifier(nn.Module):
 
     MiSLAS (dvlab-research/MiSLAS, train_stage2.py) starts the linear layer from the stage-1 classifier
     and multiplies its logits by `LearnableWeightScaling` (init 1); both are trained, the layer at a
-    smaller lr (retrain.lr_factor). Its BatchNorm shift needs images and is not part of this head.
+    smaller lr (retrain.lr_factor). Its BatchNorm shift acts on the features, not on this head: `retrain.bn_shift`.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:

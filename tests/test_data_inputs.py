@@ -1,7 +1,8 @@
+import pytest
 import torch
 from PIL import Image
 
-from ltstg.data.inputs import FileInputs, TensorInputs, channel_stats
+from ltstg.data.inputs import STATS_BYTES, FileInputs, TensorInputs, channel_stats, stats_chunk
 
 
 def write_images(root, count):
@@ -80,3 +81,32 @@ def test_channel_stats_match_a_direct_computation():
     direct = images.double().div(255).reshape(-1, 3)
     assert torch.allclose(torch.tensor(mean, dtype=torch.float64), direct.mean(0))
     assert torch.allclose(torch.tensor(std, dtype=torch.float64), direct.std(0, unbiased=False))
+
+
+def test_channel_statistics_are_chunked_by_bytes_not_by_images():
+    assert stats_chunk((32, 32, 3)) == 10922 and stats_chunk((224, 224, 3)) == 222
+    assert stats_chunk((224, 224, 3)) * 224 * 224 * 3 * 8 <= STATS_BYTES < (stats_chunk((224, 224, 3)) + 1) * 224 * 224 * 3 * 8
+    assert stats_chunk((100000, 100000, 3)) == 1  # one image at least, however large
+    images = torch.randint(0, 256, (9, 6, 6, 3), dtype=torch.uint8)
+    (mean, std), (mean_2, std_2) = channel_stats(images), channel_stats(images, chunk=2)
+    assert mean == pytest.approx(mean_2) and std == pytest.approx(std_2)
+
+
+def test_the_normalisation_statistics_reach_the_device_once_not_per_batch(monkeypatch):
+    """On a GPU, a tuple turned into a tensor on the device is a blocking host-to-device copy; the batches of a
+    TensorInputs epoch must make none (issue 23, row 1)."""
+    images = torch.randint(0, 256, (12, 8, 8, 3), dtype=torch.uint8)
+    inputs = TensorInputs({"train": (images, torch.arange(12) % 3), "test": (images[:5], torch.arange(5) % 3)},
+                          torch.device("cpu"))
+    real, from_python = torch.as_tensor, []
+
+    def spy(data, *args, **kwargs):
+        if not isinstance(data, torch.Tensor):
+            from_python.append(data)
+        return real(data, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "as_tensor", spy)
+    list(inputs.train_batches(4, torch.Generator().manual_seed(0)))
+    list(inputs.eval_batches("test", 2))
+    list(inputs.view_batches(4, torch.Generator().manual_seed(0)))
+    assert from_python == []

@@ -21,7 +21,10 @@ def _check_images(images: torch.Tensor) -> None:
         )
 
 
-def _normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float], channels_last: bool) -> torch.Tensor:
+Stats = Sequence[float] | torch.Tensor  # a tensor already on the images' device costs no copy per batch
+
+
+def _normalize(images: torch.Tensor, mean: Stats, std: Stats, channels_last: bool) -> torch.Tensor:
     """Scale (B, H, W, 3) uint8 to normalized float and return it as (B, 3, H, W) in the requested memory layout."""
     mean_t = torch.as_tensor(mean, dtype=torch.float32, device=images.device)
     std_t = torch.as_tensor(std, dtype=torch.float32, device=images.device)
@@ -31,7 +34,7 @@ def _normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]
 
 
 def to_model_input(
-    images: torch.Tensor, mean: Sequence[float], std: Sequence[float], channels_last: bool = False
+    images: torch.Tensor, mean: Stats, std: Stats, channels_last: bool = False
 ) -> torch.Tensor:
     """Evaluation input: normalize only, so test images are seen exactly as stored."""
     _check_images(images)
@@ -42,8 +45,8 @@ def augment_batch(
     images: torch.Tensor,
     *,
     generator: torch.Generator,
-    mean: Sequence[float],
-    std: Sequence[float],
+    mean: Stats,
+    std: Stats,
     pad: int = 4,
     flip: bool = True,
     channels_last: bool = False,

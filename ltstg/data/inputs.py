@@ -58,6 +58,9 @@ class TensorInputs:
         train = self.splits["train"][0]
         self.num_train = len(train)
         self.mean, self.std = channel_stats(train)
+        # on the device once, not copied there for every batch (torch.as_tensor keeps a tensor where it is)
+        self.mean_t = torch.tensor(self.mean, dtype=torch.float32, device=device)
+        self.std_t = torch.tensor(self.std, dtype=torch.float32, device=device)
 
     def train_steps(self, batch_size: int, world_size: int = 1) -> int:
         """Batches per epoch, as train_batches yields them (the schedule counts steps)."""
@@ -75,7 +78,7 @@ class TensorInputs:
             if len(index) < 2 * world_size:  # a one-sample batch breaks BatchNorm
                 continue
             batch = augment_batch(
-                images[index], generator=generator, mean=self.mean, std=self.std, channels_last=self.channels_last
+                images[index], generator=generator, mean=self.mean_t, std=self.std_t, channels_last=self.channels_last
             )
             yield shard(batch, rank, world_size), shard(labels[index], rank, world_size)
 
@@ -83,7 +86,7 @@ class TensorInputs:
         images, labels = self.splits[split]
         for start in range(0, len(labels), batch_size):
             part = slice(start, start + batch_size)
-            yield to_model_input(images[part], self.mean, self.std, self.channels_last), labels[part]
+            yield to_model_input(images[part], self.mean_t, self.std_t, self.channels_last), labels[part]
 
     def view_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
         """Augmented training images in stored order (extra feature views)."""
@@ -94,13 +97,26 @@ class TensorInputs:
         images, order = self.splits["train"][0], order.to(self.device)
         for start in range(0, len(order), batch_size):
             yield augment_batch(
-                images[order[start : start + batch_size]], generator=generator, mean=self.mean, std=self.std,
+                images[order[start : start + batch_size]], generator=generator, mean=self.mean_t, std=self.std_t,
                 channels_last=self.channels_last,
             )
 
 
-def channel_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[tuple[float, ...], tuple[float, ...]]:
+STATS_BYTES = 256 * 2**20  # the float64 temporary of one chunk of channel statistics
+
+
+def stats_chunk(image_shape: tuple[int, ...], budget: int = STATS_BYTES) -> int:
+    """Images per chunk of `channel_stats` so that its float64 copy stays within `budget` bytes (at least one):
+    10,922 CIFAR images, 222 at 224 px (a fixed 8,192 was a 10 GB temporary there)."""
+    pixels = 1
+    for size in image_shape:
+        pixels *= size
+    return max(1, budget // (8 * pixels))
+
+
+def channel_stats(images: torch.Tensor, chunk: int | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of uint8 (N, H, W, 3) images in [0, 1], in chunks to bound memory."""
+    chunk = chunk or stats_chunk(tuple(images.shape[1:]))
     total = torch.zeros(3, dtype=torch.float64, device=images.device)
     squares = torch.zeros(3, dtype=torch.float64, device=images.device)
     for start in range(0, len(images), chunk):

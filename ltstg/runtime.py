@@ -61,10 +61,17 @@ def make_context(
     store, and how to talk; only the main rank reports progress and notes."""
     rank, world_size, local_rank = torchrun_env()
     resolved = resolve_device(device)
+    if world_size > 1 and resolved.type == "cuda":
+        count = torch.cuda.device_count()
+        if local_rank >= count:  # cuda:LOCAL_RANK would fail deep inside NCCL
+            raise LtstgError(
+                f"LOCAL_RANK {local_rank} has no GPU: torch sees {count} CUDA device(s) on this node; start at most "
+                f"{count} process(es) per node (torchrun --nproc-per-node {count})."
+            )
+        resolved = torch.device("cuda", local_rank)
+    if resolved.type == "cuda" and resolved.index is not None:  # --device cuda:1 too, so bare .cuda() calls land there
+        torch.cuda.set_device(resolved)
     if world_size > 1:
-        if resolved.type == "cuda":
-            resolved = torch.device("cuda", local_rank)
-            torch.cuda.set_device(resolved)
         if not torch.distributed.is_initialized():
             torch.distributed.init_process_group("nccl" if resolved.type == "cuda" else "gloo")
     if resolved.type == "cuda":

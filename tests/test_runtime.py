@@ -39,3 +39,36 @@ def test_torchrun_variables_are_read_and_checked(monkeypatch):
     monkeypatch.setenv("RANK", "one")
     with pytest.raises(LtstgError, match="must be integers"):
         torchrun_env()
+
+
+def fake_cuda(monkeypatch, count):
+    """torch answers as on a box with `count` GPUs; set_device and the process group only record their calls."""
+    calls = []
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)  # restored after the test
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(("set_device", torch.device(device))))
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda backend: calls.append(("init", backend)))
+    return calls
+
+
+def test_a_local_rank_without_a_gpu_is_one_line_naming_the_fix(tmp_path, monkeypatch):
+    calls = fake_cuda(monkeypatch, 1)
+    for variable, value in (("RANK", "1"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "1")):
+        monkeypatch.setenv(variable, value)
+    with pytest.raises(LtstgError, match=r"LOCAL_RANK 1 has no GPU: torch sees 1 CUDA device.*--nproc-per-node 1"):
+        make_context(tmp_path / "store", "cuda")
+    assert calls == []  # refused before any CUDA or NCCL set-up
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("RANK", "0")
+    ctx = make_context(tmp_path / "store", "cuda")
+    assert ctx.device == torch.device("cuda", 0) and calls == [("set_device", torch.device("cuda", 0)), ("init", "nccl")]
+
+
+def test_a_single_process_on_another_gpu_makes_it_the_current_device(tmp_path, monkeypatch):
+    for variable in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(variable, raising=False)
+    calls = fake_cuda(monkeypatch, 2)
+    ctx = make_context(tmp_path / "store", "cuda:1")
+    assert ctx.device == torch.device("cuda", 1) and calls == [("set_device", torch.device("cuda", 1))]

@@ -115,3 +115,23 @@ def test_the_shift_flag_and_the_features_must_agree(tiny_run):
         shift_problems(RetrainSettings(bn_shift=True), plain)[0]
     assert "the STG is fitted on the plain features" in method_problems(
         RetrainSettings(bn_shift=True, augment=StgAugment()))[0]
+
+
+def test_features_come_to_the_host_once_per_split_not_once_per_batch(tiny_run, monkeypatch):
+    """On a GPU each `.cpu()` of a batch is a blocking sync (issue 23, row 10); count them on the CPU."""
+    from ltstg.stages import extract_features as module
+
+    monkeypatch.setattr(module, "BATCH", 3)  # many batches per split; the stage-1 classifier has 4 rows
+    real, copies = torch.Tensor.cpu, []
+
+    def counted(self, *args, **kwargs):
+        copies.append(tuple(self.shape))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "cpu", counted)
+    dataset = tiny_run["dataset"]
+    out = module.extract_features(tiny_run["backbone"], dataset, feature_views=1, precision="fp32",
+                                  device=torch.device("cpu"), generator=torch.Generator().manual_seed(0))
+    assert copies and not [shape for shape in copies if shape and shape[0] <= 3]  # nothing of a batch's size
+    assert copies.count((len(dataset["train_labels"]), 64)) == 2  # the training features and their one view
+    assert torch.allclose(out.tensors["train_features"], tiny_run["features"]["train_features"], rtol=1e-4, atol=1e-4)

@@ -49,20 +49,20 @@ def extract_features(
         parts = []
         for images, _ in inputs.eval_batches(split, BATCH):
             with autocast(device, precision):
-                parts.append(extract_pooled(model, images).float().cpu())
+                parts.append(extract_pooled(model, images).float())  # stays on the device: no sync per batch
             done += len(images)
             progress("features", done, total)
-        tensors[f"{split}_features"] = torch.cat(parts)  # (N, D)
+        tensors[f"{split}_features"] = torch.cat(parts).cpu()  # (N, D)
         tensors[f"{split}_labels"] = dataset[f"{split}_labels"]
     views = []
     for _ in range(feature_views):
         parts = []
         for images in inputs.view_batches(BATCH, generator):
             with autocast(device, precision):
-                parts.append(extract_pooled(model, images).float().cpu())
+                parts.append(extract_pooled(model, images).float())
             done += len(images)
             progress("features", done, total)
-        views.append(torch.cat(parts))
+        views.append(torch.cat(parts).cpu())
     if views:
         tensors["train_views"] = torch.stack(views)  # (K, N, D)
     classifier = model.get_classifier()

@@ -228,3 +228,32 @@ def test_a_batch_size_that_gives_no_step_is_a_user_error(tmp_path, tiny_run, mon
     with pytest.raises(LtstgError, match=r"gives no training step over \d+ images on 1 process"):
         steps.pretrain_step(Context(store=store), tiny_run["recipe"], tiny_run["dataset"])
     assert not any(p.is_file() for p in (tmp_path / "store").rglob("*.safetensors"))
+
+
+def test_the_loss_is_read_off_the_device_only_when_someone_is_shown_it(tiny_run, monkeypatch):
+    """`float(loss)` is a host sync on a GPU: a run with nothing to show (silent progress, every rank but the
+    first) reads no per-step loss (issue 23, row 3)."""
+    from ltstg.progress import silent
+    from ltstg.stages.pretrain import pretrain
+
+    recipe, dataset = tiny_run["recipe"], tiny_run["dataset"]
+    real, reads = torch.Tensor.__float__, []
+
+    def counted(self):
+        reads.append(self.numel())
+        return real(self)
+
+    monkeypatch.setattr(torch.Tensor, "__float__", counted)
+
+    def reads_with(progress):
+        reads.clear()
+        out = pretrain(recipe.pretrain, dataset, seed=0, device=torch.device("cpu"),
+                       generator=torch.Generator().manual_seed(0), progress=progress)
+        return len(reads), out
+
+    recorder = Recorder()
+    shown, first = reads_with(recorder)
+    quiet, second = reads_with(silent)
+    losses = [call for call in recorder.calls if call[0] == "pretrain"]
+    assert losses and quiet == shown - len(losses)  # one read per progress line, none without one
+    assert_same_weights(first, second)

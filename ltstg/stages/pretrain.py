@@ -203,6 +203,7 @@ def train_one_epoch(run: _Run, training: _Training, epoch: int) -> tuple[float, 
     settings, device, model = run.settings, run.device, training.model
     optimizer, scheduler = training.optimizer, training.scheduler
     model.train()
+    shown = run.rank == 0 and run.progress is not silent  # reading the loss is a host sync: only for a reader
     started = time.perf_counter()
     seen, loss_sum = 0, torch.zeros((), device=device)
     batches = run.inputs.train_batches(settings.batch_size, training.generator, run.rank, run.world_size)
@@ -219,15 +220,22 @@ def train_one_epoch(run: _Run, training: _Training, epoch: int) -> tuple[float, 
         scheduler.step()
         loss_sum += loss.detach() * len(labels)
         seen += len(labels)
-        if step % 10 == 0 or step == run.steps_per_epoch - 1:
+        if shown and (step % 10 == 0 or step == run.steps_per_epoch - 1):
             elapsed = time.perf_counter() - started
             run.progress(
                 "pretrain", epoch * run.steps_per_epoch + step + 1, settings.epochs * run.steps_per_epoch,
                 epoch=epoch + 1, loss=float(loss.detach()), lr=optimizer.param_groups[0]["lr"],
                 img_s=seen * run.world_size / max(elapsed, 1e-9),
             )
+    if device.type == "cuda":  # queued kernels finish inside the epoch's time, not the next one's
+        torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - started
-    return float(loss_sum) / max(seen, 1), seen * run.world_size / max(elapsed, 1e-9)
+    total = seen * run.world_size
+    if run.world_size > 1:  # the loss of every rank's shard, not of rank 0's alone
+        totals = torch.stack([loss_sum.float(), torch.tensor(float(seen), device=device)])
+        dist.all_reduce(totals)
+        loss_sum, total = totals[0], int(totals[1])
+    return float(loss_sum) / max(total, 1), total / max(elapsed, 1e-9)
 
 
 def _backbone_output(run: _Run, model: nn.Module, history: dict[str, list[float]], notes: list[str]) -> Output:

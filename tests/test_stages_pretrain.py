@@ -257,3 +257,19 @@ def test_the_loss_is_read_off_the_device_only_when_someone_is_shown_it(tiny_run,
     losses = [call for call in recorder.calls if call[0] == "pretrain"]
     assert losses and quiet == shown - len(losses)  # one read per progress line, none without one
     assert_same_weights(first, second)
+
+
+def test_torch_compile_is_asked_for_static_shapes(tiny_run, monkeypatch):
+    """A dynamic-shape graph after the first partial batch would slow every later full batch (issue 23, row 2)."""
+    from ltstg.stages.pretrain import pretrain
+
+    asked = []
+
+    def fake_compile(model, **kwargs):
+        asked.append(kwargs)
+        return model
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    settings = tiny_run["recipe"].pretrain.model_copy(update={"compile": True, "epochs": 1})
+    pretrain(settings, tiny_run["dataset"], seed=0, device=torch.device("cpu"), generator=torch.Generator().manual_seed(0))
+    assert asked == [{"dynamic": False}]

@@ -194,7 +194,9 @@ def _wrapped(model: nn.Module, run: _Run) -> nn.Module:
         device = run.device
         trained = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if run.settings.compile:
-        trained = torch.compile(trained)
+        # static shapes: the last, partial batch gets a graph of its own instead of turning every later full
+        # batch onto a dynamic-shape graph (and one more recompile)
+        trained = torch.compile(trained, dynamic=False)
     return trained
 
 

@@ -273,3 +273,20 @@ def test_torch_compile_is_asked_for_static_shapes(tiny_run, monkeypatch):
     settings = tiny_run["recipe"].pretrain.model_copy(update={"compile": True, "epochs": 1})
     pretrain(settings, tiny_run["dataset"], seed=0, device=torch.device("cpu"), generator=torch.Generator().manual_seed(0))
     assert asked == [{"dynamic": False}]
+
+
+def test_the_number_of_processes_defines_the_backbone_id(tiny_run, monkeypatch):
+    """Without SyncBatchNorm each process normalises its own shard, so 1 and 8 processes train other weights
+    from one global batch: they must not share an id, nor a checkpoint (issue 23, row 7). One process keeps
+    the id it always had."""
+    import dataclasses
+
+    defined = []
+    monkeypatch.setattr(steps, "run_stage", lambda ctx, kind, defining, *args, **kwargs: defined.append(defining))
+    ctx = tiny_run["ctx"]
+    for world_size in (1, 2, 8):
+        options = {**ctx.run_options, "world_size": world_size}
+        steps.pretrain_step(dataclasses.replace(ctx, run_options=options), tiny_run["recipe"], tiny_run["dataset"])
+    one, two, eight = (steps.stage_id("backbone", d, 0, [tiny_run["dataset"]]) for d in defined)
+    assert one == tiny_run["backbone"].id and len({one, two, eight}) == 3
+    assert "world_size" not in defined[0] and defined[2]["world_size"] == 8

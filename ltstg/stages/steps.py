@@ -39,6 +39,9 @@ def pretrain_step(ctx: Context, recipe: Recipe, dataset: Artifact, *, name: str 
     defining = {**id_settings(settings), "precision": resolve_precision(settings.precision, ctx.device)}
     for untouched in ("eval_every", "feature_views"):
         defining.pop(untouched)
+    world_size = int(ctx.run_options.get("world_size", 1))
+    if world_size > 1:  # each process normalises its own share of a batch (no SyncBatchNorm): other weights
+        defining["world_size"] = world_size
     if dataset.info.get("storage") == "paths":  # how FileInputs draws crops and counts steps changed once
         defining["file_inputs"] = FILE_INPUTS_REVISION
     if settings.init_weights is not None:  # the file's content defines the result, not where it sits

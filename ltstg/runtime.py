@@ -5,6 +5,7 @@ The CLI and the Python API both build their stage context here, so `ltstg.run(..
 """
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 from pathlib import Path
@@ -49,6 +50,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _leave_process_group() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def make_context(
     store: str | Path | Store,
     device: str = "auto",
@@ -71,9 +77,9 @@ def make_context(
         resolved = torch.device("cuda", local_rank)
     if resolved.type == "cuda" and resolved.index is not None:  # --device cuda:1 too, so bare .cuda() calls land there
         torch.cuda.set_device(resolved)
-    if world_size > 1:
-        if not torch.distributed.is_initialized():
-            torch.distributed.init_process_group("nccl" if resolved.type == "cuda" else "gloo")
+    if world_size > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if resolved.type == "cuda" else "gloo")
+        atexit.register(_leave_process_group)  # NCCL warns, and may hang at exit, without it
     if resolved.type == "cuda":
         torch.backends.cudnn.benchmark = True
     main = rank == 0

@@ -62,8 +62,15 @@ def test_a_local_rank_without_a_gpu_is_one_line_naming_the_fix(tmp_path, monkeyp
     assert calls == []  # refused before any CUDA or NCCL set-up
     monkeypatch.setenv("LOCAL_RANK", "0")
     monkeypatch.setenv("RANK", "0")
+    at_exit = []
+    monkeypatch.setattr("atexit.register", at_exit.append)
     ctx = make_context(tmp_path / "store", "cuda")
     assert ctx.device == torch.device("cuda", 0) and calls == [("set_device", torch.device("cuda", 0)), ("init", "nccl")]
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "destroy_process_group", lambda: calls.append(("destroy",)))
+    [leave] = at_exit
+    leave()  # what the process runs when it exits
+    assert calls[-1] == ("destroy",)
 
 
 def test_a_single_process_on_another_gpu_makes_it_the_current_device(tmp_path, monkeypatch):

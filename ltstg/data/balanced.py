@@ -42,10 +42,10 @@ class ClassAwareSampler:
         if per_class < 1:
             raise LtstgError(f"class-aware sampling needs samples_per_class >= 1, got {per_class}.")
         self.device, self.per_class, self.generator = labels.device, per_class, generator
-        cpu_labels = labels.cpu()
-        present = torch.unique(cpu_labels).tolist()
-        self.members = [torch.nonzero(cpu_labels == c).flatten() for c in present]  # sample indices of each class
-        self.class_cycle, self.class_next = self._shuffled(len(present)), 0
+        order = torch.argsort(labels.cpu(), stable=True)  # sample indices grouped by class, ascending within it
+        _, counts = torch.unique_consecutive(labels.cpu()[order], return_counts=True)
+        self.members = [part.tolist() for part in torch.split(order, counts.tolist())]  # each present class's samples
+        self.class_cycle, self.class_next = self._shuffled(len(self.members)), 0
         self.member_cycles = [self._shuffled(len(m)) for m in self.members]
         self.member_next = [0] * len(self.members)
 
@@ -62,7 +62,7 @@ class ClassAwareSampler:
         if self.member_next[k] == len(self.member_cycles[k]):  # every sample of the class was drawn: reshuffle
             self.member_cycles[k], self.member_next[k] = self._shuffled(len(self.members[k])), 0
         self.member_next[k] += 1
-        return int(self.members[k][self.member_cycles[k][self.member_next[k] - 1]])
+        return self.members[k][self.member_cycles[k][self.member_next[k] - 1]]
 
     def draws(self, num_draws: int) -> torch.Tensor:
         """The next `num_draws` sample indices (one epoch); a group that the epoch's end cuts short is not

@@ -297,6 +297,8 @@ def run_command(
         run = run_context(options, progress, force)
         rows, results = run_sweep(run, list(recipes), {**given, **_seed(options)}, grid, seeds=seeds or None,
                                   until=until, methods=methods, vary_from=vary_from)
+    if not run.is_main:  # under torchrun the other ranks shared stage 1; the first one reports
+        return
     elapsed = time.perf_counter() - started
     title = _run_title(recipes, settings, seeds, vary_from)
     if report_path is not None:

@@ -290,3 +290,24 @@ def test_the_number_of_processes_defines_the_backbone_id(tiny_run, monkeypatch):
     one, two, eight = (steps.stage_id("backbone", d, 0, [tiny_run["dataset"]]) for d in defined)
     assert one == tiny_run["backbone"].id and len({one, two, eight}) == 3
     assert "world_size" not in defined[0] and defined[2]["world_size"] == 8
+
+
+
+def test_run_under_torchrun_trains_stage1_on_both_ranks_and_the_rest_once(tmp_path, tiny_recipe_path):
+    """`torchrun … -m ltstg run` (issue 23, row 4): the data set is made once, stage 1 is one DDP run, and the
+    features, the STG and stage 3 are made once, by the first rank, which alone prints the table."""
+    from tests.conftest import TINY_METHODS
+
+    (tmp_path / "tiny.yaml").write_text(tiny_recipe_path.read_text() + TINY_METHODS)
+    store = tmp_path / "store"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    run = subprocess.run([*torchrun, "-m", "ltstg", "--store", str(store), "--device", "cpu", "--json",
+                          "run", "tiny.yaml"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    assert run.returncode == 0, run.stderr[-4000:]
+    printed = json.loads(run.stdout)  # one JSON document: only the first rank printed
+    assert [row["method"] for row in printed["rows"]] == ["CE", "cRT", "cRT+STG"]
+    s = Store(store)
+    assert [len(s.list(kind)) for kind in ("dataset", "backbone", "features", "stg", "classifier", "report")] == \
+        [1, 1, 1, 1, 3, 3]
+    assert s.list("backbone")[0].meta["info"]["world_size"] == 2

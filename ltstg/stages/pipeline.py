@@ -171,6 +171,27 @@ def run_recipe(
     return runs, results
 
 
+def stage1_on_every_rank(ctx: Context, runs: list[tuple[Recipe, list[int]]], until: str, vary_from: str) -> bool:
+    """Under torchrun, every recipe's and seed's stage 1 first, on all ranks together (DDP): the data set made
+    by the first rank while the others wait, then the backbone. The rest then runs once, on the first rank,
+    reusing both; the other ranks are done (returns True for them). A no-op in a single process.
+
+    All stage 1s come first so that no rank waits at a barrier while the first one trains stage 3 (the
+    collective would time out)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return False
+    for recipe, seeds in runs:
+        for seed in seeds:
+            seeded = with_seed(recipe, seed)
+            if ctx.is_main:
+                steps.dataset_step(ctx, seeded)
+            torch.distributed.barrier()  # the others read the data set rank 0 wrote
+            dataset = steps.dataset_step(ctx, seeded).artifact
+            if STAGES.index(until) >= STAGES.index("pretrain"):
+                steps.pretrain_step(ctx, seeded if SEEDED.index(vary_from) == 0 else recipe, dataset)
+    return not ctx.is_main
+
+
 def select(
     method: str, candidates: Candidates, trained: list[Artifact]
 ) -> tuple[dict[str, Any], Artifact, tuple[dict[str, Any], ...]]:
@@ -313,6 +334,8 @@ def run_sweep(
             check_run(recipe, until, methods, vary_from)
             check_seeds(recipe, seeds or [recipe.seed])
             planned.append(({"recipe": label, **combo} if len(recipe_paths) > 1 else combo, recipe))
+    if stage1_on_every_rank(ctx, [(recipe, seeds or [recipe.seed]) for _, recipe in planned], until, vary_from):
+        return [], []  # a rank other than the first: its part (stage 1) is done
     rows: list[dict[str, Any]] = []
     results: list[Result] = []
     for swept, recipe in planned:

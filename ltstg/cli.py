@@ -158,7 +158,8 @@ def retrain_command(
     with RichProgress(not options.json) as progress:
         run = run_context(options, progress, force)
         parent = pick(run, features, "features")
-        variant = steps.features_for(run, settings, settings.retrain, parent)  # retrain.bn_shift: other features
+        # retrain.bn_shift trains on the shifted variant of the newest features; features named are taken as given
+        variant = steps.features_for(run, settings, settings.retrain, parent) if features is None else None
         parent = variant.artifact if variant is not None else parent
         stg_artifact = pick(run, stg, "stg", parent=parent.id) if settings.retrain.augment.name == "stg" else None
         result = steps.retrain_step(run, settings, settings.retrain, parent, stg_artifact, name=name)

@@ -458,6 +458,8 @@ class Store:
                 "delete it or name the artifact to use."
             )
         candidates = [i for i in infos if i.kind == kind and (parent is None or i.parents[:1] == [parent])]
+        # BatchNorm-shifted features serve the rows that ask for them (retrain.bn_shift), never by default
+        candidates = [i for i in candidates if "bn_shift_batch" not in i.meta.get("settings", {})] or candidates
         if not candidates and parent is not None:
             raise LtstgError(f"no {kind} artifact made from {parent[:SHORT]} in {self.root}; create one first or name one.")
         if not candidates:

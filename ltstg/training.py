@@ -116,6 +116,8 @@ def make_scheduler(
     """
     if schedule not in SCHEDULES:
         raise LtstgError(f"Unknown lr schedule '{schedule}'; use one of {', '.join(SCHEDULES)}.")
+    if per == "epoch" and warmup_epochs:
+        raise LtstgError("an lr set once per epoch cannot warm up (its whole first epoch would run at lr 0).")
     milestones = tuple(milestones)
 
     def factor(step: int) -> float:

@@ -234,7 +234,9 @@ def test_retrain_with_bn_shift_makes_the_shifted_features_and_trains_on_them(tin
     features = Store(store).get(classifier.parents[0])
     assert features.info["bn_shift"]["batch_size"] == 16 and classifier.settings["bn_shift"] is True
     assert classifier.settings["optimizer"] == "sgd" and classifier.settings["schedule_step"] == "epoch"
-    plain = invoke("retrain", "--recipe", str(tiny_recipe_path), "--features", features.id[:12], store=store)
-    assert plain.exit_code == 0, plain.output  # a plain row given the shifted features trains on the plain ones
-    newest = Store(store).find(None, "classifier")
-    assert "bn_shift" not in Store(store).get(newest.parents[0]).info
+    assert "bn_shift" not in Store(store).find(None, "features").info  # the newest features are the plain ones
+    plain = invoke("retrain", "--recipe", str(tiny_recipe_path), store=store)
+    assert plain.exit_code == 0, plain.output
+    assert "bn_shift" not in Store(store).get(Store(store).find(None, "classifier").parents[0]).info
+    named = invoke("retrain", "--recipe", str(tiny_recipe_path), "--features", features.id[:12], store=store)
+    assert named.exit_code == 2 and "were extracted after a BatchNorm shift" in named.stderr  # taken as given: refused

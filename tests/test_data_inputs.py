@@ -110,3 +110,17 @@ def test_the_normalisation_statistics_reach_the_device_once_not_per_batch(monkey
     list(inputs.eval_batches("test", 2))
     list(inputs.view_batches(4, torch.Generator().manual_seed(0)))
     assert from_python == []
+
+
+def test_an_image_drawn_twice_in_one_pass_gets_two_crops(tmp_path):
+    """Class-aware order repeats tail images within a pass (the BatchNorm shift); each draw is augmented anew."""
+    paths = write_images(tmp_path, 4)
+    noise = torch.randint(0, 256, (30, 40, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    Image.fromarray(noise.numpy()).save(tmp_path / paths[3])  # texture, so that two crops differ
+    labels = torch.tensor([0, 1, 0, 1])
+    inputs = FileInputs(str(tmp_path), {"train": (paths, labels)}, 16, torch.device("cpu"), workers=0)
+    order = torch.tensor([3] * 8)
+    batch = torch.cat(list(inputs.sample_batches(order, 4, torch.Generator().manual_seed(0))))  # (8, 3, 16, 16)
+    assert batch.shape[0] == 8 and len({tuple(image.flatten()[:64].tolist()) for image in batch}) > 1
+    again = torch.cat(list(inputs.sample_batches(order, 4, torch.Generator().manual_seed(0))))
+    assert torch.equal(batch, again)  # seeded

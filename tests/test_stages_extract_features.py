@@ -135,3 +135,24 @@ def test_features_come_to_the_host_once_per_split_not_once_per_batch(tiny_run, m
     assert copies and not [shape for shape in copies if shape and shape[0] <= 3]  # nothing of a batch's size
     assert copies.count((len(dataset["train_labels"]), 64)) == 2  # the training features and their one view
     assert torch.allclose(out.tensors["train_features"], tiny_run["features"]["train_features"], rtol=1e-4, atol=1e-4)
+
+
+def test_the_shift_draws_from_a_generator_of_its_own_so_the_views_keep_their_crops(tiny_run):
+    """The views' crops come from the stage generator; a shift drawing from it too would give the shifted
+    features other crops than the plain ones, and a with/without comparison would change two things."""
+    from ltstg.stages.extract_features import extract_features
+
+    args = dict(feature_views=1, precision="fp32", device=torch.device("cpu"))
+    plain_generator, shifted_generator = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    extract_features(tiny_run["backbone"], tiny_run["dataset"], generator=plain_generator, **args)
+    shifted = extract_features(tiny_run["backbone"], tiny_run["dataset"], generator=shifted_generator,
+                               bn_shift_batch=16, **args)
+    assert shifted.info["bn_shift"]["batches"] > 0
+    assert torch.equal(plain_generator.get_state(), shifted_generator.get_state())  # the same draws, no more
+
+
+def test_a_shift_without_one_batch_is_an_error():
+    inputs, labels = two_classes()
+    with pytest.raises(LtstgError, match="no batch of at least 2"):
+        shift_batchnorm(Tiny(), inputs, labels, batch_size=1, generator=torch.Generator().manual_seed(0),
+                        device=torch.device("cpu"), precision="fp32")

@@ -702,3 +702,11 @@ def test_the_optimizer_and_its_settings_change_the_result(monkeypatch):
     assert not torch.equal(adam, sgd) and not torch.equal(sgd, slower)
     aware = run(RetrainSettings(**FAST, sampling="class_aware"), features).tensors["weight"]
     assert not torch.equal(aware, adam)
+
+
+def test_an_lr_set_per_epoch_cannot_warm_up():
+    from ltstg.training import make_scheduler
+
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    with pytest.raises(LtstgError, match="cannot warm up"):
+        make_scheduler(optimizer, 3, epochs=10, warmup_epochs=1, schedule="cosine", per="epoch")

@@ -204,7 +204,12 @@ class FileInputs:
             yield images.to(self.device, non_blocking=True)
 
     def sample_batches(self, order: torch.Tensor, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-        """Augmented training images in the given order of their indices (the last partial batch dropped)."""
-        loader = self._loader("train", self.train_transform, batch_size, order.cpu().tolist(), epoch_seed(generator))
+        """Augmented training images in the given order of their indices (the last partial batch dropped); an
+        image drawn twice gets two crops, since each position seeds its own transform."""
+        paths, labels = self.splits["train"]
+        rows = order.cpu()
+        files = _Files(self.root, [paths[i] for i in rows.tolist()], labels[rows], self.train_transform, epoch_seed(generator))
+        loader = DataLoader(files, batch_size=batch_size, drop_last=True, num_workers=self.workers,
+                            pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(0))
         for images, _ in loader:
             yield images.to(self.device, non_blocking=True)

@@ -38,9 +38,10 @@ def extract_features(
     model = load_backbone(backbone, device)
     inputs = image_inputs(dataset, device, workers)
     shift = None
-    if bn_shift_batch is not None:
+    if bn_shift_batch is not None:  # its own generator, so the views get the same crops as the plain features'
+        own = torch.Generator(device=generator.device).manual_seed(generator.initial_seed() + 1)
         shift = shift_batchnorm(model, inputs, dataset["train_labels"], batch_size=bn_shift_batch,
-                                generator=generator, device=device, precision=precision, progress=progress)
+                                generator=own, device=device, precision=precision, progress=progress)
     tensors: dict[str, torch.Tensor] = {}
     splits = dataset.info["splits"]
     total = sum(len(dataset[f"{s}_labels"]) for s in splits) + feature_views * inputs.num_train
@@ -132,5 +133,10 @@ def shift_batchnorm(
     model.eval()
     for module, momentum in zip(norms, momenta):
         module.momentum = momentum
+    if batches == 0:  # the statistics were reset and nothing replaced them
+        raise LtstgError(
+            f"retrain.bn_shift: no batch of at least 2 of the {inputs.num_train} training images at batch size "
+            f"{batch_size}; lower retrain.batch_size."
+        )
     return {"batch_size": batch_size, "batches": batches, "images": images_seen, "layers": len(norms),
             "sampling": f"class_aware, {SHIFT_SAMPLES_PER_CLASS} per class", "average": "cumulative"}

@@ -5,6 +5,7 @@ skips what was committed and resumes the stage that was in flight from its check
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import itertools
 import math
@@ -107,8 +108,10 @@ def run_recipe(
     until: str = "eval",
     methods: list[str] | None = None,
     vary_from: str = "pretrain",
+    stage1_made: bool = False,
 ) -> tuple[list[MethodRun], list[Result]]:
     """Run every stage up to `until` for each seed and method; returns the eval reports and every step.
+    `stage1_made`: `stage1_on_every_rank` made the data sets and backbones, which --force must not redo alone.
 
     Stages before `vary_from` run once with the recipe's own seed and are shared by every seed (Table 7:
     several seeds of stage 3 on one backbone); `vary_from` and later stages take each seed in turn.
@@ -139,10 +142,11 @@ def run_recipe(
         def at(stage: str) -> Recipe:
             return seeded if SEEDED.index(stage) >= first_varied else recipe
 
-        dataset = step(steps.dataset_step(ctx, seeded)).artifact
+        early = dataclasses.replace(ctx, force=False) if stage1_made else ctx
+        dataset = step(steps.dataset_step(early, seeded)).artifact
         if last < 1:
             continue
-        backbone = step(steps.pretrain_step(ctx, at("pretrain"), dataset)).artifact
+        backbone = step(steps.pretrain_step(early, at("pretrain"), dataset)).artifact
         features = step(steps.features_step(ctx, at("pretrain"), backbone, dataset)).artifact
         if last < 2:
             continue
@@ -173,8 +177,9 @@ def run_recipe(
 
 def stage1_on_every_rank(ctx: Context, runs: list[tuple[Recipe, list[int]]], until: str, vary_from: str) -> bool:
     """Under torchrun, every recipe's and seed's stage 1 first, on all ranks together (DDP): the data set made
-    by the first rank while the others wait, then the backbone. The rest then runs once, on the first rank,
-    reusing both; the other ranks are done (returns True for them). A no-op in a single process.
+    by the first rank while the others wait, then the backbone; then the process group ends. The rest runs
+    once, on the first rank, reusing both; the other ranks are done. Returns whether it ran (False in a
+    single process, where it does nothing).
 
     All stage 1s come first so that no rank waits at a barrier while the first one trains stage 3 (the
     collective would time out)."""
@@ -185,11 +190,13 @@ def stage1_on_every_rank(ctx: Context, runs: list[tuple[Recipe, list[int]]], unt
             seeded = with_seed(recipe, seed)
             if ctx.is_main:
                 steps.dataset_step(ctx, seeded)
-            torch.distributed.barrier()  # the others read the data set rank 0 wrote
-            dataset = steps.dataset_step(ctx, seeded).artifact
+            torch.distributed.barrier()  # the others read the data set rank 0 wrote (--force made it once)
+            dataset = steps.dataset_step(dataclasses.replace(ctx, force=False), seeded).artifact
             if STAGES.index(until) >= STAGES.index("pretrain"):
                 steps.pretrain_step(ctx, seeded if SEEDED.index(vary_from) == 0 else recipe, dataset)
-    return not ctx.is_main
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()  # together: NCCL's teardown waits on every rank
+    return True
 
 
 def select(
@@ -334,13 +341,15 @@ def run_sweep(
             check_run(recipe, until, methods, vary_from)
             check_seeds(recipe, seeds or [recipe.seed])
             planned.append(({"recipe": label, **combo} if len(recipe_paths) > 1 else combo, recipe))
-    if stage1_on_every_rank(ctx, [(recipe, seeds or [recipe.seed]) for _, recipe in planned], until, vary_from):
+    shared = stage1_on_every_rank(ctx, [(recipe, seeds or [recipe.seed]) for _, recipe in planned], until, vary_from)
+    if shared and not ctx.is_main:
         return [], []  # a rank other than the first: its part (stage 1) is done
     rows: list[dict[str, Any]] = []
     results: list[Result] = []
     for swept, recipe in planned:
         runs, done = run_recipe(
-            ctx, recipe, seeds=seeds or [recipe.seed], until=until, methods=methods, vary_from=vary_from
+            ctx, recipe, seeds=seeds or [recipe.seed], until=until, methods=methods, vary_from=vary_from,
+            stage1_made=shared,
         )
         results += done
         rows += [{**row, "swept": swept} for row in aggregate(runs)]

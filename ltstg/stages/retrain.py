@@ -33,7 +33,7 @@ HALF_TRAINED = 0.5  # ... nor did one that kept half of it and is below the stag
 MIN_MOVED = 1e-3  # a classifier from stage 1 that moved less than this (relative) barely trained
 STILL_FALLING = 0.5  # the last fifth of the epochs still lowered the loss at half the run's average rate or more
 NOISE = 0.02  # ... by more than this share of the loss above its floor per epoch (smaller drops are batch noise)
-BALANCED = ("balanced", "class_aware")  # samplings that draw every class equally often
+CLASS_BALANCED_SAMPLINGS = ("balanced", "class_aware")  # samplings that draw every class equally often
 BELOW_STAGE1 = 0.02  # validation class-balanced accuracy this far below the stage-1 classifier's is worth a warning
 
 
@@ -172,7 +172,7 @@ def loss_floor(epsilon: torch.Tensor, labels: torch.Tensor, sampling: str) -> fl
     on = 1 - eps + eps / num_classes
     off = eps / num_classes
     entropy = -(on * on.log()) - (num_classes - 1) * torch.where(off > 0, off * off.log(), torch.zeros_like(off))
-    if sampling in BALANCED:
+    if sampling in CLASS_BALANCED_SAMPLINGS:
         return float(entropy.mean())
     counts = torch.bincount(labels.cpu(), minlength=num_classes).double()
     return float((entropy * counts).sum() / counts.sum())

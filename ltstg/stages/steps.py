@@ -115,7 +115,10 @@ def features_for(ctx: Context, recipe: Recipe, settings: RetrainSettings, featur
     if features.info.get("bn_shift", {}).get("batch_size") == wanted:
         return None
     backbone, dataset = (ctx.store.get(parent, kind) for parent, kind in zip(features.parents, ("backbone", "dataset")))
-    return features_step(ctx, recipe, backbone, dataset, bn_shift_batch=wanted)
+    made = features.settings  # the variant repeats the given features' views, precision and seed
+    pretrain = recipe.pretrain.model_copy(update={"feature_views": made["feature_views"], "precision": made["precision"]})
+    same = recipe.model_copy(update={"pretrain": pretrain, "seed": made.get("seed", recipe.seed)})
+    return features_step(ctx, same, backbone, dataset, bn_shift_batch=wanted)
 
 
 def fit_stg_step(ctx: Context, recipe: Recipe, features: Artifact, *, name: str | None = None) -> Result:

@@ -71,3 +71,23 @@ def test_state_dict_round_trip_continues_exactly():
     _assert_holds(resumed, [2, 3, 4, 5])
     for original, copy in zip(bank.contents(), resumed.contents()):
         assert torch.equal(original, copy)
+
+
+def test_reading_the_contents_does_not_read_the_count_off_the_device(monkeypatch):
+    """`int(count)` is a host sync per STG step on a GPU (issue 23, row 10): the bank keeps the count on the
+    host too and reads the device once, after a checkpoint was loaded."""
+    bank = MemoryBank(4, 2)
+    reads = []
+    real = torch.Tensor.__int__
+    monkeypatch.setattr(torch.Tensor, "__int__", lambda self: reads.append(1) or real(self))
+    for ids in ([0, 1, 2], [3, 4], [5]):
+        bank.push(*_batch(ids))
+        bank.contents()
+    assert reads == []
+    _assert_holds(bank, [2, 3, 4, 5])
+    resumed = MemoryBank(4, 2)
+    resumed.load_state_dict(bank.state_dict())
+    _assert_holds(resumed, [2, 3, 4, 5])
+    resumed.push(*_batch([6]))
+    _assert_holds(resumed, [3, 4, 5, 6])
+    assert len(reads) == 1  # once after the load

@@ -19,6 +19,9 @@ class MemoryBank(nn.Module):
         # pointer = slot the next entry goes to; count = filled slots. Tensors, so a resumed run continues exactly.
         self.register_buffer("pointer", torch.zeros((), dtype=torch.long))
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
+        # the same count on the host, so `contents` needs no device sync; None until read once (after a load)
+        self._filled: int | None = 0
+        self.register_load_state_dict_post_hook(lambda module, incompatible: setattr(module, "_filled", None))
 
     @torch.no_grad()
     def push(self, features: torch.Tensor, labels: torch.Tensor, sample_ids: torch.Tensor) -> None:
@@ -34,10 +37,14 @@ class MemoryBank(nn.Module):
         self.sample_ids[slots] = sample_ids.to(torch.long)
         self.pointer.copy_((self.pointer + n) % self.size)
         self.count.copy_((self.count + n).clamp(max=self.size))
+        if self._filled is not None:
+            self._filled = min(self._filled + n, self.size)
 
     def contents(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The filled entries, oldest first."""
-        count = int(self.count)
+        if self._filled is None:  # one sync after a checkpoint was loaded, then none
+            self._filled = int(self.count)
+        count = self._filled
         # the oldest entry sits `count` slots behind the pointer
         order = (self.pointer - count + torch.arange(count, device=self.pointer.device)) % max(self.size, 1)  # (n,)
         return self.features[order], self.labels[order], self.sample_ids[order]

@@ -20,7 +20,7 @@ from ltstg.recipe import Recipe, RetrainSettings, load_recipe, method_candidates
 from ltstg.stages import Context, Result
 from ltstg.stages import steps
 from ltstg.stages.evaluate import converged
-from ltstg.stages.retrain_checks import method_problems
+from ltstg.stages.retrain_checks import method_problems, wanted_shift
 from ltstg.store import SHORT, Artifact
 
 STAGES = ("dataset", "pretrain", "fit-stg", "retrain", "eval")
@@ -157,7 +157,7 @@ def run_recipe(
         variants = {None: features}  # BatchNorm-shift batch size (None: plain) -> features
 
         def inputs_of(settings: RetrainSettings) -> Artifact:
-            key = settings.batch_size if settings.bn_shift else None
+            key = wanted_shift(settings)
             if key not in variants:  # a features step of its own, made once per seed and batch size
                 made = steps.features_for(ctx, at("pretrain"), settings, features)
                 variants[key] = step(made).artifact if made is not None else features

@@ -66,11 +66,20 @@ def method_problems(settings: Any) -> list[str]:
     return problems
 
 
+def wanted_shift(settings: Any) -> int | None:
+    """The batch size of the BatchNorm shift a method's features need (None: the plain features)."""
+    return settings.batch_size if settings.bn_shift else None
+
+
+def features_shift(features: Artifact) -> int | None:
+    """The batch size of the BatchNorm shift these features were extracted after (None: plain)."""
+    return features.info.get("bn_shift", {}).get("batch_size")
+
+
 def shift_problems(settings: Any, features: Artifact) -> list[str]:
     """The features are BatchNorm-shifted exactly when `retrain.bn_shift` says so, at the method's batch size,
     so the flag recorded with the classifier never misstates what it trained on."""
-    shifted = features.info.get("bn_shift", {}).get("batch_size")
-    wanted = settings.batch_size if settings.bn_shift else None
+    shifted, wanted = features_shift(features), wanted_shift(settings)
     if shifted == wanted:
         return []
     have = f"were extracted after a BatchNorm shift on batches of {shifted}" if shifted else "are plain (no BatchNorm shift)"

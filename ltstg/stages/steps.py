@@ -8,6 +8,7 @@ from ltstg.errors import LtstgError
 from ltstg.models.backbones import check_weights_file
 from ltstg.recipe import Recipe, RetrainSettings, chosen_settings, id_settings
 from ltstg.stages import Context, Result, run_stage, stage_id
+from ltstg.stages.retrain_checks import features_shift, wanted_shift
 from ltstg.store import SHORT, Artifact
 
 
@@ -111,8 +112,8 @@ def features_for(ctx: Context, recipe: Recipe, settings: RetrainSettings, featur
     """The features step a stage-3 method needs besides `features` (None: `features` serve): for
     `retrain.bn_shift`, the variant of the same backbone whose BatchNorm statistics shifted on class-aware
     batches of the method's batch size; for a method without it given shifted features, the plain ones."""
-    wanted = settings.batch_size if settings.bn_shift else None
-    if features.info.get("bn_shift", {}).get("batch_size") == wanted:
+    wanted = wanted_shift(settings)
+    if features_shift(features) == wanted:
         return None
     backbone, dataset = (ctx.store.get(parent, kind) for parent, kind in zip(features.parents, ("backbone", "dataset")))
     made = features.settings  # the variant repeats the given features' views, precision and seed

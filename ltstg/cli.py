@@ -100,6 +100,7 @@ def pretrain_command(
     **flags: Any,
 ) -> None:
     """Stage 1: train the backbone with mixup, then cache its features (two artifacts)."""
+    from ltstg import ranks
     from ltstg.runtime import is_main_process
     from ltstg.stages import steps
 
@@ -109,6 +110,7 @@ def pretrain_command(
         run = run_context(options, progress, force)
         data = pick(run, dataset, "dataset")
         backbone = steps.pretrain_step(run, settings, data, name=name)
+        ranks.leave()  # under torchrun, stage 1 was the shared part; the features are the first rank's
         if not run.is_main:
             return
         features = steps.features_step(run, settings, backbone.artifact, data, name=f"{name}-features" if name else None)

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import torch
 from pydantic import BaseModel
 
+from ltstg import ranks
 from ltstg.errors import LtstgError
 from ltstg.recipe import id_settings
 from ltstg.progress import Progress, silent
@@ -25,7 +26,8 @@ from ltstg.version import __version__
 class Checkpoint:
     """Resumable state of one in-flight artifact, kept in the store until the artifact commits.
 
-    Every rank loads it (so all resume alike); only the main rank writes it. A resume and a damaged
+    Under torchrun the first rank reads it and sends it to the others (`shared`), so all resume alike
+    even where only its node has the store; only the first rank writes it. A resume and a damaged
     checkpoint (discarded: the stage starts over) are said at once and kept in `notes`; the time
     earlier attempts spent travels in the state, so the artifact's wall-clock covers all of them.
     """
@@ -37,12 +39,14 @@ class Checkpoint:
         writable: bool = True,
         note: Callable[[str], None] = lambda message: None,
         device: torch.device = torch.device("cpu"),
+        shared: bool = False,
     ) -> None:
         self.store = store
         self.pending_id = pending_id
         self.writable = writable
         self.note = note
         self.device = device
+        self.shared = shared
         self.notes: list[str] = []
         self.earlier_seconds = 0.0
         self.started = time.perf_counter()
@@ -53,6 +57,18 @@ class Checkpoint:
 
     def load(self, of: int | None = None) -> dict[str, Any] | None:
         """The saved state (None: start from scratch); `of` is the stage's epoch count, for the message."""
+        if not self.shared:
+            return self._read(of)
+        if not self.writable:
+            return ranks.share(None)
+        try:
+            state = self._read(of)
+        except LtstgError as error:
+            ranks.share(error)  # the others stop with the same line
+            raise
+        return ranks.share(state)
+
+    def _read(self, of: int | None) -> dict[str, Any] | None:
         try:
             state = self.store.load_checkpoint(self.pending_id)
         except DamagedCheckpoint as error:
@@ -151,32 +167,80 @@ def run_stage(
     seed: int,
     name: str | None = None,
     record: BaseModel | dict[str, Any] | None = None,
+    every_rank: bool = False,
 ) -> Result:
     """Reuse the artifact if it exists, else compute it under the lock and commit it atomically.
 
     `settings` defines the id; `record` (default: `settings`) is what the metadata shows, for stages
-    whose id needs more than their settings (a source fingerprint) or less (run options).
+    whose id needs more than their settings (a source fingerprint) or less (run options). Under torchrun
+    the first rank decides; `every_rank` stages (DDP training) are then computed by all ranks together,
+    the others by the first rank alone while the rest wait to read it.
     """
     pending = stage_id(kind, settings, seed, parents)
     store = ctx.store
     if name is not None:
         store.check_name(name)
-    result = _reuse(ctx, pending, kind)
-    if result is None and ctx.is_main:
-        store.check_writable()  # before any work: a store that can't take the result fails now, not after it
-        _say_file_size_limit(ctx)
-    if result is None and not ctx.is_main:  # only rank 0 locks and writes; the others just compute
-        result = _compute(ctx, pending, kind, record or settings, parents, call, seed)
-    if result is None:
-        with store.lock(pending, on_wait=lambda: ctx.note(f"waiting for another run computing {kind} {pending[:SHORT]}")):
-            result = _reuse(ctx, pending, kind)
-            if result is None:
-                result = _compute(ctx, pending, kind, record or settings, parents, call, seed)
+
+    def compute() -> Result:
+        return _compute(ctx, pending, kind, record or settings, parents, call, seed,
+                        shared_checkpoint=every_rank and ranks.distributed())
+
+    if ranks.distributed():
+        result = _decided_by_first_rank(ctx, pending, kind, compute, every_rank=every_rank)
+    else:
+        result = _reuse(ctx, pending, kind) or _compute_locked(ctx, pending, kind, compute)
     if name is not None and ctx.is_main:
         moved_from = store.set_name(name, pending)
         if moved_from is not None:
             ctx.note(f"name {name!r} moved from {moved_from[:SHORT]} to {pending[:SHORT]}")
     return result
+
+
+def _compute_locked(ctx: Context, pending: str, kind: str, compute: Callable[[], Result],
+                    decided: Callable[[bool], None] = lambda reused: None) -> Result:
+    """Under the artifact's lock: reuse it if another run made it meanwhile, else compute it. `decided` hears
+    which, before the work starts."""
+    ctx.store.check_writable()  # before any work: a store that can't take the result fails now, not after it
+    _say_file_size_limit(ctx)
+    with ctx.store.lock(pending, on_wait=lambda: ctx.note(f"waiting for another run computing {kind} {pending[:SHORT]}")):
+        result = _reuse(ctx, pending, kind)
+        decided(result is not None)
+        return result or compute()
+
+
+def _decided_by_first_rank(ctx: Context, pending: str, kind: str, compute: Callable[[], Result], *,
+                           every_rank: bool) -> Result:
+    """The first rank reuses, or takes the lock and computes, and tells the others which before it starts;
+    they compute alongside it (`every_rank`) or wait until it has written the artifact, then read it. A
+    user error on the first rank while the others only wait is sent to them, so all stop with its line."""
+    if ctx.is_main:
+        told: list[str] = []
+
+        def decided(reused: bool) -> None:
+            told.append(ranks.share("reuse" if reused else "compute"))
+
+        try:
+            result = _reuse(ctx, pending, kind)
+            if result is not None:
+                decided(True)
+            else:
+                result = _compute_locked(ctx, pending, kind, compute, decided)
+        except LtstgError as error:
+            if not told or (told == ["compute"] and not every_rank):  # the others are still waiting to hear
+                ranks.share(error)
+            raise
+        if told == ["compute"] and not every_rank:
+            ranks.share("written")
+        ranks.all_see(True, f"{kind} {pending[:SHORT]}")
+        return result
+    decision = ranks.share(None)
+    result = None
+    if decision == "compute" and every_rank:
+        result = compute()
+    elif decision == "compute":
+        ranks.share(None)  # returns once the first rank has written it
+    ranks.all_see(result is not None or ctx.store.exists(pending), f"{kind} {pending[:SHORT]}")
+    return result or Result(ctx.store.get(pending, kind), reused=decision == "reuse")
 
 
 def _say_file_size_limit(ctx: Context) -> None:
@@ -212,13 +276,14 @@ def _compute(
     parents: list[Artifact],
     call: StageCall,
     seed: int,
+    shared_checkpoint: bool = False,
 ) -> Result:
-    if ctx.force:
+    if ctx.force and ctx.is_main:
         ctx.store.clear_checkpoint(pending)
     generator = torch.Generator(device=ctx.device).manual_seed(seed)
     started = time.perf_counter()
     checkpoint = Checkpoint(ctx.store, pending, writable=ctx.is_main, note=lambda message: ctx.note(f"{kind}: {message}"),
-                            device=ctx.device)
+                            device=ctx.device, shared=shared_checkpoint)
     output = call(generator, checkpoint)
     if output.kind != kind:
         raise RuntimeError(f"stage returned a {output.kind} output for a {kind} artifact")

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ltstg import ranks
 from ltstg.errors import LtstgError
 from ltstg.recipe import Recipe, RetrainSettings, load_recipe, method_candidates, validate
 from ltstg.stages import Context, Result
@@ -176,26 +177,22 @@ def run_recipe(
 
 
 def stage1_on_every_rank(ctx: Context, runs: list[tuple[Recipe, list[int]]], until: str, vary_from: str) -> bool:
-    """Under torchrun, every recipe's and seed's stage 1 first, on all ranks together (DDP): the data set made
-    by the first rank while the others wait, then the backbone; then the process group ends. The rest runs
+    """Under torchrun, every recipe's and seed's stage 1 first, on all ranks together: the data set made
+    by the first rank while the others wait, then the backbone (DDP); then the process group ends. The rest runs
     once, on the first rank, reusing both; the other ranks are done. Returns whether it ran (False in a
     single process, where it does nothing).
 
     All stage 1s come first so that no rank waits at a barrier while the first one trains stage 3 (the
     collective would time out)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    if not ranks.distributed():
         return False
     for recipe, seeds in runs:
         for seed in seeds:
             seeded = with_seed(recipe, seed)
-            if ctx.is_main:
-                steps.dataset_step(ctx, seeded)
-            torch.distributed.barrier()  # the others read the data set rank 0 wrote (--force made it once)
-            dataset = steps.dataset_step(dataclasses.replace(ctx, force=False), seeded).artifact
+            dataset = steps.dataset_step(ctx, seeded).artifact  # made by the first rank, read by the others
             if STAGES.index(until) >= STAGES.index("pretrain"):
                 steps.pretrain_step(ctx, seeded if SEEDED.index(vary_from) == 0 else recipe, dataset)
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()  # together: NCCL's teardown waits on every rank
+    ranks.leave()
     return True
 
 

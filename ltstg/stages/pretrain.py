@@ -18,6 +18,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from ltstg.data.inputs import FileInputs, ImageInputs, TensorInputs
 from ltstg.errors import LtstgError
+from ltstg.ranks import world
 from ltstg.models.backbones import build_model, feature_dim, load_weights
 from ltstg.recipe import PretrainSettings
 from ltstg.progress import Progress, silent
@@ -53,13 +54,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 def autocast(device: torch.device, precision: str) -> torch.autocast:
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
-def world() -> tuple[int, int]:
-    """(rank, world size) under torchrun, (0, 1) otherwise."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 @dataclass(frozen=True)

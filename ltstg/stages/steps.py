@@ -61,6 +61,7 @@ def pretrain_step(ctx: Context, recipe: Recipe, dataset: Artifact, *, name: str 
         seed=recipe.seed,
         name=name,
         record=settings,
+        every_rank=True,  # under torchrun: one DDP run over all ranks
     )
 
 

@@ -1,0 +1,71 @@
+"""Under torchrun: which rank decides, and how the others hear it.
+
+Whether an artifact is reused, computed or resumed is decided once, by the first rank under the store's
+lock, and sent to the others; so is the checkpoint it resumes from. The messages go over a gloo group of
+their own with a long timeout: a rank waiting while the first one waits for another run's lock, or builds a
+large data set, must not run into the collective timeout of the training group (NCCL's is minutes).
+"""
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import torch.distributed as dist
+
+from ltstg.errors import LtstgError
+
+_PATIENCE = datetime.timedelta(days=7)
+_control: tuple[Any, Any] | None = None  # (the world group it belongs to, the gloo group for decisions)
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) under torchrun, (0, 1) otherwise."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def distributed() -> bool:
+    return world()[1] > 1
+
+
+def _control_group() -> Any:
+    """Made on first use, which every rank reaches together (a decision is always shared by all)."""
+    global _control
+    if _control is None or _control[0] is not dist.group.WORLD:  # a new process group since: a new group
+        _control = (dist.group.WORLD, dist.new_group(backend="gloo", timeout=_PATIENCE))
+    return _control[1]
+
+
+def share(value: Any) -> Any:
+    """The first rank's `value`, on every rank (the others pass anything). An LtstgError the first rank
+    shares is raised on every rank, so all of them stop with the same line instead of waiting on it."""
+    if not distributed():
+        return value
+    box = [value if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0, group=_control_group())
+    if isinstance(box[0], LtstgError):
+        raise box[0]
+    return box[0]
+
+
+def all_see(seen: bool, what: str) -> None:
+    """Every rank has `what` in its store, or every rank stops with one line naming those that don't."""
+    if not distributed():
+        return
+    answers: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(answers, seen, group=_control_group())
+    missing = [rank for rank, answer in enumerate(answers) if not answer]
+    if missing:
+        raise LtstgError(
+            f"rank(s) {', '.join(map(str, missing))} do not see {what} that rank 0 has: under torchrun every "
+            "process needs the same store; put --store on a file system all nodes share."
+        )
+
+
+def leave() -> None:
+    """All ranks end the process group together (NCCL's teardown waits on every rank); what follows runs on
+    the first rank alone, as a single process."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

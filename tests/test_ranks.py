@@ -1,0 +1,121 @@
+"""Under torchrun the first rank decides and the others hear it (issue 23, row 5): two gloo processes on
+the CPU, each with a store of its own where a test needs a node-local one."""
+from __future__ import annotations
+
+import datetime
+import json
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from ltstg.errors import LtstgError
+from ltstg.stages import Checkpoint, Context, Output, run_stage, stage_id
+from ltstg.store import Store
+
+SETTINGS = {"what": "a test stage"}
+
+
+def _entry(rank, init_file, test, args):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=45))  # a rank left waiting fails the test, not CI
+    try:
+        test(rank, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def on_two_ranks(tmp_path, test, *args, join=True):
+    spawned = mp.spawn(_entry, args=(str(tmp_path / "rendezvous"), test, args), nprocs=2, join=False)
+    if join:
+        while not spawned.join():
+            pass
+    return spawned
+
+
+def _counting_call(out, rank, value=1.0, collective=False):
+    def call(generator, checkpoint):
+        (out / f"computed-{rank}").write_text("yes")
+        if collective:  # what DDP does first: a collective every rank must reach
+            dist.all_reduce(torch.ones(1))
+        return Output("report", {"x": torch.tensor([value])})
+    return call
+
+
+def _one_stage(rank, root, out, every_rank, local):
+    store = Store(root / (f"rank{rank}" if local else "shared"))
+    ctx = Context(store=store, is_main=rank == 0)
+    try:
+        result = run_stage(ctx, "report", SETTINGS, [], _counting_call(out, rank), seed=0, every_rank=every_rank)
+    except LtstgError as error:
+        (out / f"error-{rank}").write_text(str(error))
+        return
+    (out / f"result-{rank}").write_text(json.dumps({"x": result.artifact["x"].tolist(), "reused": result.reused}))
+
+
+@pytest.mark.parametrize("every_rank", [False, True])
+def test_a_stage_is_decided_by_the_first_rank_and_computed_as_the_stage_asks(tmp_path, every_rank):
+    on_two_ranks(tmp_path, _one_stage, tmp_path, tmp_path, every_rank, False)
+    computed = sorted(p.name for p in tmp_path.glob("computed-*"))
+    assert computed == (["computed-0", "computed-1"] if every_rank else ["computed-0"])
+    assert [json.loads((tmp_path / f"result-{r}").read_text())["x"] for r in (0, 1)] == [[1.0], [1.0]]
+    assert len(Store(tmp_path / "shared").list("report")) == 1
+
+
+def test_a_store_the_other_ranks_do_not_see_stops_every_rank_with_one_line(tmp_path):
+    on_two_ranks(tmp_path, _one_stage, tmp_path, tmp_path, False, True)
+    errors = [(tmp_path / f"error-{r}").read_text() for r in (0, 1)]
+    assert errors[0] == errors[1] and "rank(s) 1 do not see" in errors[0] and "--store" in errors[0]
+
+
+def _waiting_stage(rank, root, out):
+    ctx = Context(store=Store(root), is_main=rank == 0)
+    result = run_stage(ctx, "report", SETTINGS, [], _counting_call(out, rank, collective=True), seed=0, every_rank=True)
+    (out / f"result-{rank}").write_text(json.dumps({"x": result.artifact["x"].tolist(), "reused": result.reused}))
+
+
+def test_while_the_first_rank_waits_for_another_runs_lock_the_others_wait_too(tmp_path):
+    """Another run holds the lock and then commits the artifact: both ranks reuse it. The other rank must not
+    start computing on its own meanwhile (it would wait in the stage's first collective, then time out)."""
+    store = Store(tmp_path / "store")
+    pending = stage_id("report", SETTINGS, 0, [])
+    with store.lock(pending):
+        spawned = on_two_ranks(tmp_path, _waiting_stage, tmp_path / "store", tmp_path, join=False)
+        time.sleep(5)  # both ranks are up and the first is waiting on the lock
+        store.put(pending, {"x": torch.tensor([7.0])}, {"kind": "report", "settings": SETTINGS, "parents": []})
+    while not spawned.join():
+        pass
+    assert not list(tmp_path.glob("computed-*"))
+    assert [json.loads((tmp_path / f"result-{r}").read_text()) for r in (0, 1)] == [{"x": [7.0], "reused": True}] * 2
+
+
+def _resume(rank, root, out):
+    store = Store(root / f"rank{rank}")  # only the first rank's node has the checkpoint
+    checkpoint = Checkpoint(store, "c" * 64, writable=rank == 0, shared=True)
+    state = checkpoint.load(of=5)
+    (out / f"state-{rank}").write_text(json.dumps(None if state is None else {"epoch": state["epoch"],
+                                                                               "w": state["w"].tolist()}))
+
+
+def test_every_rank_resumes_from_the_checkpoint_the_first_rank_read(tmp_path):
+    Store(tmp_path / "rank0").save_checkpoint("c" * 64, {"epoch": 2, "w": torch.arange(3.0), "_device": "cpu"})
+    on_two_ranks(tmp_path, _resume, tmp_path, tmp_path)
+    states = [json.loads((tmp_path / f"state-{r}").read_text()) for r in (0, 1)]
+    assert states == [{"epoch": 2, "w": [0.0, 1.0, 2.0]}] * 2
+
+
+def _refused_resume(rank, root, out):
+    checkpoint = Checkpoint(Store(root), "c" * 64, writable=rank == 0, shared=True)
+    try:
+        checkpoint.load(of=5)
+    except LtstgError as error:
+        (out / f"error-{rank}").write_text(str(error))
+
+
+def test_a_checkpoint_the_first_rank_refuses_stops_every_rank_with_its_line(tmp_path):
+    Store(tmp_path / "store").save_checkpoint("c" * 64, {"epoch": 2, "_device": "cuda"})
+    on_two_ranks(tmp_path, _refused_resume, tmp_path / "store", tmp_path)
+    errors = [(tmp_path / f"error-{r}").read_text() for r in (0, 1)]
+    assert errors[0] == errors[1] and "--device cuda" in errors[0]

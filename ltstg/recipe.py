@@ -135,7 +135,10 @@ class PretrainSettings(Settings):
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 on a GPU, fp32 on a CPU")
     channels_last: bool = run_option(True, description="channels-last memory format (faster convolutions on a GPU)")
     compile: bool = run_option(False, description="torch.compile the model (GPU)")
-    workers: int = run_option(4, ge=0, description="DataLoader workers for file-based sources")
+    workers: int | None = run_option(
+        None, ge=0, description="DataLoader workers for file-based sources (default: the node's cores, shared among "
+        "its ranks, one left for each rank; at most 16)",
+    )
 
 
 class StgSettings(Settings):

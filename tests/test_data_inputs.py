@@ -124,3 +124,66 @@ def test_an_image_drawn_twice_in_one_pass_gets_two_crops(tmp_path):
     assert batch.shape[0] == 8 and len({tuple(image.flatten()[:64].tolist()) for image in batch}) > 1
     again = torch.cat(list(inputs.sample_batches(order, 4, torch.Generator().manual_seed(0))))
     assert torch.equal(batch, again)  # seeded
+
+
+def test_files_reach_the_device_as_uint8_and_are_normalised_there_exactly_as_torchvision_would(tmp_path):
+    """uint8 through the workers, the pinned buffer and the copy: a quarter of float32's bytes (issue 23, row 8)."""
+    from torchvision.transforms import v2
+
+    from ltstg.data.inputs import IMAGENET_MEAN, IMAGENET_STD
+
+    paths = write_images(tmp_path, 5)
+    labels = torch.tensor([0, 1, 0, 1, 0])
+    inputs = FileInputs(str(tmp_path), {"test": (paths, labels), "train": (paths, labels)}, 16, torch.device("cpu"),
+                        workers=0)
+    assert inputs._loader.dataset[("test", 0, None)][0].dtype == torch.uint8
+    floats = v2.Compose([v2.Resize(19), v2.CenterCrop(16), v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+                         v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    with Image.open(tmp_path / paths[3]) as image:
+        expected = floats(image.convert("RGB"))
+    batch = torch.cat([x for x, _ in inputs.eval_batches("test", 2)])
+    assert batch.dtype == torch.float32 and torch.equal(batch[3], expected)
+
+
+def test_one_loader_with_persistent_workers_serves_every_pass(tmp_path, monkeypatch):
+    import ltstg.data.inputs as inputs_module
+
+    made = []
+
+    class Counting(inputs_module.DataLoader):
+        def __init__(self, *args, **kwargs):
+            made.append(kwargs)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(inputs_module, "DataLoader", Counting)
+    paths = write_images(tmp_path, 6)
+    labels = torch.tensor([i % 2 for i in range(6)])
+    inputs = FileInputs(str(tmp_path), {"train": (paths, labels), "test": (paths, labels)}, 16, torch.device("cpu"),
+                        workers=1)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        assert sum(len(y) for _, y in inputs.train_batches(2, generator)) == 6
+        assert sum(len(y) for _, y in inputs.eval_batches("test", 4)) == 6
+    assert len(list(inputs.view_batches(4, generator))) == 2
+    assert len(made) == 1 and made[0]["persistent_workers"] is True and made[0]["num_workers"] == 1
+
+
+def test_a_pass_resumed_after_another_one_started_is_an_error_not_the_other_pass_batches(tmp_path):
+    paths = write_images(tmp_path, 6)
+    labels = torch.tensor([i % 2 for i in range(6)])
+    inputs = FileInputs(str(tmp_path), {"train": (paths, labels), "test": (paths, labels)}, 16, torch.device("cpu"),
+                        workers=0)
+    train = inputs.train_batches(2, torch.Generator().manual_seed(0))
+    next(train)
+    list(inputs.eval_batches("test", 4))
+    with pytest.raises(RuntimeError, match="another one started"):
+        next(train)
+
+
+@pytest.mark.parametrize("cores, ranks_here, expected", [(2, 1, 1), (16, 1, 15), (16, 2, 7), (96, 1, 16), (1, 1, 1)])
+def test_loader_workers_follow_the_cores_shared_among_the_ranks_on_the_node(monkeypatch, cores, ranks_here, expected):
+    from ltstg.data.inputs import default_workers
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(ranks_here))
+    assert default_workers() == expected

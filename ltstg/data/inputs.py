@@ -2,7 +2,8 @@
 
 Small images (CIFAR, image folders, the generator) live as one uint8 tensor on the compute device
 and are augmented there in batches, with no per-image Python. File-based sets (ImageNet-LT,
-Places-LT) are decoded by DataLoader workers with torchvision transforms v2.
+Places-LT) are decoded by persistent DataLoader workers with torchvision transforms v2 and reach the
+device as uint8, where they are normalised.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Iterator, Protocol
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 from ltstg.data.batch_augment import augment_batch, to_model_input
@@ -134,82 +135,129 @@ def epoch_seed(generator: torch.Generator) -> int:
     return int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
 
 
+Key = tuple[str, int, "int | None"]  # (split, index, the seed of its random transform; None: the eval transform)
+
+
+def default_workers() -> int:
+    """Loader workers when none are asked for: the cores this process may use, shared among the ranks on its
+    node, one left for each rank's own process (at least one, at most 16)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    ranks_here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    return max(1, min(16, cores // ranks_here - 1))
+
+
 class _Files(Dataset):
-    """Image files; with a seed, each sample's transform draws from its own seeded RNG, so the result is the
-    same however many workers load it (the worker count is a run option, never part of an id)."""
+    """Image files of every split, read by key and returned as uint8 (3, H, W): a quarter of float32's bytes
+    through the worker queues, the pinned buffer and the copy to the device, which normalises.
 
-    def __init__(
-        self, root: str, paths: list[str], labels: torch.Tensor, transform: v2.Transform, seed: int | None = None
-    ) -> None:
-        self.root, self.paths, self.labels, self.transform, self.seed = root, paths, labels, transform, seed
+    A seeded key's transform draws from its own seeded RNG, so a sample comes out the same however many
+    workers load it (the worker count is a run option, never part of an id)."""
 
-    def __len__(self) -> int:
-        return len(self.paths)
+    def __init__(self, root: str, splits: dict[str, tuple[list[str], torch.Tensor]], train: v2.Transform,
+                 evaluate: v2.Transform) -> None:
+        self.root, self.splits, self.train, self.evaluate = root, splits, train, evaluate
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        path = os.path.join(self.root, self.paths[index])
+    def __getitem__(self, key: Key) -> tuple[torch.Tensor, int]:
+        split, index, seed = key
+        paths, labels = self.splits[split]
+        path = os.path.join(self.root, paths[index])
         try:
             with Image.open(path) as image:
                 rgb = image.convert("RGB")
         except OSError as error:
             raise LtstgError(f"cannot read image {path} ({error}).") from None
-        if self.seed is None:
-            return self.transform(rgb), int(self.labels[index])
+        if seed is None:
+            return self.evaluate(rgb), int(labels[index])
         with torch.random.fork_rng(devices=[]):  # torchvision's transforms draw from the global RNG
-            torch.default_generator.manual_seed((self.seed + index) % 2**63)
-            return self.transform(rgb), int(self.labels[index])
+            torch.default_generator.manual_seed(seed % 2**63)
+            return self.train(rgb), int(labels[index])
+
+
+class _Plan(Sampler):
+    """The batches (lists of keys) of the pass under way. The loader, and its persistent workers, are made
+    once; before each pass the main process only replaces the plan the loader reads its batches from."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[Key]] = []
+
+    def __iter__(self) -> Iterator[list[Key]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 class FileInputs:
-    """Images decoded from files by DataLoader workers (ImageNet-LT, Places-LT)."""
+    """Images decoded from files by one DataLoader with persistent workers (ImageNet-LT, Places-LT)."""
 
     def __init__(
-        self, root: str, splits: dict[str, tuple[list[str], torch.Tensor]], size: int, device: torch.device, workers: int = 4
+        self, root: str, splits: dict[str, tuple[list[str], torch.Tensor]], size: int, device: torch.device,
+        workers: int | None = None, channels_last: bool = False,
     ) -> None:
         if not os.path.isdir(root):
             raise LtstgError(f"image root {root!r} of this data set is not a folder here; rerun make-dataset with --root.")
-        self.root, self.splits, self.size, self.device, self.workers = root, splits, size, device, workers
+        self.root, self.splits, self.size, self.device = root, splits, size, device
+        self.workers = default_workers() if workers is None else workers
+        self.channels_last = channels_last
         self.num_train = len(splits["train"][0])
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
-        to_input = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)]
-        self.train_transform = v2.Compose([v2.RandomResizedCrop(size), v2.RandomHorizontalFlip(), *to_input])
-        self.eval_transform = v2.Compose([v2.Resize(math.ceil(size * 256 / 224)), v2.CenterCrop(size), *to_input])
-
-    def _loader(self, split: str, transform: v2.Transform, batch_size: int, sampler=None, seed: int | None = None) -> DataLoader:
-        paths, labels = self.splits[split]
-        return DataLoader(
-            _Files(self.root, paths, labels, transform, seed), batch_size=batch_size, sampler=sampler,
-            num_workers=self.workers, pin_memory=self.device.type == "cuda", drop_last=sampler is not None,
-            generator=torch.Generator().manual_seed(seed or 0),  # else the loader draws its base seed from the global RNG
+        self.mean_t = torch.tensor(self.mean, device=device).view(3, 1, 1)  # on the device once
+        self.std_t = torch.tensor(self.std, device=device).view(3, 1, 1)
+        to_uint8 = v2.ToImage()
+        files = _Files(root, splits, v2.Compose([v2.RandomResizedCrop(size), v2.RandomHorizontalFlip(), to_uint8]),
+                       v2.Compose([v2.Resize(math.ceil(size * 256 / 224)), v2.CenterCrop(size), to_uint8]))
+        self._plan = _Plan()
+        self._passes = 0  # a pass started after another one invalidates it (they share the loader)
+        self._loader = DataLoader(
+            files, batch_sampler=self._plan, num_workers=self.workers, pin_memory=device.type == "cuda",
+            persistent_workers=self.workers > 0,
+            generator=torch.Generator().manual_seed(0),  # else the loader draws its base seed from the global RNG
         )
 
+    def _pass(self, batches: list[list[Key]]) -> Iterator[Batch]:
+        self._passes += 1
+        mine = self._passes
+        self._plan.batches = batches
+        for images, labels in self._loader:
+            if self._passes != mine:
+                raise RuntimeError("FileInputs: a pass over the files was resumed after another one started")
+            images = images.to(self.device, non_blocking=True)
+            normalised = images.float().mul_(1.0 / 255).sub_(self.mean_t).div_(self.std_t)  # as v2.ToDtype + Normalize
+            if self.channels_last:
+                normalised = normalised.contiguous(memory_format=torch.channels_last)
+            yield normalised, labels.to(self.device, non_blocking=True)
+
     def train_steps(self, batch_size: int, world_size: int = 1) -> int:
-        """Batches per epoch: each rank's share, in full batches only (the loader drops the last partial one)."""
+        """Batches per epoch: each rank's share, in full batches only (the last partial one is dropped)."""
         return (self.num_train // world_size) // (batch_size // world_size)
 
     def train_batches(self, batch_size: int, generator: torch.Generator, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
         """One epoch; the permutation comes from the stage generator, so it is seeded and resumable."""
         order = torch.randperm(self.num_train, generator=generator, device=generator.device).cpu()
         mine = shard(order[: self.num_train - self.num_train % world_size], rank, world_size).tolist()
-        loader = self._loader("train", self.train_transform, batch_size // world_size, mine, epoch_seed(generator))
-        for images, labels in loader:
-            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+        seed, size = epoch_seed(generator), batch_size // world_size
+        keys = [("train", index, seed + index) for index in mine]
+        yield from self._pass(_batched(keys, size, drop_last=True))
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
-        for images, labels in self._loader(split, self.eval_transform, batch_size):
-            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+        keys = [(split, index, None) for index in range(len(self.splits[split][0]))]
+        yield from self._pass(_batched(keys, batch_size))
 
     def view_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-        for images, _ in self._loader("train", self.train_transform, batch_size, seed=epoch_seed(generator)):
-            yield images.to(self.device, non_blocking=True)
+        seed = epoch_seed(generator)
+        keys = [("train", index, seed + index) for index in range(self.num_train)]
+        for images, _ in self._pass(_batched(keys, batch_size)):
+            yield images
 
     def sample_batches(self, order: torch.Tensor, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
         """Augmented training images in the given order of their indices (the last partial batch dropped); an
         image drawn twice gets two crops, since each position seeds its own transform."""
-        paths, labels = self.splits["train"]
-        rows = order.cpu()
-        files = _Files(self.root, [paths[i] for i in rows.tolist()], labels[rows], self.train_transform, epoch_seed(generator))
-        loader = DataLoader(files, batch_size=batch_size, drop_last=True, num_workers=self.workers,
-                            pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(0))
-        for images, _ in loader:
-            yield images.to(self.device, non_blocking=True)
+        seed = epoch_seed(generator)
+        keys = [("train", index, seed + position) for position, index in enumerate(order.cpu().tolist())]
+        for images, _ in self._pass(_batched(keys, batch_size, drop_last=True)):
+            yield images
+
+
+def _batched(keys: list[Key], size: int, drop_last: bool = False) -> list[list[Key]]:
+    end = len(keys) - len(keys) % size if drop_last else len(keys)
+    return [keys[start : start + size] for start in range(0, end, size)]

@@ -29,7 +29,7 @@ def extract_features(
     precision: str,
     device: torch.device,
     generator: torch.Generator,
-    workers: int = 4,
+    workers: int | None = None,
     progress: Progress = silent,
     bn_shift_batch: int | None = None,
 ) -> Output:

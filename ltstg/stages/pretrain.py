@@ -27,11 +27,11 @@ from ltstg.store import Artifact
 from ltstg.training import make_scheduler, mixup, soft_cross_entropy
 
 
-def image_inputs(dataset: Artifact, device: torch.device, workers: int = 4, channels_last: bool = False) -> ImageInputs:
+def image_inputs(dataset: Artifact, device: torch.device, workers: int | None = None, channels_last: bool = False) -> ImageInputs:
     """Device-resident tensors for small images, a DataLoader over files for split-list sources.
 
-    `channels_last` makes tensor batches come out in that layout (free: they are built NHWC), so a
-    channels_last model needs no per-batch copy.
+    `channels_last` makes batches come out in that layout (free for tensors: they are built NHWC), so a
+    channels_last model needs no per-batch copy; `workers` None: from the core count.
     """
     from ltstg.stages.make_dataset import decode_strings
 
@@ -40,7 +40,8 @@ def image_inputs(dataset: Artifact, device: torch.device, workers: int = 4, chan
             name: (decode_strings(dataset[f"{name}_paths"]), dataset[f"{name}_labels"])
             for name in dataset.info["splits"]
         }
-        return FileInputs(dataset.info["root"] or "", splits, dataset.settings.get("size", 224), device, workers)
+        return FileInputs(dataset.info["root"] or "", splits, dataset.settings.get("size", 224), device, workers,
+                          channels_last)
     splits = {name: (dataset[f"{name}_images"], dataset[f"{name}_labels"]) for name in dataset.info["splits"]}
     return TensorInputs(splits, device, channels_last)
 

@@ -17,7 +17,8 @@ SCHEDULES = ("multistep", "cosine", "constant")
 
 def _smoothed_one_hot(labels: torch.Tensor, num_classes: int, label_smoothing: float) -> torch.Tensor:
     """One-hot rows with label smoothing spread uniformly over all classes, as F.cross_entropy does it."""
-    one_hot = F.one_hot(labels, num_classes).float()  # (B, C)
+    # a scatter, not F.one_hot: on the CPU that checks the labels' range with a host read every batch
+    one_hot = torch.zeros(labels.numel(), num_classes, device=labels.device).scatter_(1, labels[:, None], 1.0)  # (B, C)
     return one_hot * (1.0 - label_smoothing) + label_smoothing / num_classes
 
 

@@ -234,3 +234,47 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
     assert _same_weights(uninterrupted, resumed)
     assert torch.equal(uninterrupted.tensors["curve.loss"], resumed.tensors["curve.loss"])
     assert uninterrupted.metrics == resumed.metrics
+
+
+def test_a_training_step_reads_the_device_once_whether_it_has_an_anchor(monkeypatch):
+    """Host syncs stall a GPU: a fit-stg step makes exactly one (issue 23, row 10; there were five), counted
+    on the CPU from the ops that would wait for a GPU."""
+    import ltstg.stages.fit_stg as fit_module
+    from tests.host_syncs import HostSyncs
+
+    real, per_step = fit_module._fit_step, []
+
+    def counted(*args, **kwargs):
+        with HostSyncs() as syncs:
+            real(*args, **kwargs)
+        per_step.append(syncs.seen)
+
+    monkeypatch.setattr(fit_module, "_fit_step", counted)
+    reference = _fit(epochs=1, smoothing=0.5)
+    monkeypatch.setattr(fit_module, "_fit_step", real)
+    assert per_step and all(seen == ["aten._local_scalar_dense.default"] for seen in per_step), per_step[:3]
+    assert _same_weights(reference, _fit(epochs=1, smoothing=0.5))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: the CPU counts the same ops above")
+def test_on_a_gpu_a_fit_stg_step_syncs_once(monkeypatch):
+    import warnings
+
+    import ltstg.stages.fit_stg as fit_module
+
+    real, per_step = fit_module._fit_step, []
+
+    def counted(*args, **kwargs):
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                real(*args, **kwargs)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        per_step.append(len(caught))
+
+    monkeypatch.setattr(fit_module, "_fit_step", counted)
+    fit_stg(StgSettings(**{**SMALL, "epochs": 1}), _features(), seed=0, device=torch.device("cuda"),
+            generator=torch.Generator(device="cuda").manual_seed(0))
+    assert per_step and max(per_step) == 1

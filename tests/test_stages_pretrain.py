@@ -317,3 +317,24 @@ def test_run_under_torchrun_trains_stage1_on_both_ranks_and_the_rest_once(tmp_pa
     assert forced.returncode == 0, forced.stderr[-4000:]  # the first rank does not redo stage 1 alone (a hang)
     remade = {a["kind"]: a["id"] for a in json.loads(forced.stdout)["artifacts"]}
     assert remade["backbone"] == s.list("backbone")[0].id and len(Store(store).list("backbone")) == 1
+
+
+def test_a_silent_stage1_epoch_reads_the_device_once_at_its_end(tiny_run, monkeypatch):
+    """Per-step host syncs stall a GPU: with nothing shown, an epoch reads its loss once, after the last step
+    (issue 23, rows 3 and 10), counted on the CPU from the ops that would wait for a GPU."""
+    import ltstg.stages.pretrain as pretrain_module
+    from tests.host_syncs import HostSyncs
+
+    real, per_epoch = pretrain_module.train_one_epoch, []
+
+    def counted(*args, **kwargs):
+        with HostSyncs() as syncs:
+            result = real(*args, **kwargs)
+        per_epoch.append(syncs.seen)
+        return result
+
+    monkeypatch.setattr(pretrain_module, "train_one_epoch", counted)
+    recipe, dataset = tiny_run["recipe"], tiny_run["dataset"]
+    pretrain_module.pretrain(recipe.pretrain, dataset, seed=0, device=torch.device("cpu"),
+                             generator=torch.Generator().manual_seed(0))
+    assert per_epoch and all(seen == ["aten._local_scalar_dense.default"] for seen in per_epoch), per_epoch

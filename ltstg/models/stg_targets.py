@@ -69,10 +69,11 @@ class SmoothedTargets:
         m = self.momentum
         mu_smoothed = torch.where(keep_new, mu, m * self.mu[ids] + (1 - m) * mu)  # (B, D)
         var_smoothed = torch.where(keep_new, var, m * self.var[ids] + (1 - m) * var)  # (B, D)
-        rows = ids[valid]
-        self.mu[rows] = mu_smoothed[valid].to(self.mu.dtype)
-        self.var[rows] = var_smoothed[valid].to(self.var.dtype)
-        self.seen[rows] = True
+        # every row of the batch written back, invalid ones unchanged: a boolean mask would be a host sync
+        stored = valid[:, None]
+        self.mu[ids] = torch.where(stored, mu_smoothed.to(self.mu.dtype), self.mu[ids])
+        self.var[ids] = torch.where(stored, var_smoothed.to(self.var.dtype), self.var[ids])
+        self.seen[ids] = self.seen[ids] | valid
         return mu_smoothed, var_smoothed
 
     def state_dict(self) -> dict[str, torch.Tensor]:

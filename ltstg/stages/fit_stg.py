@@ -155,21 +155,20 @@ def fit_one_epoch(fit: _Fit, epoch: int) -> tuple[float, float]:
     fit.model.train()
     order = _epoch_order(fit.train_t, settings.balanced, fit.generator).to(fit.device)  # (N_train,)
     loss_sum = torch.zeros((), dtype=torch.float64, device=fit.device)
-    anchors = 0
+    anchors = torch.zeros((), dtype=torch.long, device=fit.device)
     trained = torch.zeros(fit.train_t.numel(), dtype=torch.bool, device=fit.device)  # anchored at least once
+    shown = fit.progress is not silent  # reading the loss is a host sync: only for a reader
     for step in range(fit.steps_per_epoch):
         batch = order[step * settings.batch_size : (step + 1) * settings.batch_size]  # (B,)
         # paper is silent on a last batch of one sample; BatchNorm can't train on it, so it is skipped
         if batch.numel() < 2:
             continue
-        weighted_loss, num_valid = _fit_step(fit, batch, trained)
-        if num_valid:
-            loss_sum += weighted_loss
-            anchors += num_valid
-        if step % REPORT_EVERY == 0:
-            running = float(loss_sum) / anchors if anchors else float("nan")
+        _fit_step(fit, batch, trained, loss_sum, anchors)
+        if shown and step % REPORT_EVERY == 0:
+            running = float(loss_sum) / int(anchors) if int(anchors) else float("nan")
             done = epoch * fit.steps_per_epoch + step + 1
             fit.progress("fit-stg", done, fit.total_steps, epoch=epoch + 1, loss=running)
+    anchors = int(anchors)
     if anchors == 0:
         raise LtstgError(
             f"no training sample of epoch {epoch + 1} found {settings.min_neighbors} same-class neighbours in "
@@ -178,8 +177,12 @@ def fit_one_epoch(fit: _Fit, epoch: int) -> tuple[float, float]:
     return float(loss_sum) / anchors, float(trained.float().mean())
 
 
-def _fit_step(fit: _Fit, batch: torch.Tensor, trained: torch.Tensor) -> tuple[torch.Tensor | None, int]:
-    """Regress the STG onto one batch's smoothed targets (Eq. 1-2): (loss x anchors, anchors); marks `trained`."""
+def _fit_step(fit: _Fit, batch: torch.Tensor, trained: torch.Tensor, loss_sum: torch.Tensor, anchors: torch.Tensor) -> None:
+    """Regress the STG onto one batch's smoothed targets (Eq. 1-2); adds loss x anchors and anchors to the
+    running sums and marks `trained`, all on the device.
+
+    Its one host sync is whether the batch has an anchor at all: without one the optimizer must not step
+    (Adam would still move the weights on zero gradients)."""
     settings = fit.settings
     batch_x, batch_t, batch_ids = fit.train_x[batch], fit.train_t[batch], fit.sample_ids[batch]
     memory_x, memory_t, memory_ids = fit.memory.contents()
@@ -189,10 +192,9 @@ def _fit_step(fit: _Fit, batch: torch.Tensor, trained: torch.Tensor) -> tuple[to
         min_neighbors=settings.min_neighbors,
     )  # (B, D), (B, D), (B,)
     target_mu, target_var = fit.smoothed.update(batch_ids, target_mu, target_var, valid)
-    num_valid = int(valid.sum())
-    weighted_loss = None
+    num_valid = valid.sum()
     # a batch where no anchor has enough same-class neighbours carries no signal: no step
-    if num_valid:
+    if bool(num_valid):
         pred_mu, pred_var = fit.model(batch_x, batch_t)  # (B, D) each
         loss = stg_loss(
             pred_mu, pred_var, target_mu, target_var, valid,
@@ -201,11 +203,11 @@ def _fit_step(fit: _Fit, batch: torch.Tensor, trained: torch.Tensor) -> tuple[to
         fit.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         fit.optimizer.step()
-        weighted_loss = loss.detach().double() * num_valid
-        trained[batch_ids[valid]] = True
+        loss_sum += loss.detach().double() * num_valid
+        anchors += num_valid
+        trained[batch_ids] = trained[batch_ids] | valid  # no boolean mask: that would be a host sync
     # pushed after the step, so the batch never sees itself twice in one pool
     fit.memory.push(batch_x, batch_t, batch_ids)
-    return weighted_loss, num_valid
 
 
 def _stg_output(

@@ -48,38 +48,49 @@ def make_dataset(root: str, per_class: int):
 
 
 class BareStep:
-    """The reference: model, loss, backward and SGD step, nothing else (default: fp32, NCHW)."""
+    """The reference: model, loss, backward and SGD step, nothing else (default: fp32, NCHW, CPU)."""
 
-    def __init__(self, channels_last: bool = False, bf16: bool = False) -> None:
+    def __init__(self, channels_last: bool = False, bf16: bool = False, *, device: str = "cpu", model: str = MODEL,
+                 batch: int = BATCH, size: int = 32, num_classes: int = NUM_CLASSES, compile: bool = False) -> None:
         generator = torch.Generator().manual_seed(0)
         layout = torch.channels_last if channels_last else torch.contiguous_format
-        self.bf16 = bf16
-        self.model = build_model(MODEL, NUM_CLASSES, seed=0).train().to(memory_format=layout)
+        self.bf16, self.device, self.batch = bf16, torch.device(device), batch
+        self.model = build_model(model, num_classes, seed=0).train().to(self.device, memory_format=layout)
+        self.forward = torch.compile(self.model, dynamic=False) if compile else self.model
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4)
-        self.images = torch.randn(BATCH, 3, 32, 32, generator=generator).contiguous(memory_format=layout)  # (B, 3, H, W)
-        self.labels = torch.randint(0, NUM_CLASSES, (BATCH,), generator=generator)  # (B,)
+        images = torch.randn(batch, 3, size, size, generator=generator)  # (B, 3, H, W)
+        self.images = images.to(self.device).contiguous(memory_format=layout)
+        self.labels = torch.randint(0, num_classes, (batch,), generator=generator).to(self.device)  # (B,)
 
     def step(self) -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-            loss = F.cross_entropy(self.model(self.images), self.labels)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            loss = F.cross_entropy(self.forward(self.images), self.labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def rate(self, chunks: int) -> list[float]:
         """Images/s over chunks of 10 steps, after one warm-up step."""
         self.step()
         rates = []
         for _ in range(chunks):
+            self._sync()
             started = time.perf_counter()
             for _ in range(10):
                 self.step()
-            rates.append(10 * BATCH / (time.perf_counter() - started))
+            self._sync()
+            rates.append(10 * self.batch / (time.perf_counter() - started))
         return rates
 
 
-def loop_rates(dataset, precision: str, epochs: int) -> list[float]:
-    """Images/s between consecutive progress reports of one epoch of the real stage-1 loop."""
+def loop_rates(dataset, precision: str, epochs: int, *, device: str = "cpu", model: str = MODEL, batch: int = BATCH,
+               compile: bool = False) -> list[float]:
+    """Images/s between consecutive progress reports of one epoch of the real stage-1 loop (each report reads
+    the loss, a sync, so on a GPU the intervals time finished work)."""
     stamps: list[tuple[int, int, float]] = []
 
     def report(task: str, done: int, total: int, **metrics: float) -> None:
@@ -87,15 +98,15 @@ def loop_rates(dataset, precision: str, epochs: int) -> list[float]:
             stamps.append((int(metrics["epoch"]), done, time.perf_counter()))
 
     settings = PretrainSettings(
-        model=MODEL, epochs=epochs, batch_size=BATCH, warmup_epochs=0, milestones=[], eval_every=epochs,
-        precision=precision,
+        model=model, epochs=epochs, batch_size=batch, warmup_epochs=0, milestones=[], eval_every=epochs,
+        precision=precision, compile=compile,
     )
     pretrain(
-        settings, dataset, seed=0, device=torch.device("cpu"), generator=torch.Generator().manual_seed(0),
+        settings, dataset, seed=0, device=torch.device(device), generator=torch.Generator(device=device).manual_seed(0),
         progress=report,
     )
     rates = [
-        (done - done_before) * BATCH / (t - t_before)
+        (done - done_before) * batch / (t - t_before)
         for (epoch_before, done_before, t_before), (epoch, done, t) in zip(stamps, stamps[1:])
         if epoch == epoch_before
     ]

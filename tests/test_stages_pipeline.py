@@ -191,7 +191,7 @@ def test_synthetic_100_recipe_short_version_end_to_end(tmp_path):
     """The many-class path in CI: 100 classes, 66 tail classes, every recipe method, one short epoch each."""
     recipe_file = Path(__file__).resolve().parents[1] / "recipes" / "synthetic-100-lt.yaml"
     short = {
-        "pretrain.model": "resnet20_cifar", "pretrain.epochs": 1, "pretrain.warmup_epochs": 0,
+        "dataset.size": 16, "pretrain.model": "resnet20_cifar", "pretrain.epochs": 1, "pretrain.warmup_epochs": 0,
         "dataset.synthetic.test_per_class": 10, "stg.epochs": 1, "retrain.epochs": 2,
     }
     recipe = load_recipe(recipe_file, short)

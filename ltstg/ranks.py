@@ -39,14 +39,15 @@ def _control_group() -> Any:
 
 def share(value: Any) -> Any:
     """The first rank's `value`, on every rank (the others pass anything). An LtstgError the first rank
-    shares is raised on every rank, so all of them stop with the same line instead of waiting on it."""
-    if not distributed():
-        return value
-    box = [value if dist.get_rank() == 0 else None]
-    dist.broadcast_object_list(box, src=0, group=_control_group())
-    if isinstance(box[0], LtstgError):
-        raise box[0]
-    return box[0]
+    shares is raised on every rank (and in a single process), so all of them stop with the same line
+    instead of waiting on it."""
+    if distributed():
+        box = [value if dist.get_rank() == 0 else None]
+        dist.broadcast_object_list(box, src=0, group=_control_group())
+        value = box[0]
+    if isinstance(value, LtstgError):
+        raise value
+    return value
 
 
 def all_see(seen: bool, what: str) -> None:

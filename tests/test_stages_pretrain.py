@@ -1,4 +1,5 @@
 """Stage 1: resume after a kill, determinism, bf16 on the CPU, feature shapes and the 2-process DDP run."""
+import dataclasses
 import json
 import math
 import os
@@ -331,3 +332,25 @@ def test_the_prepared_gpu_check_runs_on_the_cpu(tmp_path):
         ["ok  data set", "ok  stage 1", "ok  DDP", "ok  throughput", "ok  loader"]
     figures = json.loads((tmp_path / "figures.json").read_text())
     assert figures["loop_img_s"] > 0 and figures["bare_img_s"] > 0 and figures["loader_img_s"] > 0
+
+
+def test_a_checkpoint_from_another_process_count_is_refused_with_the_command_that_resumes_it(tiny_run, tmp_path,
+                                                                                              monkeypatch):
+    """The process count defines the weights (issue 23, row 7): a run on N processes beside a checkpoint of the
+    same settings from M processes would start over silently; it stops and says how to resume instead."""
+    from ltstg.errors import LtstgError
+
+    recipe, dataset = tiny_run["recipe"], tiny_run["dataset"]
+    monkeypatch.setattr(steps, "run_stage", lambda ctx, kind, defining, parents, call, **kw:
+                        steps.stage_id(kind, defining, kw["seed"], parents))  # the id the stage would compute
+    store = Store(tmp_path / "store")
+    alone, two = Context(store=store), Context(store=store, run_options={"world_size": 2})
+    for saved_by, run_by, fix in ((two, alone, "under torchrun with 2 processes in all"), (alone, two, "without torchrun")):
+        pending = steps.pretrain_step(saved_by, recipe, dataset)
+        store.save_checkpoint(pending, {"epoch": 0, "_device": "cpu"})
+        with pytest.raises(LtstgError, match=f"a run on {1 if saved_by is alone else 2} process.*{fix} to resume"):
+            steps.pretrain_step(run_by, recipe, dataset)
+        assert steps.pretrain_step(saved_by, recipe, dataset) == pending  # its own count resumes it
+        forced = steps.pretrain_step(dataclasses.replace(run_by, force=True), recipe, dataset)
+        assert forced != pending
+        store.clear_checkpoint(pending)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 
 from ltstg.data.inputs import FILE_INPUTS_REVISION
+from ltstg import ranks
 from ltstg.errors import LtstgError
 from ltstg.models.backbones import check_weights_file
 from ltstg.recipe import Recipe, RetrainSettings, chosen_settings, id_settings
@@ -43,6 +44,8 @@ def pretrain_step(ctx: Context, recipe: Recipe, dataset: Artifact, *, name: str 
     world_size = int(ctx.run_options.get("world_size", 1))
     if world_size > 1:  # each process normalises its own share of a batch (no SyncBatchNorm): other weights
         defining["world_size"] = world_size
+    if not ctx.force:  # decided by the first rank, so that every rank stops alike
+        ranks.share(_checkpoint_of_another_world(ctx, defining, recipe.seed, dataset) if ctx.is_main else None)
     if dataset.info.get("storage") == "paths":  # how FileInputs draws crops and counts steps changed once
         defining["file_inputs"] = FILE_INPUTS_REVISION
     if settings.init_weights is not None:  # the file's content defines the result, not where it sits
@@ -63,6 +66,30 @@ def pretrain_step(ctx: Context, recipe: Recipe, dataset: Artifact, *, name: str 
         record=settings,
         every_rank=True,  # under torchrun: one DDP run over all ranks
     )
+
+
+MAX_PROCESSES = 256  # world sizes looked for when a stage 1 has no checkpoint of its own
+
+
+def _checkpoint_of_another_world(ctx: Context, defining: dict, seed: int, dataset: Artifact) -> LtstgError | None:
+    """The error for a stage 1 whose settings were checkpointed by a run on another number of processes: that
+    checkpoint resumes only there (the process count defines the weights), so this run would silently start
+    over beside it."""
+    mine = stage_id("backbone", defining, seed, [dataset])
+    if ctx.store.exists(mine) or ctx.store.checkpoint_path(mine).exists():
+        return None
+    here = int(defining.get("world_size", 1))
+    alike = {key: value for key, value in defining.items() if key != "world_size"}
+    for other in range(1, MAX_PROCESSES + 1):
+        settings = alike if other == 1 else {**alike, "world_size": other}
+        if other != here and ctx.store.checkpoint_path(stage_id("backbone", settings, seed, [dataset])).exists():
+            launch = "without torchrun" if other == 1 else f"under torchrun with {other} processes in all"
+            return LtstgError(
+                f"stage 1 of these settings has a checkpoint from a run on {other} process(es), and this run has "
+                f"{here}, which trains other weights: rerun the same command {launch} to resume it, or add --force "
+                f"to start over on {here}."
+            )
+    return None
 
 
 def file_sha256(path: str) -> str:

@@ -44,13 +44,15 @@ def score(
     *,
     split: str = "test",
     temperature: float | None = None,
+    computed: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """Metrics and per-class tensors of logits = a @ W.T + b on one split; shared by eval and retrain.
 
     With a temperature (fitted on the validation split by retrain), ECE and NLL are also given for the
     logits divided by it (`ece_calibrated`, `nll_calibrated`); the predictions, and so top-1, are the same.
+    `computed`: that split's logits and labels, where the caller already has them.
     """
-    logits, labels = split_logits(weight, bias, features, split)  # (M, C), (M,)
+    logits, labels = computed if computed is not None else split_logits(weight, bias, features, split)  # (M, C), (M,)
     counts = features["class_counts"]
     num_classes = counts.numel()
     metrics = classification_metrics(

@@ -108,7 +108,8 @@ def validate(
         ]
     logits, labels = split_logits(weight, bias, features, "val")  # (M, C), (M,)
     temperature = fit_temperature(logits, labels)
-    scores, _ = score(weight, bias, features, EvalSettings(), split="val", temperature=temperature)
+    scores, _ = score(weight, bias, features, EvalSettings(), split="val", temperature=temperature,
+                      computed=(logits, labels))
     stage1, _ = score(features["classifier.weight"], features["classifier.bias"], features, EvalSettings(), split="val")
     metrics = {f"val_{key}": value for key, value in scores.items() if key in VAL_METRICS}
     metrics["temperature"] = temperature

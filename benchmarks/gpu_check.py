@@ -78,24 +78,31 @@ def write_recipe(folder: Path, size: dict) -> Path:
     return path
 
 
-def killed_and_resumed(store: Path, recipe: Path, device: str) -> str:
-    """Stage 1 through the CLI, stopped by SIGTERM once its first epoch checkpoint exists, then rerun."""
-    command = ltstg(store, device, "pretrain", "--recipe", str(recipe))
+def stopped_and_resumed(store: Path, command: list[str], what: str) -> subprocess.CompletedProcess:
+    """`command` (a stage 1) stopped by SIGTERM once its first epoch checkpoint exists, then rerun to the end."""
     started = time.perf_counter()
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
     checkpoints = store / "checkpoints"
     while first.poll() is None and not any(checkpoints.glob("*.pt")):
         if time.perf_counter() - started > TIMEOUT:
             first.kill()
-            raise Failed("stage 1 wrote no epoch checkpoint in time")
+            raise Failed(f"{what} wrote no epoch checkpoint in time")
         time.sleep(0.2)
     if first.poll() is not None:
-        raise Failed(f"stage 1 ended before it could be stopped (exit {first.returncode}):\n{first.stderr.read()[-3000:]}")
+        raise Failed(f"{what} ended before it could be stopped (exit {first.returncode}):\n{first.stderr.read()[-3000:]}")
     first.send_signal(signal.SIGTERM)
-    first.communicate(timeout=60)
-    resumed = checked(command, "the resumed stage 1")
+    first.communicate(timeout=120)
+    resumed = checked(command, f"the resumed {what}")
     if "resuming from the checkpoint" not in resumed.stderr:
-        raise Failed(f"the rerun did not resume:\n{resumed.stderr[-3000:]}")
+        raise Failed(f"the rerun of {what} did not resume:\n{resumed.stderr[-3000:]}")
+    if any(checkpoints.glob("*.pt")):
+        raise Failed(f"{what} left a checkpoint behind")
+    return resumed
+
+
+def killed_and_resumed(store: Path, recipe: Path, device: str) -> str:
+    started = time.perf_counter()
+    resumed = stopped_and_resumed(store, ltstg(store, device, "pretrain", "--recipe", str(recipe)), "stage 1")
     backbone = json.loads(resumed.stdout)["artifacts"][0]
     info = Store(store).get(backbone["id"], "backbone").info
     return (f"stopped after its first checkpoint and resumed: backbone {backbone['id'][:12]}, precision "
@@ -105,19 +112,21 @@ def killed_and_resumed(store: Path, recipe: Path, device: str) -> str:
 def two_process_ddp(store: Path, recipe: Path, device: str) -> str:
     nccl = device == "cuda" and torch.cuda.device_count() >= 2
     on = "cuda" if nccl else "cpu"
-    done = checked(ltstg(store, on, "pretrain", "--recipe", str(recipe), "--precision", "fp32" if on == "cpu" else "bf16",
-                         "--no-compile", torchrun=2),
-                   "2-process DDP stage 1")
+    command = ltstg(store, on, "pretrain", "--recipe", str(recipe), "--precision", "fp32" if on == "cpu" else "bf16",
+                    "--no-compile", torchrun=2)
+    done = stopped_and_resumed(store, command, "2-process DDP stage 1")  # the checkpoint reaches both ranks
     printed = json.loads(done.stdout)  # one JSON document: only the first rank prints
     backbone, features = (Store(store).get(a["id"]) for a in printed["artifacts"])
     if (backbone.kind, features.kind, features.parents[0]) != ("backbone", "features", backbone.id):
         raise Failed(f"the DDP run made {backbone.kind} and {features.kind}, not a backbone and its features")
+    made = [a for a in Store(store).list("features") if a.parents[0] == backbone.id]
+    if len(made) != 1 or features["train_features"].shape[1] != backbone.info["feature_dim"]:
+        raise Failed(f"the DDP backbone has {len(made)} features artifacts, or features of the wrong width")
     if backbone.meta["run"]["world_size"] != 2 or backbone.info.get("world_size") != 2:
         raise Failed(f"the DDP backbone records world size {backbone.meta['run']['world_size']}, not 2")
-    if any((store / "checkpoints").glob(f"{backbone.id}*")):
-        raise Failed("the DDP run left its checkpoint behind")
     backend = "NCCL on 2 GPUs" if nccl else "gloo on 2 CPU processes" + (" (one GPU here)" if device == "cuda" else "")
-    return f"2-process DDP ({backend}): backbone {backbone.id[:12]} and its features, world size 2"
+    return (f"2-process DDP ({backend}), stopped after its first checkpoint and resumed: backbone "
+            f"{backbone.id[:12]} and its features, world size 2")
 
 
 def loop_against_bare(store: Path, size: dict) -> tuple[str, dict]:

@@ -20,7 +20,7 @@ from ltstg.errors import LtstgError
 from ltstg.flags import overrides, section_flags, with_flags
 from ltstg.terminal import (
     PICTURES, Options, RichProgress, artifact_summary, emit, guarded, methods_table, note, output_file, pick,
-    run_context, show_results,
+    pick_on_every_rank, run_context, show_results,
 )
 
 app = typer.Typer(
@@ -108,7 +108,7 @@ def pretrain_command(
     settings = load(options, recipe, overrides("pretrain", flags))
     with RichProgress(not options.json and is_main_process()) as progress:
         run = run_context(options, progress, force)
-        data = pick(run, dataset, "dataset")
+        data = pick_on_every_rank(run, dataset, "dataset")
         backbone = steps.pretrain_step(run, settings, data, name=name)
         ranks.leave()  # under torchrun, stage 1 was the shared part; the features are the first rank's
         if not run.is_main:

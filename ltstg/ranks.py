@@ -7,15 +7,17 @@ large data set, must not run into the collective timeout of the training group (
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch.distributed as dist
 
 from ltstg.errors import LtstgError
 
-_PATIENCE = datetime.timedelta(days=7)
+PATIENCE = datetime.timedelta(days=7)  # how long a rank waits to hear from the first one
 _control: tuple[Any, Any] | None = None  # (the world group it belongs to, the gloo group for decisions)
+T = TypeVar("T")
 
 
 def world() -> tuple[int, int]:
@@ -29,11 +31,17 @@ def distributed() -> bool:
     return world()[1] > 1
 
 
-def _control_group() -> Any:
-    """Made on first use, which every rank reaches together (a decision is always shared by all)."""
+def join(patience: datetime.timedelta = PATIENCE) -> None:
+    """Make the decision group, right after the process group: made later, at the first decision, a rank that
+    failed before it would leave the others waiting `patience` inside its creation."""
     global _control
-    if _control is None or _control[0] is not dist.group.WORLD:  # a new process group since: a new group
-        _control = (dist.group.WORLD, dist.new_group(backend="gloo", timeout=_PATIENCE))
+    if distributed() and (_control is None or _control[0] is not dist.group.WORLD):  # a new process group since
+        _control = (dist.group.WORLD, dist.new_group(backend="gloo", timeout=patience))
+
+
+def _control_group() -> Any:
+    join()
+    assert _control is not None
     return _control[1]
 
 
@@ -48,6 +56,29 @@ def share(value: Any) -> Any:
     if isinstance(value, LtstgError):
         raise value
     return value
+
+
+def first_rank(compute: Callable[[], T]) -> T:
+    """`compute()` run by the first rank alone, its result on every rank; an LtstgError it raises is raised on
+    every rank."""
+    if not distributed():
+        return compute()
+    if dist.get_rank() != 0:
+        return share(None)
+    try:
+        value: Any = compute()
+    except LtstgError as error:
+        value = error
+    return share(value)
+
+
+def tell_others(error: BaseException) -> None:
+    """Send the ranks waiting to hear from the first one the error it stopped on, as their one line (the first
+    rank raises its own, with its traceback where it is a bug)."""
+    told = error if isinstance(error, LtstgError) else LtstgError(
+        f"the first rank stopped on {type(error).__name__}: {error}")
+    with contextlib.suppress(LtstgError):
+        share(told)
 
 
 def all_see(seen: bool, what: str) -> None:

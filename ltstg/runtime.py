@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 
+from ltstg import ranks
 from ltstg.errors import LtstgError
 from ltstg.progress import Progress, silent
 from ltstg.stages import Context
@@ -80,6 +81,7 @@ def make_context(
     if world_size > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if resolved.type == "cuda" else "gloo")
         atexit.register(_leave_process_group)  # NCCL warns, and may hang at exit, without it
+        ranks.join()
     if resolved.type == "cuda":
         torch.backends.cudnn.benchmark = True
     main = rank == 0

@@ -223,6 +223,17 @@ def run_context(options: Options, progress: RichProgress, force: bool = False) -
     return make_context(options.store, options.device, force=force, progress=progress, note=progress.note)
 
 
+def pick_on_every_rank(run: Any, ref: Optional[str], kind: str) -> Any:
+    """`pick` as the first rank decides it under torchrun, so no rank trains on another "newest" artifact; every
+    rank must see it in its store."""
+    from ltstg import ranks
+
+    picked: list[Any] = []
+    chosen = ranks.first_rank(lambda: picked.append(pick(run, ref, kind)) or picked[0].id)
+    ranks.all_see(bool(picked) or run.store.exists(chosen), f"{kind} {chosen[:12]}")
+    return picked[0] if picked else run.store.get(chosen, kind)
+
+
 def pick(run: Any, ref: Optional[str], kind: str, *, parent: Optional[str] = None) -> Any:
     """The artifact a command works on; without a reference, the newest (made from `parent`), and say which."""
     artifact = run.store.find(ref, kind, parent=parent)

@@ -1,7 +1,9 @@
 """Count the operations that make a GPU run wait for the device, on the CPU: the host reads of a tensor
 (`item`, `int`, `float`, `bool`) and boolean-mask indexing (its size is only known after a `nonzero`).
 
-`torch.cuda.set_sync_debug_mode` says the same on a GPU; this sees the ops behind it wherever the test runs."""
+`torch.cuda.set_sync_debug_mode` says the same on a GPU; this sees the ops behind it wherever the test runs.
+It cannot see device-to-host copies (`.cpu()`, `.tolist()`, `.numpy()`): on the CPU they are no ops. Only
+the GPU tests see those."""
 from __future__ import annotations
 
 import os

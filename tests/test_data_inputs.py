@@ -168,14 +168,24 @@ def test_one_loader_with_persistent_workers_serves_every_pass(tmp_path, monkeypa
     assert len(made) == 1 and made[0]["persistent_workers"] is True and made[0]["num_workers"] == 1
 
 
-def test_a_pass_resumed_after_another_one_started_is_an_error_not_the_other_pass_batches(tmp_path):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_pass_resumed_after_another_one_started_is_an_error_not_the_other_pass_batches(tmp_path, workers):
+    """Passes share one loader (and, with workers, one iterator): an older pass never draws the newer one's
+    batches, whether the newer one is under way or done."""
     paths = write_images(tmp_path, 6)
     labels = torch.tensor([i % 2 for i in range(6)])
     inputs = FileInputs(str(tmp_path), {"train": (paths, labels), "test": (paths, labels)}, 16, torch.device("cpu"),
-                        workers=0)
+                        workers=workers)
     train = inputs.train_batches(2, torch.Generator().manual_seed(0))
     next(train)
-    list(inputs.eval_batches("test", 4))
+    evaluation = inputs.eval_batches("test", 2)
+    next(evaluation)
+    with pytest.raises(RuntimeError, match="another one started"):
+        next(train)
+    assert sum(len(y) for _, y in evaluation) == 4  # the newer pass lost nothing to the older one
+    train = inputs.train_batches(2, torch.Generator().manual_seed(0))
+    next(train)
+    assert sum(len(y) for _, y in inputs.eval_batches("test", 4)) == 6
     with pytest.raises(RuntimeError, match="another one started"):
         next(train)
 
@@ -186,4 +196,7 @@ def test_loader_workers_follow_the_cores_shared_among_the_ranks_on_the_node(monk
 
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)), raising=False)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", str(ranks_here))
+    monkeypatch.setattr("ltstg.ranks.distributed", lambda: True)
     assert default_workers() == expected
+    monkeypatch.setattr("ltstg.ranks.distributed", lambda: False)  # the first rank alone after stage 1
+    assert default_workers() == max(1, min(16, cores - 1))

@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from ltstg import ranks
 from ltstg.errors import LtstgError
 from ltstg.stages import Checkpoint, Context, Output, run_stage, stage_id
 from ltstg.store import Store
@@ -19,8 +20,9 @@ SETTINGS = {"what": "a test stage"}
 
 
 def _entry(rank, init_file, test, args):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
-                            timeout=datetime.timedelta(seconds=45))  # a rank left waiting fails the test, not CI
+    wait = datetime.timedelta(seconds=45)  # a rank left waiting fails the test instead of hanging CI
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2, timeout=wait)
+    ranks.join(wait)
     try:
         test(rank, *args)
     finally:
@@ -71,7 +73,7 @@ def test_a_store_the_other_ranks_do_not_see_stops_every_rank_with_one_line(tmp_p
 
 
 def _waiting_stage(rank, root, out):
-    ctx = Context(store=Store(root), is_main=rank == 0)
+    ctx = Context(store=Store(root), is_main=rank == 0, note=lambda line: "waiting" in line and (out / "waiting").write_text(line))
     result = run_stage(ctx, "report", SETTINGS, [], _counting_call(out, rank, collective=True), seed=0, every_rank=True)
     (out / f"result-{rank}").write_text(json.dumps({"x": result.artifact["x"].tolist(), "reused": result.reused}))
 
@@ -83,7 +85,11 @@ def test_while_the_first_rank_waits_for_another_runs_lock_the_others_wait_too(tm
     pending = stage_id("report", SETTINGS, 0, [])
     with store.lock(pending):
         spawned = on_two_ranks(tmp_path, _waiting_stage, tmp_path / "store", tmp_path, join=False)
-        time.sleep(5)  # both ranks are up and the first is waiting on the lock
+        started = time.monotonic()
+        while not (tmp_path / "waiting").exists():  # the first rank says it waits for the lock
+            assert time.monotonic() - started < 60
+            time.sleep(0.1)
+        time.sleep(1)  # the other rank, had it not waited too, would be computing by now
         store.put(pending, {"x": torch.tensor([7.0])}, {"kind": "report", "settings": SETTINGS, "parents": []})
     while not spawned.join():
         pass
@@ -119,3 +125,22 @@ def test_a_checkpoint_the_first_rank_refuses_stops_every_rank_with_its_line(tmp_
     on_two_ranks(tmp_path, _refused_resume, tmp_path / "store", tmp_path)
     errors = [(tmp_path / f"error-{r}").read_text() for r in (0, 1)]
     assert errors[0] == errors[1] and "--device cuda" in errors[0]
+
+
+def _failing_stage(rank, root, out):
+    def broken(generator, checkpoint):
+        raise RuntimeError("out of memory, say")
+
+    ctx = Context(store=Store(root), is_main=rank == 0)
+    try:
+        run_stage(ctx, "report", SETTINGS, [], broken, seed=0)
+    except Exception as error:
+        (out / f"error-{rank}").write_text(f"{type(error).__name__}: {error}")
+
+
+def test_a_first_rank_that_fails_on_a_stage_of_its_own_tells_the_others(tmp_path):
+    """The others wait to read what the first rank computes alone; a bug there (not only a user error) reaches them
+    as one line instead of a hang or a transport error, and the first rank keeps its own traceback."""
+    on_two_ranks(tmp_path, _failing_stage, tmp_path / "store", tmp_path)
+    assert (tmp_path / "error-0").read_text() == "RuntimeError: out of memory, say"
+    assert (tmp_path / "error-1").read_text() == "LtstgError: the first rank stopped on RuntimeError: out of memory, say"

@@ -334,13 +334,17 @@ def test_the_prepared_gpu_check_runs_on_the_cpu(tmp_path):
     assert figures["loop_img_s"] > 0 and figures["bare_img_s"] > 0 and figures["loader_img_s"] > 0
 
 
+@pytest.mark.parametrize("storage", ["tensors", "paths"])
 def test_a_checkpoint_from_another_process_count_is_refused_with_the_command_that_resumes_it(tiny_run, tmp_path,
-                                                                                              monkeypatch):
+                                                                                              monkeypatch, storage):
     """The process count defines the weights (issue 23, row 7): a run on N processes beside a checkpoint of the
-    same settings from M processes would start over silently; it stops and says how to resume instead."""
+    same settings from M processes would start over silently; it stops and says how to resume instead, for
+    image files too (their ids carry more than the settings)."""
     from ltstg.errors import LtstgError
+    from ltstg.store import Artifact
 
     recipe, dataset = tiny_run["recipe"], tiny_run["dataset"]
+    dataset = Artifact(dataset.id, {**dataset.meta, "info": {**dataset.info, "storage": storage}}, dataset.tensors)
     monkeypatch.setattr(steps, "run_stage", lambda ctx, kind, defining, parents, call, **kw:
                         steps.stage_id(kind, defining, kw["seed"], parents))  # the id the stage would compute
     store = Store(tmp_path / "store")

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 from ltstg.data.batch_augment import augment_batch, to_model_input
+from ltstg import ranks
 from ltstg.errors import LtstgError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -142,7 +143,8 @@ def default_workers() -> int:
     """Loader workers when none are asked for: the cores this process may use, shared among the ranks on its
     node, one left for each rank's own process (at least one, at most 16)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    ranks_here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    # after stage 1 the first rank goes on alone (its process group ended): then the node's cores are its own
+    ranks_here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))) if ranks.distributed() else 1
     return max(1, min(16, cores // ranks_here - 1))
 
 
@@ -218,9 +220,14 @@ class FileInputs:
         self._passes += 1
         mine = self._passes
         self._plan.batches = batches
-        for images, labels in self._loader:
-            if self._passes != mine:
+        loaded = iter(self._loader)  # with persistent workers, the one iterator every pass shares
+        while True:
+            if self._passes != mine:  # checked before each draw: the shared iterator now serves the other pass
                 raise RuntimeError("FileInputs: a pass over the files was resumed after another one started")
+            try:
+                images, labels = next(loaded)
+            except StopIteration:
+                return
             images = images.to(self.device, non_blocking=True)
             normalised = images.float().mul_(1.0 / 255).sub_(self.mean_t).div_(self.std_t)  # as v2.ToDtype + Normalize
             if self.channels_last:

@@ -26,8 +26,8 @@ from ltstg.version import __version__
 class Checkpoint:
     """Resumable state of one in-flight artifact, kept in the store until the artifact commits.
 
-    Under torchrun the first rank reads it and sends it to the others (`shared`), so all resume alike
-    even where only its node has the store; only the first rank writes it. A resume and a damaged
+    Under torchrun the first rank reads it and sends it to the others (`shared`), so all resume from the
+    state it read; only the first rank writes it. A resume and a damaged
     checkpoint (discarded: the stage starts over) are said at once and kept in `notes`; the time
     earlier attempts spent travels in the state, so the artifact's wall-clock covers all of them.
     """
@@ -63,8 +63,8 @@ class Checkpoint:
             return ranks.share(None)
         try:
             state = self._read(of)
-        except LtstgError as error:
-            ranks.share(error)  # the others stop with the same line
+        except Exception as error:
+            ranks.tell_others(error)  # the others stop with its line
             raise
         return ranks.share(state)
 
@@ -225,9 +225,9 @@ def _decided_by_first_rank(ctx: Context, pending: str, kind: str, compute: Calla
                 decided(True)
             else:
                 result = _compute_locked(ctx, pending, kind, compute, decided)
-        except LtstgError as error:
+        except Exception as error:
             if not told or (told == ["compute"] and not every_rank):  # the others are still waiting to hear
-                ranks.share(error)
+                ranks.tell_others(error)
             raise
         if told == ["compute"] and not every_rank:
             ranks.share("written")

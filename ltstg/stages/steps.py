@@ -44,14 +44,14 @@ def pretrain_step(ctx: Context, recipe: Recipe, dataset: Artifact, *, name: str 
     world_size = int(ctx.run_options.get("world_size", 1))
     if world_size > 1:  # each process normalises its own share of a batch (no SyncBatchNorm): other weights
         defining["world_size"] = world_size
-    if not ctx.force:  # decided by the first rank, so that every rank stops alike
-        ranks.share(_checkpoint_of_another_world(ctx, defining, recipe.seed, dataset) if ctx.is_main else None)
     if dataset.info.get("storage") == "paths":  # how FileInputs draws crops and counts steps changed once
         defining["file_inputs"] = FILE_INPUTS_REVISION
     if settings.init_weights is not None:  # the file's content defines the result, not where it sits
         defining["init_weights_sha256"] = file_sha256(settings.init_weights)
         if not ctx.store.exists(stage_id("backbone", defining, recipe.seed, [dataset])) or ctx.force:
             check_weights_file(settings.init_weights)
+    if not ctx.force:  # decided by the first rank, so that every rank stops alike
+        ranks.first_rank(lambda: _refuse_checkpoint_of_another_world(ctx, defining, recipe.seed, dataset))
     return run_stage(
         ctx,
         "backbone",
@@ -71,25 +71,23 @@ def pretrain_step(ctx: Context, recipe: Recipe, dataset: Artifact, *, name: str 
 MAX_PROCESSES = 256  # world sizes looked for when a stage 1 has no checkpoint of its own
 
 
-def _checkpoint_of_another_world(ctx: Context, defining: dict, seed: int, dataset: Artifact) -> LtstgError | None:
-    """The error for a stage 1 whose settings were checkpointed by a run on another number of processes: that
-    checkpoint resumes only there (the process count defines the weights), so this run would silently start
-    over beside it."""
+def _refuse_checkpoint_of_another_world(ctx: Context, defining: dict, seed: int, dataset: Artifact) -> None:
+    """A stage 1 whose settings were checkpointed by a run on another number of processes stops: that checkpoint
+    resumes only there (the process count defines the weights), and this run would silently start over beside it."""
     mine = stage_id("backbone", defining, seed, [dataset])
     if ctx.store.exists(mine) or ctx.store.checkpoint_path(mine).exists():
-        return None
+        return
     here = int(defining.get("world_size", 1))
     alike = {key: value for key, value in defining.items() if key != "world_size"}
     for other in range(1, MAX_PROCESSES + 1):
         settings = alike if other == 1 else {**alike, "world_size": other}
         if other != here and ctx.store.checkpoint_path(stage_id("backbone", settings, seed, [dataset])).exists():
             launch = "without torchrun" if other == 1 else f"under torchrun with {other} processes in all"
-            return LtstgError(
+            raise LtstgError(
                 f"stage 1 of these settings has a checkpoint from a run on {other} process(es), and this run has "
                 f"{here}, which trains other weights: rerun the same command {launch} to resume it, or add --force "
                 f"to start over on {here}."
             )
-    return None
 
 
 def file_sha256(path: str) -> str:

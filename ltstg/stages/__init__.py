@@ -211,8 +211,8 @@ def _compute_locked(ctx: Context, pending: str, kind: str, compute: Callable[[],
 def _decided_by_first_rank(ctx: Context, pending: str, kind: str, compute: Callable[[], Result], *,
                            every_rank: bool) -> Result:
     """The first rank reuses, or takes the lock and computes, and tells the others which before it starts;
-    they compute alongside it (`every_rank`) or wait until it has written the artifact, then read it. A
-    user error on the first rank while the others only wait is sent to them, so all stop with its line."""
+    they compute alongside it (`every_rank`) or wait until it has written the artifact, then read it. An
+    error on the first rank while the others only wait is sent to them, so all stop with its line."""
     if ctx.is_main:
         told: list[str] = []
 

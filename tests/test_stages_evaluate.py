@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from ltstg.errors import LtstgError
+from ltstg.metrics import confusion_matrix, confusion_pairs, dense_confusion, per_class_accuracy
 from ltstg.recipe import EvalSettings
 from ltstg.stages.evaluate import compare_rows, evaluate
 from ltstg.tables import markdown, methods_cells, wide_cells, wide_table
@@ -35,6 +36,10 @@ def as_report(output, letter):
     return Artifact(letter * 64, {"kind": output.kind, "metrics": output.metrics, "info": output.info}, output.tensors)
 
 
+def confusion(out) -> torch.Tensor:
+    return dense_confusion(out.tensors["confusion_pairs"], out.tensors["confusion_counts"], 3)
+
+
 def test_metrics_groups_confusion_by_hand():
     out = evaluate(classifier_artifact(torch.eye(3), torch.zeros(3), "CE (stage 1)"), features_artifact(), EvalSettings())
     assert out.kind == "report" and out.key_metric == "top1"
@@ -44,8 +49,7 @@ def test_metrics_groups_confusion_by_hand():
     # confidences are all ~1 (logit gap 20), so ECE = |4 right - 6 confident| / 6 and NLL = 2 wrong * 20 / 6
     assert metrics["ece"] == pytest.approx(2 / 6, abs=1e-6)
     assert metrics["nll"] == pytest.approx(40 / 6, abs=1e-5)
-    assert torch.equal(out.tensors["confusion"], torch.tensor([[1, 1, 0], [0, 2, 0], [1, 0, 1]]))
-    assert out.tensors["confusion"].dtype == torch.int64
+    assert torch.equal(confusion(out), torch.tensor([[1, 1, 0], [0, 2, 0], [1, 0, 1]]))
     assert torch.allclose(out.tensors["per_class_accuracy"], torch.tensor([0.5, 1.0, 0.5]))
     assert out.info == {"method": "CE (stage 1)", "split": "test", "class_names": ["cat", "dog", "eel"],
                         "groups": ["many", "medium", "few"]}
@@ -77,7 +81,7 @@ def test_ece_bins_and_an_empty_group():
 def test_bias_is_used_and_stg_is_not_needed():
     bias = torch.tensor([0.0, 0.0, 25.0])  # pushes every prediction to class 2
     out = evaluate(classifier_artifact(torch.eye(3), bias, "x"), features_artifact(), EvalSettings())
-    assert torch.equal(out.tensors["confusion"][:, 2], torch.tensor([2, 2, 2]))
+    assert torch.equal(confusion(out)[:, 2], torch.tensor([2, 2, 2]))
 
 
 def test_bad_inputs_are_clear_errors():
@@ -183,3 +187,23 @@ def test_temperature_scaling_from_retrain_changes_calibration_not_accuracy():
     assert report.metrics["ece"] == without.metrics["ece"] and "ece_calibrated" not in without.metrics
     assert report.metrics["temperature"] == pytest.approx(float(out.tensors["temperature"]))
     assert report.metrics["nll_calibrated"] != report.metrics["nll"]
+
+
+def test_the_sparse_confusion_is_the_dense_one_and_a_many_class_report_stays_small():
+    """A report keeps the confusion matrix's nonzero cells (issue 24): the dense matrix, rebuilt, is the bincount
+    one; at 2,000 classes the report holds no C x C tensor (iNaturalist's 8,142 made 506 MiB per report)."""
+    generator = torch.Generator().manual_seed(0)
+    labels, preds = torch.randint(0, 50, (900,), generator=generator), torch.randint(0, 50, (900,), generator=generator)
+    assert torch.equal(dense_confusion(*confusion_pairs(preds, labels), 50), confusion_matrix(preds, labels, 50))
+    assert torch.equal(per_class_accuracy(preds, labels, 50),
+                       confusion_matrix(preds, labels, 50).diagonal().double() / torch.bincount(labels, minlength=50))
+    classes, dim = 2000, 8
+    weight = torch.randn(classes, dim, generator=generator)
+    test_labels = torch.arange(classes).repeat(2)  # (4000,)
+    test = weight[test_labels] + 0.1 * torch.randn(len(test_labels), dim, generator=generator)
+    tensors = {"train_features": test, "train_labels": test_labels, "test_features": test, "test_labels": test_labels,
+               "class_counts": torch.full((classes,), 2)}
+    features = Artifact("f" * 64, {"kind": "features", "info": {}}, tensors)
+    out = evaluate(classifier_artifact(weight, torch.zeros(classes), "x"), features, EvalSettings())
+    assert max(t.numel() for t in out.tensors.values()) <= 2 * len(test_labels)
+    assert dense_confusion(out.tensors["confusion_pairs"], out.tensors["confusion_counts"], classes).sum() == 4000

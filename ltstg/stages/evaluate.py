@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from ltstg.data.features import split_tensors
 from ltstg.data.longtail import assign_groups
 from ltstg.errors import LtstgError
-from ltstg.metrics import classification_metrics, confusion_matrix, expected_calibration_error, per_class_accuracy
+from ltstg.metrics import classification_metrics, confusion_pairs, expected_calibration_error, per_class_accuracy
 from ltstg.recipe import EvalSettings
 from ltstg.stages import Output, require_kind
 from ltstg.store import SHORT, Artifact
@@ -69,9 +69,11 @@ def score(
         metrics["nll_calibrated"] = float(F.cross_entropy(calibrated, labels))
         metrics["temperature"] = float(temperature)
     preds = logits.argmax(dim=1)  # (M,)
+    pairs, counts = confusion_pairs(preds, labels)  # sparse: C² int64 cells would dwarf the rest at many classes
     tensors = {
         "per_class_accuracy": per_class_accuracy(preds, labels, num_classes).float(),  # (C,), NaN: no samples
-        "confusion": confusion_matrix(preds, labels, num_classes).long(),  # (C, C), rows true, columns predicted
+        "confusion_pairs": pairs,  # (K, 2) (true, predicted) cells that are not 0; metrics.dense_confusion
+        "confusion_counts": counts,  # (K,)
     }
     return metrics, tensors
 
@@ -92,7 +94,8 @@ def evaluate(classifier: Artifact, features: Artifact, settings: EvalSettings, *
         or assign_groups(counts.tolist(), features.info.get("many_above", 100), features.info.get("few_below", 20)),
     }
     notes = []
-    per_class = tensors["confusion"].sum(dim=1)  # (C,): test images per true class
+    pairs, cell_counts = tensors["confusion_pairs"], tensors["confusion_counts"]
+    per_class = torch.zeros(counts.numel(), dtype=torch.long).index_add_(0, pairs[:, 0], cell_counts)  # (C,) per true class
     if int(per_class.min()) != int(per_class.max()):
         notes.append(
             f"the {split} split is not balanced ({int(per_class.min())} to {int(per_class.max())} images per class): "

@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import io
 import json
+import mmap
 import os
 import re
 import resource
@@ -28,9 +29,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from safetensors.torch import load as load_tensors
-from safetensors.torch import save as save_tensors
-
 from ltstg.errors import LtstgError
 
 FORMAT_VERSION = 1
@@ -38,6 +36,15 @@ METADATA_KEY = "ltstg"
 SHORT = 12
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _MAX_HEADER = 100 * 1024 * 1024
+_BLOCK = 16 * 1024 * 1024  # bytes hashed at a time when an artifact is read or verified
+# safetensors' dtype names (https://github.com/huggingface/safetensors, format section)
+_DTYPE_NAMES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+    torch.uint64: "U64", torch.uint32: "U32", torch.uint16: "U16", torch.uint8: "U8", torch.bool: "BOOL",
+    torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
+}
+_DTYPES = {name: dtype for dtype, name in _DTYPE_NAMES.items()}
 _TEMP_PREFIX = ".tmp-"  # atomic_write's temporary files: .tmp-<host>-<pid>-<final name>
 _CHECKPOINT_MAGIC = b"ltstg-checkpoint sha256 "  # followed by 64 hex digits and a newline, then torch.save bytes
 
@@ -139,20 +146,18 @@ class Artifact:
             ) from None
 
 
-def _split_file(data: bytes, label: str) -> tuple[dict[str, Any], memoryview]:
-    """Parse a safetensors file into (header, data section); malformed files are a clear error."""
-    if len(data) < 8:
-        raise LtstgError(f"artifact {label} is corrupt: the file is truncated; delete it or rerun with --force.")
-    (length,) = struct.unpack("<Q", data[:8])
-    if length > min(len(data) - 8, _MAX_HEADER):
-        raise LtstgError(f"artifact {label} is corrupt: bad header length; delete it or rerun with --force.")
+def _corrupt(label: str, what: str) -> LtstgError:
+    return LtstgError(f"artifact {label} is corrupt: {what}; delete it or rerun with --force.")
+
+
+def _parse_header(data: bytes, label: str) -> dict[str, Any]:
     try:
-        header = json.loads(data[8 : 8 + length])
+        header = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise LtstgError(f"artifact {label} is corrupt: unreadable header; delete it or rerun with --force.") from None
+        raise _corrupt(label, "unreadable header") from None
     if not isinstance(header, dict):
-        raise LtstgError(f"artifact {label} is corrupt: unreadable header; delete it or rerun with --force.")
-    return header, memoryview(data)[8 + length :]
+        raise _corrupt(label, "unreadable header")
+    return header
 
 
 def _metadata(header: dict[str, Any], label: str) -> dict[str, Any]:
@@ -165,14 +170,50 @@ def _metadata(header: dict[str, Any], label: str) -> dict[str, Any]:
     return meta
 
 
-def _digest(header: dict[str, Any], meta: dict[str, Any], body: memoryview) -> str:
-    """sha256 over the tensor index, the metadata (minus the digest itself) and the raw bytes."""
-    index = {k: v for k, v in header.items() if k != "__metadata__"}
+def _index(header: dict[str, Any]) -> dict[str, Any]:
+    """The tensor entries of a safetensors header (name -> dtype, shape, data_offsets)."""
+    return {k: v for k, v in header.items() if k != "__metadata__"}
+
+
+def _hasher(index: dict[str, Any], meta: dict[str, Any]) -> Any:
+    """sha256 over the tensor index and the metadata (minus the digest itself); the raw tensor bytes follow.
+
+    The same digest as the first format's, which hashed the file's data section in one piece."""
     hasher = hashlib.sha256()
     hasher.update(canonical_json(index).encode())
     hasher.update(canonical_json({k: v for k, v in meta.items() if k != "digest"}).encode())
-    hasher.update(body)
-    return hasher.hexdigest()
+    return hasher
+
+
+def _encoded_header(index: dict[str, Any], meta: dict[str, Any]) -> bytes:
+    encoded = json.dumps({"__metadata__": {METADATA_KEY: canonical_json(meta)}, **index}, separators=(",", ":")).encode()
+    return struct.pack("<Q", len(encoded) + (-len(encoded) % 8)) + encoded + b" " * (-len(encoded) % 8)
+
+
+def _raw_bytes(tensor: torch.Tensor) -> memoryview:
+    """A tensor's bytes as safetensors stores them (C order, little-endian); no copy for a contiguous CPU tensor."""
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    return memoryview(flat.view(torch.uint8).numpy())
+
+
+def _tensor(whole: torch.Tensor, start: int, name: str, entry: Any, label: str) -> torch.Tensor:
+    """One tensor of a mapped file: a view into the mapping (a copy only where a foreign writer misaligned it)."""
+    try:
+        dtype = _DTYPES[entry["dtype"]]
+        shape = [int(n) for n in entry["shape"]]
+        first, last = (int(n) for n in entry["data_offsets"])
+    except (KeyError, TypeError, ValueError):
+        raise _corrupt(label, f"tensor {name!r} has a malformed entry") from None
+    size = dtype.itemsize
+    for n in shape:
+        size *= n
+    if not 0 <= first <= last <= len(whole) - start or last - first != size or min(shape, default=0) < 0:
+        raise _corrupt(label, f"tensor {name!r} does not fit its data section")
+    piece = whole[start + first : start + last]
+    try:
+        return piece.view(dtype).reshape(shape)
+    except RuntimeError:  # an offset that is not a multiple of the element size
+        return piece.clone().view(dtype).reshape(shape)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -217,8 +258,10 @@ def file_size_limit() -> int | None:
     return None if soft == resource.RLIM_INFINITY else int(soft)
 
 
-def atomic_write(path: Path, chunks: list[bytes | memoryview]) -> None:
-    """Write to a temporary file, fsync, then rename: readers never see half a file.
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[io.BufferedRandom]:
+    """A temporary file to write (and seek back into), fsynced and renamed onto `path` when the block ends:
+    readers never see half a file.
 
     Leftovers of dead writers in the same folder are removed first; any OS failure (read-only store,
     full disk, `ulimit -f`) is one LtstgError naming the path, and the temporary file is gone.
@@ -231,9 +274,8 @@ def atomic_write(path: Path, chunks: list[bytes | memoryview]) -> None:
         raise os_error("write to", path.parent, error) from None
     tmp = _temp_path(path)
     try:
-        with open(tmp, "wb") as handle:
-            for chunk in chunks:
-                handle.write(chunk)
+        with open(tmp, "w+b") as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -243,6 +285,13 @@ def atomic_write(path: Path, chunks: list[bytes | memoryview]) -> None:
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
+
+
+def atomic_write(path: Path, chunks: list[bytes | memoryview]) -> None:
+    """`atomic_file` for content already in memory."""
+    with atomic_file(path) as handle:
+        for chunk in chunks:
+            handle.write(chunk)
 
 
 class Store:
@@ -292,20 +341,43 @@ class Store:
             raise LtstgError(f"no store at {self.root}; pass --store (or LTSTG_STORE) with an existing store folder.")
 
     # -- write ---------------------------------------------------------------------------------
-    def put(self, artifact_id: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
-        """Write one artifact atomically; the digest covers tensors and metadata."""
-        clean = {name: tensor.detach().to("cpu").contiguous().clone() for name, tensor in tensors.items()}
-        meta = {**meta, "id": artifact_id, "format": FORMAT_VERSION}
-        meta.pop("digest", None)
-        draft = save_tensors(clean, metadata={METADATA_KEY: canonical_json(meta)})
-        header, body = _split_file(draft, artifact_id[:SHORT])
-        meta["digest"] = _digest(header, meta, body)
-        header["__metadata__"] = {METADATA_KEY: canonical_json(meta)}
-        encoded = json.dumps(header, separators=(",", ":")).encode()
-        encoded += b" " * (-len(encoded) % 8)
+    def put(self, artifact_id: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+        """Write one artifact atomically, streaming each tensor into the file while hashing it; returns the
+        metadata as written (digest included).
+
+        The header is written first with a placeholder digest of the same length and filled in at the end, so
+        no copy of the file is ever held: the peak is the largest tensor that had to be made contiguous or
+        brought to the CPU. Tensors are laid out by element size (largest first), as safetensors does, so
+        every tensor of the file is aligned for a memory-mapped read.
+        """
+        meta = {**meta, "id": artifact_id, "format": FORMAT_VERSION, "digest": "0" * 64}
+        order = sorted(tensors, key=lambda name: (-tensors[name].element_size(), name))
+        index, offset = {}, 0
+        for name in order:
+            tensor = tensors[name]
+            if tensor.dtype not in _DTYPE_NAMES:
+                raise TypeError(f"tensor {name!r} has dtype {tensor.dtype}, which the store cannot keep")
+            size = tensor.numel() * tensor.element_size()
+            index[name] = {"dtype": _DTYPE_NAMES[tensor.dtype], "shape": list(tensor.shape),
+                           "data_offsets": [offset, offset + size]}
+            offset += size
+        hasher = _hasher(index, meta)
+        placeholder = _encoded_header(index, meta)
         path = self.path(artifact_id)
-        atomic_write(path, [struct.pack("<Q", len(encoded)), encoded, body])
-        return path
+        with atomic_file(path) as handle:
+            handle.write(placeholder)
+            for name in order:
+                raw = _raw_bytes(tensors[name])
+                hasher.update(raw)
+                handle.write(raw)
+                del raw
+            meta["digest"] = hasher.hexdigest()
+            header = _encoded_header(index, meta)
+            if len(header) != len(placeholder):
+                raise RuntimeError("the header changed length when its digest was filled in")
+            handle.seek(0)
+            handle.write(header)
+        return meta
 
     # -- read ----------------------------------------------------------------------------------
     def info(self, artifact_id: str) -> ArtifactInfo:
@@ -322,33 +394,57 @@ class Store:
         except OSError as error:  # a folder named like an artifact, a file without read permission
             return ArtifactInfo(artifact_id, path, 0, {}, str(os_error("read", path, error)))
         try:
-            header, _ = _split_file(first + rest, artifact_id[:SHORT])
+            if not 0 <= length <= min(size - 8, _MAX_HEADER) or len(rest) != length:
+                raise _corrupt(artifact_id[:SHORT], "the file is truncated or its header length is wrong")
+            header = _parse_header(rest, artifact_id[:SHORT])
             return ArtifactInfo(artifact_id, path, size, _metadata(header, artifact_id[:SHORT]))
         except LtstgError as error:
             return ArtifactInfo(artifact_id, path, size, {}, str(error))
 
     def get(self, artifact_id: str, kind: str | None = None) -> Artifact:
-        """Load and verify an artifact; any mismatch is an error naming it, never silent use."""
+        """Verify an artifact (its digest, read block by block) and open its tensors memory-mapped.
+
+        Any mismatch is an error naming it, never silent use. The tensors are copy-on-write views of the file:
+        pages are read when a stage touches them, so a stage that uses one tensor of a large artifact reads
+        only that one, and nothing it changes reaches the file. Artifacts are replaced by rename, never
+        rewritten in place, so a mapping stays valid while another run writes the same id.
+        """
         label = artifact_id[:SHORT]
+        path = self.path(artifact_id)
         try:
-            data = self.path(artifact_id).read_bytes()
+            with open(path, "rb") as handle:
+                index, meta, start = self._verified(handle, artifact_id)
+                if kind is not None and meta.get("kind") != kind:
+                    raise LtstgError(f"artifact {label} is a {meta.get('kind')} artifact, not a {kind}.")
+                mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
         except FileNotFoundError:
             raise LtstgError(f"artifact {label} is not in {self.root}.") from None
         except OSError as error:
-            raise os_error("read", self.path(artifact_id), error) from None
-        header, body = _split_file(data, label)
-        meta = _metadata(header, label)
-        if meta.get("digest") != _digest(header, meta, body) or meta.get("id") != artifact_id:
-            raise LtstgError(
-                f"artifact {label} is corrupt: its content digest does not match; delete it or rerun with --force."
-            )
-        if kind is not None and meta.get("kind") != kind:
-            raise LtstgError(f"artifact {label} is a {meta.get('kind')} artifact, not a {kind}.")
-        try:
-            tensors = load_tensors(bytes(data))
-        except Exception as error:  # safetensors raises its own error types for malformed data
-            raise LtstgError(f"artifact {label} is corrupt: {error}") from None
+            raise os_error("read", path, error) from None
+        whole = torch.frombuffer(mapped, dtype=torch.uint8)  # holds the mapping for as long as a tensor lives
+        tensors = {name: _tensor(whole, start, name, entry, label) for name, entry in index.items()}
         return Artifact(artifact_id, meta, tensors)
+
+    def _verified(self, handle: io.BufferedReader, artifact_id: str) -> tuple[dict[str, Any], dict[str, Any], int]:
+        """(tensor index, metadata, offset of the data section) of an open artifact whose digest matches."""
+        label = artifact_id[:SHORT]
+        size = os.fstat(handle.fileno()).st_size
+        first = handle.read(8)
+        length = struct.unpack("<Q", first)[0] if len(first) == 8 else -1
+        if length < 0:
+            raise _corrupt(label, "the file is truncated")
+        if length > min(size - 8, _MAX_HEADER):
+            raise _corrupt(label, "bad header length")
+        header = _parse_header(handle.read(length), label)
+        meta = _metadata(header, label)
+        index = _index(header)
+        hasher = _hasher(index, meta)
+        block = bytearray(min(_BLOCK, max(size - 8 - length, 1)))
+        while count := handle.readinto(block):
+            hasher.update(memoryview(block)[:count])
+        if meta.get("digest") != hasher.hexdigest() or meta.get("id") != artifact_id:
+            raise _corrupt(label, "its content digest does not match")
+        return index, meta, 8 + length
 
     def ids(self) -> list[str]:
         if not self.objects.is_dir():
@@ -363,14 +459,17 @@ class Store:
         return sorted(infos, key=lambda i: (i.created, i.id))
 
     def verify(self) -> list[tuple[ArtifactInfo, str | None]]:
-        """Re-check every digest: (info, problem or None)."""
+        """Re-check every digest, block by block without loading any tensor: (info, problem or None)."""
         results = []
         for info in self.list():
             try:
-                self.get(info.id)
+                with open(info.path, "rb") as handle:
+                    self._verified(handle, info.id)
                 results.append((info, None))
             except LtstgError as error:
                 results.append((info, str(error)))
+            except OSError as error:
+                results.append((info, str(os_error("read", info.path, error))))
         return results
 
     # -- names and resolution ------------------------------------------------------------------

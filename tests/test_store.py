@@ -1,8 +1,14 @@
+import json
 import os
+import shutil
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from ltstg.errors import LtstgError
 from ltstg.store import Store, artifact_id, atomic_write
@@ -178,3 +184,78 @@ def test_one_resolve_serves_every_way_of_naming_an_artifact(tmp_path):
         store.resolve("mine", "features")
     with pytest.raises(LtstgError, match="name the artifact"):
         store.resolve(None)
+
+
+FORMAT1 = Path(__file__).parent / "data" / "format1"
+
+
+def format1_tensors():
+    """What tests/data/format1 holds: written by the first store (safetensors.torch.save, then a digest)."""
+    g = torch.Generator().manual_seed(0)
+    return {"features": torch.randn(5, 3, generator=g), "labels": torch.tensor([0, 1, 2, 1, 0]),
+            "half": torch.randn(2, 2, generator=g).half(), "mask": torch.tensor([True, False, True]),
+            "images": torch.randint(0, 256, (1, 3, 2, 2), dtype=torch.uint8, generator=g),
+            "scalar": torch.tensor(2.5, dtype=torch.float64)}
+
+
+def test_an_artifact_of_the_first_format_still_loads_with_its_id(tmp_path):
+    (source,) = FORMAT1.glob("*.safetensors")
+    store = Store(tmp_path)
+    store.objects.mkdir(parents=True)
+    shutil.copy(source, store.objects)
+    aid = source.name.split(".")[0]
+    assert aid == artifact_id("features", {"written_by": "ltstg store format 1 (safetensors.torch.save)"}, [])
+    artifact = store.get(aid, "features")
+    expected = format1_tensors()
+    assert set(artifact.tensors) == set(expected)
+    for name, tensor in expected.items():
+        assert artifact[name].dtype == tensor.dtype and torch.equal(artifact[name], tensor), name
+    assert store.verify()[0][1] is None
+
+
+def test_the_streamed_file_is_plain_safetensors_and_every_dtype_round_trips(tmp_path):
+    store = Store(tmp_path)
+    tensors = {**format1_tensors(), "empty": torch.zeros(0, 4), "strided": torch.arange(12.0).reshape(3, 4).t(),
+               "bf16": torch.linspace(0, 1, 7, dtype=torch.bfloat16), "int8": torch.tensor([-3, 4], dtype=torch.int8)}
+    aid = artifact_id("features", {"x": 1}, [])
+    meta = store.put(aid, tensors, {"kind": "features"})
+    assert meta["digest"] != "0" * 64 and meta["id"] == aid
+    loaded = store.get(aid, "features")
+    by_safetensors = load_file(store.path(aid))
+    for name, tensor in tensors.items():
+        assert torch.equal(loaded[name], tensor) and torch.equal(by_safetensors[name], tensor), name
+        assert loaded[name].dtype == tensor.dtype and loaded[name].shape == tensor.shape
+    assert loaded.meta == meta
+    loaded["features"].add_(1.0)  # copy-on-write: the file is untouched
+    assert torch.equal(store.get(aid)["features"], tensors["features"])
+
+
+def _peak_in_subprocess(code: str, store: Path) -> dict:
+    """Runs `code` in a fresh interpreter; `peak()` there is its high-water resident memory in bytes."""
+    prelude = ("import json, resource, torch\nfrom ltstg.store import Store\n"
+               "def peak():\n    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+               f"store = Store({str(store)!r})\nAID = 'a' * 64\nN = 64 * 1024 * 1024\n")
+    done = subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_writing_and_reading_a_large_artifact_holds_no_copy_of_it(tmp_path):
+    """A 256 MiB tensor: writing adds well under its size to the peak (the first store: about 3x),
+    reading it back and touching every value about its size (the first store: about 3x), verifying nothing."""
+    size = 64 * 1024 * 1024 * 4
+    wrote = _peak_in_subprocess(
+        "big = torch.arange(N, dtype=torch.int32)\nsmall = torch.ones(3, 5)\nbefore = peak()\n"
+        "store.put(AID, {'big': big, 'small': small}, {'kind': 'features'})\n"
+        "print(json.dumps({'extra': peak() - before}))", tmp_path)
+    assert wrote["extra"] < 0.25 * size, wrote
+    read = _peak_in_subprocess(
+        "before = peak()\nproblems = [p for _, p in store.verify() if p]\nverified = peak() - before\n"
+        "artifact = store.get(AID, 'features')\nbig = artifact['big']\nstep = 1 << 20\n"
+        "same = all(torch.equal(big[i:i + step], torch.arange(i, i + step, dtype=torch.int32)) for i in range(0, N, step))\n"
+        "same = same and big.shape == (N,) and torch.equal(artifact['small'], torch.ones(3, 5))\n"
+        "print(json.dumps({'verified': verified, 'extra': peak() - before, 'same': same, 'problems': problems}))",
+        tmp_path)
+    assert read["same"] and read["problems"] == [], read
+    assert read["verified"] < 0.25 * size, read
+    assert read["extra"] < 1.4 * size, read

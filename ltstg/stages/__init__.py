@@ -306,7 +306,8 @@ def _compute(
     }
     ctx.recalled.add(pending)  # its notes were just said: a later reuse in this invocation stays quiet
     if ctx.is_main:
-        ctx.store.put(pending, output.tensors, meta)
+        meta = ctx.store.put(pending, output.tensors, meta)
         ctx.store.clear_checkpoint(pending)
-        return Result(ctx.store.get(pending, kind), reused=False)
-    return Result(Artifact(pending, meta, output.tensors), reused=False)
+    # handed on as held (on the CPU, like a loaded artifact's), not read back from the file just written
+    return Result(Artifact(pending, meta, {name: t.detach().to("cpu") for name, t in output.tensors.items()}),
+                  reused=False)

@@ -132,6 +132,10 @@ class PretrainSettings(Settings):
         0, ge=0, le=MAX_VIEWS, description="extra augmented views of each training image in the features (each one "
         "more copy of the training features in memory and on disk)",
     )
+    feature_storage: Literal["float32", "float16"] = Field(
+        "float32", description="dtype the extracted features and views are stored in (float16 halves the features "
+        "artifact and its memory; stages convert to float32 as they read, views per batch)",
+    )
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 on a GPU, fp32 on a CPU")
     channels_last: bool = run_option(True, description="channels-last memory format (faster convolutions on a GPU)")
     compile: bool = run_option(False, description="torch.compile the model (GPU)")

@@ -117,8 +117,9 @@ def test_the_shift_flag_and_the_features_must_agree(tiny_run):
         RetrainSettings(bn_shift=True, augment=StgAugment()))[0]
 
 
-def test_features_come_to_the_host_once_per_split_not_once_per_batch(tiny_run, monkeypatch):
-    """On a GPU each `.cpu()` of a batch is a blocking sync (issue 23, row 10); count them on the CPU."""
+def test_features_are_written_row_by_row_into_one_tensor_per_split_and_one_for_all_views(tiny_run, monkeypatch):
+    """Neither a list of batches beside their concatenation nor a list of views beside their stack (issue 24:
+    the views were held twice); no batch comes to the host by itself (a blocking sync per batch on a GPU)."""
     from ltstg.stages import extract_features as module
 
     monkeypatch.setattr(module, "BATCH", 3)  # many batches per split; the stage-1 classifier has 4 rows
@@ -130,11 +131,36 @@ def test_features_come_to_the_host_once_per_split_not_once_per_batch(tiny_run, m
 
     monkeypatch.setattr(torch.Tensor, "cpu", counted)
     dataset = tiny_run["dataset"]
-    out = module.extract_features(tiny_run["backbone"], dataset, feature_views=1, precision="fp32",
+    out = module.extract_features(tiny_run["backbone"], dataset, feature_views=2, precision="fp32",
                                   device=torch.device("cpu"), generator=torch.Generator().manual_seed(0))
-    assert copies and not [shape for shape in copies if shape and shape[0] <= 3]  # nothing of a batch's size
-    assert copies.count((len(dataset["train_labels"]), 64)) == 2  # the training features and their one view
+    assert not [shape for shape in copies if shape and shape[0] <= 3]  # nothing of a batch's size
     assert torch.allclose(out.tensors["train_features"], tiny_run["features"]["train_features"], rtol=1e-4, atol=1e-4)
+    views = out.tensors["train_views"]
+    assert views.shape == (2, *out.tensors["train_features"].shape) and views._base is None  # one tensor of its own
+    assert not torch.equal(views[0], views[1])  # each view its own crops
+
+
+def test_float16_storage_halves_the_features_and_stage_3_reads_them_as_float32(tiny_run):
+    from ltstg.data.features import training_features
+    from ltstg.stages.extract_features import extract_features
+    from ltstg.stages.retrain import pick_features
+
+    args = dict(feature_views=1, precision="fp32", device=torch.device("cpu"))
+    full = extract_features(tiny_run["backbone"], tiny_run["dataset"], generator=torch.Generator().manual_seed(0), **args)
+    half = extract_features(tiny_run["backbone"], tiny_run["dataset"], generator=torch.Generator().manual_seed(0),
+                            feature_storage="float16", **args)
+    for name in ("train_features", "test_features", "val_features", "train_views"):
+        assert half.tensors[name].dtype == torch.float16 and torch.equal(half.tensors[name], full.tensors[name].half())
+    assert half.info["storage"] == "float16" and half.tensors["classifier.weight"].dtype == torch.float32
+    from ltstg.store import Artifact
+
+    inputs = training_features(Artifact("h" * 64, {"kind": "features"}, half.tensors), torch.device("cpu"))
+    assert inputs.features.dtype == torch.float32 and inputs.views.dtype == torch.float16  # the views stay as stored
+    batch = torch.arange(6)
+    rows = pick_features(inputs, batch, torch.tensor([0, 1, 0, 1, 1, 0]))  # (6, D) drawn from the original or the view
+    assert rows.dtype == torch.float32
+    assert torch.equal(rows[1], full.tensors["train_views"][0, 1].half().float())
+    assert torch.equal(rows[0], full.tensors["train_features"][0].half().float())
 
 
 def test_the_shift_draws_from_a_generator_of_its_own_so_the_views_keep_their_crops(tiny_run):
@@ -156,3 +182,15 @@ def test_a_shift_without_one_batch_is_an_error():
     with pytest.raises(LtstgError, match="no batch of at least 2"):
         shift_batchnorm(Tiny(), inputs, labels, batch_size=1, generator=torch.Generator().manual_seed(0),
                         device=torch.device("cpu"), precision="fp32")
+
+
+def test_float16_storage_is_a_features_artifact_of_its_own_and_float32_keeps_the_ids_it_had(tiny_run):
+    from ltstg.stages import steps
+
+    recipe = tiny_run["recipe"]
+    half = recipe.model_copy(update={"pretrain": recipe.pretrain.model_copy(update={"feature_storage": "float16"})})
+    made = steps.features_step(tiny_run["ctx"], half, tiny_run["backbone"], tiny_run["dataset"]).artifact
+    assert made.id != tiny_run["features"].id and made["train_features"].dtype == torch.float16
+    assert made.settings["feature_storage"] == "float16" and "feature_storage" not in tiny_run["features"].settings
+    again = tiny_run["ctx"].store.get(made.id, "features")  # read back from the file, memory-mapped
+    assert torch.equal(again["train_features"], made["train_features"])

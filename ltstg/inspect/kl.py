@@ -193,7 +193,7 @@ def checked_features(features: Artifact) -> tuple[torch.Tensor, torch.Tensor, to
         raise LtstgError(f"{label}: train_labels lie outside [0, {class_counts.numel()}).")
     if not torch.equal(torch.bincount(train_labels, minlength=class_counts.numel()), class_counts):
         raise LtstgError(f"{label}: class_counts disagrees with train_labels; re-extract the features.")
-    return train_features, train_labels, class_counts
+    return train_features.float(), train_labels, class_counts
 
 
 def check_stg(stg: Artifact, dim: int, num_classes: int) -> None:

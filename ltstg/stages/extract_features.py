@@ -2,7 +2,7 @@
 MiSLAS's BatchNorm shift, re-estimated on class-aware batches (`shift_batchnorm`)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -17,6 +17,7 @@ from ltstg.stages.pretrain import autocast, image_inputs, load_backbone
 from ltstg.store import Artifact
 
 BATCH = 512
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}  # pretrain.feature_storage
 SHIFT_SAMPLES_PER_CLASS = 4  # MiSLAS's stage-2 class-aware sampler (Kang et al.'s num_samples_cls)
 
 
@@ -27,13 +28,15 @@ def extract_features(
     *,
     feature_views: int,
     precision: str,
+    feature_storage: str = "float32",
     device: torch.device,
     generator: torch.Generator,
     workers: int | None = None,
     progress: Progress = silent,
     bn_shift_batch: int | None = None,
 ) -> Output:
-    """Pooled features (and stage-1 logits' weights) of train and test images, plus K augmented views; with
+    """Pooled features (and stage-1 logits' weights) of train and test images, plus K augmented views, kept in
+    `feature_storage` (float16 halves the artifact; readers convert to float32, views per batch); with
     `bn_shift_batch`, from a backbone whose BatchNorm statistics were first re-estimated on class-aware batches."""
     model = load_backbone(backbone, device)
     inputs = image_inputs(dataset, device, workers)
@@ -45,32 +48,30 @@ def extract_features(
     tensors: dict[str, torch.Tensor] = {}
     splits = dataset.info["splits"]
     total = sum(len(dataset[f"{s}_labels"]) for s in splits) + feature_views * inputs.num_train
-    done = 0
+    dim = model.get_classifier().weight.shape[1]
+    storage = STORAGE_DTYPES[feature_storage]
+    done = [0]
+
+    def fill(out: torch.Tensor, batches: Any) -> None:
+        def seen(count: int) -> None:
+            done[0] += count
+            progress("features", done[0], total)
+
+        fill_rows(out, batches, model, device=device, precision=precision, seen=seen)
+
     for split in splits:
-        parts = []
-        for images, _ in inputs.eval_batches(split, BATCH):
-            with autocast(device, precision):
-                parts.append(extract_pooled(model, images).float())  # stays on the device: no sync per batch
-            done += len(images)
-            progress("features", done, total)
-        tensors[f"{split}_features"] = torch.cat(parts).cpu()  # (N, D)
+        tensors[f"{split}_features"] = torch.empty(len(dataset[f"{split}_labels"]), dim, dtype=storage)  # (N, D)
+        fill(tensors[f"{split}_features"], (images for images, _ in inputs.eval_batches(split, BATCH)))
         tensors[f"{split}_labels"] = dataset[f"{split}_labels"]
-    views = []
-    for _ in range(feature_views):
-        parts = []
-        for images in inputs.view_batches(BATCH, generator):
-            with autocast(device, precision):
-                parts.append(extract_pooled(model, images).float())
-            done += len(images)
-            progress("features", done, total)
-        views.append(torch.cat(parts).cpu())
-    if views:
-        tensors["train_views"] = torch.stack(views)  # (K, N, D)
+    if feature_views:  # written view by view into one tensor: never a list of them beside their stack
+        tensors["train_views"] = torch.empty(feature_views, inputs.num_train, dim, dtype=storage)  # (K, N, D)
+        for view in tensors["train_views"]:
+            fill(view, inputs.view_batches(BATCH, generator))
     classifier = model.get_classifier()
     tensors["classifier.weight"] = classifier.weight.detach().float().cpu()  # (C, D)
     tensors["classifier.bias"] = classifier.bias.detach().float().cpu()  # (C,)
     tensors["class_counts"] = dataset["class_counts"]
-    logits = tensors["test_features"] @ tensors["classifier.weight"].T + tensors["classifier.bias"]
+    logits = tensors["test_features"].float() @ tensors["classifier.weight"].T + tensors["classifier.bias"]
     top1 = float((logits.argmax(dim=1) == tensors["test_labels"]).float().mean())
     info = {
         "class_names": dataset.info["class_names"],
@@ -79,6 +80,7 @@ def extract_features(
         "feature_dim": int(tensors["train_features"].shape[1]),
         "feature_views": feature_views,
         "precision": precision,
+        "storage": feature_storage,
         "many_above": dataset.settings.get("many_above", 100),
         "few_below": dataset.settings.get("few_below", 20),
     }
@@ -91,6 +93,24 @@ def extract_features(
         "stage1_top1": top1,
     }
     return Output("features", tensors, metrics, info, key_metric="stage1_top1")
+
+
+@torch.no_grad()
+def fill_rows(out: torch.Tensor, batches: Any, model: nn.Module, *, device: torch.device, precision: str,
+              seen: Callable[[int], None]) -> None:
+    """Pooled features of `batches` into `out`, row by row: on the CPU straight into it, elsewhere into one
+    buffer on the device (no host sync per batch) copied over once. `seen` hears each batch's size."""
+    buffer = out if device.type == "cpu" else torch.empty(out.shape, dtype=out.dtype, device=device)
+    start = 0
+    for images in batches:
+        with autocast(device, precision):
+            buffer[start : start + len(images)] = extract_pooled(model, images)
+        start += len(images)
+        seen(len(images))
+    if start != len(out):
+        raise RuntimeError(f"the image batches held {start} images, not {len(out)}")
+    if buffer is not out:
+        out.copy_(buffer)
 
 
 @torch.no_grad()

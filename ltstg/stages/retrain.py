@@ -366,5 +366,5 @@ def pick_features(inputs: TrainingFeatures, batch: torch.Tensor, view: torch.Ten
     if view is None:
         return rows
     from_view = torch.nonzero(view > 0).flatten()  # (V,)
-    rows[from_view] = inputs.views[view[from_view] - 1, batch[from_view]]
+    rows[from_view] = inputs.views[view[from_view] - 1, batch[from_view]].float()  # stored float16 or float32
     return rows

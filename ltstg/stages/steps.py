@@ -39,7 +39,7 @@ def pretrain_step(ctx: Context, recipe: Recipe, dataset: Artifact, *, name: str 
     # "auto" means different things on different devices: the id hashes what it resolved to; how often
     # the stage-1 classifier is tested and how many feature views follow change no weight
     defining = {**id_settings(settings), "precision": resolve_precision(settings.precision, ctx.device)}
-    for untouched in ("eval_every", "feature_views"):
+    for untouched in ("eval_every", "feature_views", "feature_storage"):
         defining.pop(untouched)
     world_size = int(ctx.run_options.get("world_size", 1))
     if world_size > 1:  # each process normalises its own share of a batch (no SyncBatchNorm): other weights
@@ -119,6 +119,8 @@ def features_step(
     defining: dict[str, object] = {"feature_views": settings.feature_views, "precision": precision}
     if bn_shift_batch is not None:  # only then, so the plain features keep the ids they always had
         defining["bn_shift_batch"] = bn_shift_batch
+    if settings.feature_storage != "float32":  # likewise
+        defining["feature_storage"] = settings.feature_storage
     return run_stage(
         ctx,
         "features",
@@ -126,7 +128,7 @@ def features_step(
         [backbone, dataset],
         lambda generator, checkpoint: extract_features(
             backbone, dataset, feature_views=settings.feature_views, precision=precision,
-            device=ctx.device, generator=generator, workers=settings.workers, progress=ctx.progress,
+            feature_storage=settings.feature_storage, device=ctx.device, generator=generator, workers=settings.workers, progress=ctx.progress,
             bn_shift_batch=bn_shift_batch,
         ),
         seed=recipe.seed,
@@ -142,8 +144,9 @@ def features_for(ctx: Context, recipe: Recipe, settings: RetrainSettings, featur
     if features_shift(features) == wanted:
         return None
     backbone, dataset = (ctx.store.get(parent, kind) for parent, kind in zip(features.parents, ("backbone", "dataset")))
-    made = features.settings  # the variant repeats the given features' views, precision and seed
-    pretrain = recipe.pretrain.model_copy(update={"feature_views": made["feature_views"], "precision": made["precision"]})
+    made = features.settings  # the variant repeats the given features' views, storage, precision and seed
+    pretrain = recipe.pretrain.model_copy(update={"feature_views": made["feature_views"], "precision": made["precision"],
+                                                  "feature_storage": made.get("feature_storage", "float32")})
     same = recipe.model_copy(update={"pretrain": pretrain, "seed": made.get("seed", recipe.seed)})
     return features_step(ctx, same, backbone, dataset, bn_shift_batch=wanted)
 

@@ -80,3 +80,32 @@ def test_pictures_refuse_classifiers_of_different_features(store, tmp_path, tiny
     result = runner.invoke(app, ["--store", str(store), "eval", "--compare", first.id[:12], "--compare",
                                  second.id[:12], "--plot", str(tmp_path / "x.png")])
     assert result.exit_code == 2 and "one features artifact" in result.stderr
+
+
+def test_the_confusion_picture_of_many_classes_shows_groups_of_classes_by_count(tmp_path, monkeypatch):
+    import torch
+    from fakes import gaussian_features
+
+    from ltstg.inspect import figures, plots
+    from ltstg.store import Artifact
+
+    counts = [300 - c // 2 for c in range(500)]  # 500 classes, by count from class 0 down
+    features = gaussian_features(counts, dim=8)
+    features.tensors.update(test_features=features["train_features"][::10], test_labels=features["train_labels"][::10])
+    centres = torch.stack([features["train_features"][features["train_labels"] == c].mean(0) for c in range(500)])
+    classifier = Artifact("1" * 64, {"kind": "classifier", "info": {}},
+                          {"weight": centres, "bias": -centres.square().sum(1) / 2})
+    drawn = {}
+    real_plot = plots.plot_confusion
+
+    def spy(matrix, counts, names, path, *, title=""):
+        drawn.update(matrix=matrix, counts=counts, title=title)
+        return real_plot(matrix, counts, names, path, title=title)
+
+    monkeypatch.setattr(plots, "plot_confusion", spy)
+    out = figures.confusion_figure("cRT", classifier, features, tmp_path / "confusion.png")
+    assert_picture(out)
+    cells = figures.CONFUSION_CELLS
+    assert drawn["matrix"].shape == (cells, cells) and "groups of classes" in drawn["title"]
+    assert drawn["matrix"].sum() == len(features["test_labels"])
+    assert drawn["counts"][0] == sum(counts[:5]) and drawn["counts"][-1] == sum(counts[-5:])  # head group first

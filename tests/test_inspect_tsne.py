@@ -6,7 +6,7 @@ from fakes import gaussian_features
 from PIL import Image
 
 from ltstg.errors import LtstgError
-from ltstg.inspect.tsne import GRID, decision_cells, stratified_sample, tsne_figure
+from ltstg.inspect.tsne import GRID, MIN_PER_CLASS, decision_cells, shown_classes, stratified_sample, tsne_figure
 from ltstg.models.prototypes import class_means
 from ltstg.stages.fit_stg import build_stg
 from ltstg.store import Artifact, Store
@@ -102,8 +102,8 @@ def test_bad_classifier_size_and_caps_are_errors(artifacts, tmp_path):
         tsne_figure(features, tmp_path / "a.png", classifiers=[classifiers[0], wrong])
     with pytest.raises(LtstgError, match="at least 200x200"):
         tsne_figure(features, tmp_path / "b.png", size=(100, 900))
-    with pytest.raises(LtstgError, match="below the 6 classes"):
-        tsne_figure(features, tmp_path / "c.png", max_points=5)
+    with pytest.raises(LtstgError, match="max_points must be >= 1"):
+        tsne_figure(features, tmp_path / "c.png", max_points=0)
     assert not any(tmp_path.iterdir())
 
 
@@ -114,3 +114,17 @@ def test_decision_cells_take_the_prediction_of_the_nearest_embedded_point():
     assert cells.shape == (GRID, GRID)
     assert cells[0, 0] == 4 and cells[0, -1] == 1 and cells[-1, 0] == 2  # row 0 is the bottom
     assert cells[-1, -1] in (1, 2) and set(np.unique(cells)) == {1, 2, 4}
+
+
+def test_more_classes_than_points_maps_a_subset_spread_from_head_to_tail(tmp_path):
+    counts = [40 - i // 10 for i in range(300)]  # 300 classes, 40 down to 11 images each
+    features = make_features(counts)
+    summary = tsne_figure(features, tmp_path / "many.png", max_points=100, size=(400, 300))
+    assert summary["classes"] == 300 and summary["classes_shown"] == 100 // MIN_PER_CLASS
+    assert summary["points"] == 100
+    shown = shown_classes(torch.tensor(counts), 100)
+    assert shown.numel() == 20 and shown.unique().numel() == 20
+    assert shown[0] == 0 and shown[-1] == 299  # the most and the least frequent class are both in
+    assert torch.equal(shown_classes(torch.tensor(counts), 10_000), torch.arange(300))
+    rows = stratified_sample(features["train_labels"], 300, 100, torch.Generator().manual_seed(0), classes=shown)
+    assert set(features["train_labels"][rows].tolist()) == set(shown.tolist())

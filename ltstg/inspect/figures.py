@@ -16,6 +16,7 @@ from ltstg.metrics import confusion_matrix, expected_calibration_error, per_clas
 from ltstg.store import Artifact, require_kind
 
 Labelled = Sequence[tuple[str, Artifact]]  # (label for the legend, classifier artifact)
+CONFUSION_CELLS = 100  # rows and columns of the confusion picture at most
 
 
 def _counts_and_groups(features: Artifact) -> tuple[list[int], list[str]]:
@@ -58,11 +59,23 @@ def reliability_figure(classifiers: Labelled, features: Artifact, path: str | Pa
 
 
 def confusion_figure(label: str, classifier: Artifact, features: Artifact, path: str | Path) -> Path:
+    """The test confusion matrix; with more than CONFUSION_CELLS classes, of CONFUSION_CELLS groups of classes
+    adjacent in the ranking by training count (a C x C picture of 8,142 classes would show nothing)."""
     counts, _ = _counts_and_groups(features)
     probs, labels = _test_probs(classifier, features)
+    preds = probs.argmax(dim=1)
+    del probs
     names = features.info.get("class_names") or [str(c) for c in range(len(counts))]
-    matrix = confusion_matrix(probs.argmax(dim=1), labels, len(counts))
-    return plots.plot_confusion(matrix, counts, names, path, title=f"{label}: test confusion, row-normalised")
+    title = f"{label}: test confusion, row-normalised"
+    if len(counts) > CONFUSION_CELLS:
+        group = torch.empty(len(counts), dtype=torch.long)  # (C,) each class's group, head to tail
+        group[torch.tensor(plots.count_order(counts))] = torch.arange(len(counts)) * CONFUSION_CELLS // len(counts)
+        counts = torch.bincount(group, weights=torch.tensor(counts, dtype=torch.float64)).long().tolist()
+        names = [f"group {g}" for g in range(CONFUSION_CELLS)]
+        preds, labels = group[preds], group[labels]
+        title = f"{label}: test confusion of {CONFUSION_CELLS} groups of classes by training count, row-normalised"
+    matrix = confusion_matrix(preds, labels, len(counts))
+    return plots.plot_confusion(matrix, counts, names, path, title=title)
 
 
 def curves_figure(backbone: Artifact, stg: Artifact | None, path: str | Path) -> Path:

@@ -41,7 +41,7 @@ def _save(figure: Any, path: str | Path) -> Path:
     return path
 
 
-def _count_order(counts: Sequence[int]) -> list[int]:
+def count_order(counts: Sequence[int]) -> list[int]:
     """Class indices from the largest to the smallest training class (ties keep label order)."""
     return sorted(range(len(counts)), key=lambda c: (-counts[c], c))
 
@@ -61,7 +61,7 @@ def _per_class_lines(
     series: dict[str, Sequence[float]], counts: Sequence[int], groups: Sequence[str], scale: float, ylabel: str
 ) -> tuple[Any, Any]:
     """One line per series over classes ordered by training count, with the shot groups shaded."""
-    order = _count_order(counts)
+    order = count_order(counts)
     figure, axis = plt.subplots(figsize=(9, 4.5), dpi=100)
     _shade_groups(axis, [groups[c] for c in order])
     for label, values in series.items():
@@ -77,7 +77,7 @@ def plot_per_class(
     """Per-class test accuracy of each classifier against the classes' training counts (largest first)."""
     figure, axis = _per_class_lines(series, counts, groups, 100, "test accuracy (%)")
     axis.set_ylim(0, 100)
-    order = _count_order(counts)
+    order = count_order(counts)
     counts_axis = axis.twinx()
     counts_axis.plot(range(len(order)), [counts[c] for c in order], color="black", ls="--", lw=1, label="train images")
     counts_axis.set_yscale("log")
@@ -133,7 +133,7 @@ def plot_confusion(
     matrix: torch.Tensor, counts: Sequence[int], names: Sequence[str], path: str | Path, *, title: str = ""
 ) -> Path:
     """Row-normalised confusion matrix (true class per row), classes from the largest training class down."""
-    order = _count_order(counts)
+    order = count_order(counts)
     picked = matrix.double()[order][:, order]  # (C, C)
     normalised = picked / picked.sum(dim=1, keepdim=True).clamp_min(1)
     size = min(4 + 0.25 * len(order), 14)

@@ -34,6 +34,7 @@ DPI = 100
 GRID = 200  # cells per side of the decision-region raster
 MIN_SIDE = 200  # smallest picture side in pixels that still fits a title and axes
 LEGEND_MAX = 20  # more classes than this get no legend: it would cover the map
+MIN_PER_CLASS = 5  # fewer points than this per class show no cluster: with more classes, a subset is mapped
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,8 @@ def tsne_figure(
     )
 
     generator = torch.Generator().manual_seed(seed)
-    rows = stratified_sample(train_labels, num_classes, max_points, generator)  # (P,)
+    shown = shown_classes(class_counts, max_points)  # (S,)
+    rows = stratified_sample(train_labels, num_classes, max_points, generator, classes=shown)  # (P,)
     real = train_features[rows].float()  # (P, D)
     labels = train_labels[rows]  # (P,)
     augmented, augmented_labels = _augmented(
@@ -78,7 +80,8 @@ def tsne_figure(
     embedding = _embed(torch.cat([real, augmented]).numpy(), seed)  # (P + A, 2)
     points = _Map(real, labels.numpy(), embedding[: real.shape[0]], embedding[real.shape[0]:],
                   augmented_labels.numpy(), _extent(embedding))
-    figure = _draw(points, class_names(features), classifiers, num_classes, (width, height))
+    subset = f"{shown.numel()} of {num_classes} classes" if shown.numel() < num_classes else None
+    figure = _draw(points, class_names(features), classifiers, num_classes, (width, height), subset)
     out = Path(out)
     _save(figure, out, (width, height))
     return {
@@ -86,6 +89,7 @@ def tsne_figure(
         "points": int(real.shape[0]),
         "augmented_points": int(augmented.shape[0]),
         "classes": num_classes,
+        "classes_shown": int(shown.numel()),
         "panels": 1 + len(classifiers),
         "size": [width, height],
         "seconds": round(time.perf_counter() - started, 3),
@@ -109,10 +113,8 @@ def _check_arguments(
     width, height = (int(side) for side in size)
     if min(width, height) < MIN_SIDE:
         raise LtstgError(f"the picture must be at least {MIN_SIDE}x{MIN_SIDE} pixels, got {width}x{height}.")
-    if max_points < num_classes:
-        raise LtstgError(
-            f"max_points={max_points} is below the {num_classes} classes; allow at least one point per class."
-        )
+    if max_points < 1:
+        raise LtstgError(f"max_points must be >= 1, got {max_points}.")
     if augment_per_sample < 0:
         raise LtstgError(f"augment_per_sample must be >= 0, got {augment_per_sample}.")
     return width, height
@@ -138,16 +140,18 @@ def _extent(embedding: np.ndarray) -> tuple[float, float, float, float]:
 
 
 def _draw(
-    points: _Map, names: list[str], classifiers: Sequence[Artifact], num_classes: int, size: tuple[int, int]
+    points: _Map, names: list[str], classifiers: Sequence[Artifact], num_classes: int, size: tuple[int, int],
+    subset: str | None,
 ) -> Any:
-    """One panel of features and augmentations, then one of decision regions per classifier."""
+    """One panel of features and augmentations, then one of decision regions per classifier; `subset` says which
+    share of the classes the map holds when it holds fewer than all."""
     colours = class_colours(num_classes)  # (C, 4)
     panels = 1 + len(classifiers)
     columns = math.ceil(math.sqrt(panels))
     figure, axes = plt.subplots(
         math.ceil(panels / columns), columns, figsize=(size[0] / DPI, size[1] / DPI), dpi=DPI, squeeze=False
     )
-    _draw_features(axes.flat[0], points, names, colours)
+    _draw_features(axes.flat[0], points, names, colours, subset)
     for axis, classifier in zip(list(axes.flat)[1:], classifiers):
         _draw_regions(axis, points, classifier, colours)
     for axis in axes.flat:
@@ -161,7 +165,7 @@ def _draw(
     return figure
 
 
-def _draw_features(axis: Any, points: _Map, names: list[str], colours: np.ndarray) -> None:
+def _draw_features(axis: Any, points: _Map, names: list[str], colours: np.ndarray, subset: str | None) -> None:
     _scatter_classes(axis, points.real_2d, points.labels, colours)
     augmented_2d = points.augmented_2d
     if augmented_2d.shape[0]:
@@ -169,7 +173,8 @@ def _draw_features(axis: Any, points: _Map, names: list[str], colours: np.ndarra
             augmented_2d[:, 0], augmented_2d[:, 1], c=colours[points.augmented_labels], marker="x", s=10,
             linewidths=0.6,
         )
-    axis.set_title("features + STG augmentations (x)" if augmented_2d.shape[0] else "features")
+    title = "features + STG augmentations (x)" if augmented_2d.shape[0] else "features"
+    axis.set_title(f"{title}\n{subset}, head to tail" if subset else title)
     num_classes = colours.shape[0]
     if num_classes <= LEGEND_MAX:
         handles = [plt.Line2D([], [], marker="o", linestyle="", color=colours[c]) for c in range(num_classes)]
@@ -197,25 +202,43 @@ def _save(figure: Any, out: Path, size: tuple[int, int]) -> None:
     atomic_write(out, [buffer.getvalue()])
 
 
+def shown_classes(class_counts: torch.Tensor, max_points: int) -> torch.Tensor:
+    """The classes the map holds: all of them while each can get MIN_PER_CLASS points, else max_points //
+    MIN_PER_CLASS of them spread evenly over the ranking by training count (head to tail), sorted by id."""
+    num_classes = class_counts.numel()
+    fit = max(1, max_points // MIN_PER_CLASS)
+    if num_classes <= fit:
+        return torch.arange(num_classes)
+    ranking = torch.sort(class_counts, descending=True, stable=True).indices  # (C,)
+    picks = torch.linspace(0, num_classes - 1, fit).round().long()  # (S,) distinct while S <= C
+    return torch.sort(ranking[picks]).values
+
+
 def stratified_sample(
-    labels: torch.Tensor, num_classes: int, max_points: int, generator: torch.Generator
+    labels: torch.Tensor, num_classes: int, max_points: int, generator: torch.Generator,
+    classes: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """At most `max_points` rows with equal per-class quotas, rare classes kept whole, the rest seeded picks."""
-    counts = torch.bincount(labels, minlength=num_classes)  # (C,)
+    """At most `max_points` rows of `classes` (default: all) with equal per-class quotas, rare classes kept
+    whole, the rest seeded picks."""
+    classes = torch.arange(num_classes) if classes is None else classes
+    per_class = torch.bincount(labels, minlength=num_classes)  # (C,)
+    counts = per_class[classes]  # (S,)
     # water-filling: the largest quota q with sum_c min(n_c, q) <= max_points
     quota, remaining = 0, max_points
     for position, count in enumerate(sorted(counts.tolist())):
-        share = remaining // (num_classes - position)
+        share = remaining // (classes.numel() - position)
         if count > share:
             quota = share
             break
         remaining -= count
         quota = count
+    by_class = torch.argsort(labels, stable=True)  # (N,): one sort instead of one scan of the labels per class
+    starts = (per_class.cumsum(0) - per_class).tolist()  # (C,) where each class begins in by_class
     chosen = []
-    for c in range(num_classes):
-        members = torch.nonzero(labels == c).flatten()
-        if members.numel() > quota:
-            members = members[torch.randperm(members.numel(), generator=generator)[:quota]]
+    for c, count in zip(classes.tolist(), counts.tolist()):
+        members = by_class[starts[c] : starts[c] + count]
+        if count > quota:
+            members = members[torch.randperm(count, generator=generator)[:quota]]
         chosen.append(members)
     return torch.sort(torch.cat(chosen)).values
 

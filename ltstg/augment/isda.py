@@ -39,33 +39,31 @@ class IsdaAugmenter:
         self.counts = torch.zeros(num_classes, dtype=torch.long, device=device)  # (C,)
 
     def update(self, features: torch.Tensor, labels: torch.Tensor) -> None:
-        """Merge one batch's per-class moments into the running ones (Chan et al.), exact for any batching."""
-        num_classes = self.counts.numel()
-        values = features.detach().to(self.means.device, torch.float64)  # (B, D)
-        labels = labels.to(self.means.device)
-        batch_counts = torch.bincount(labels, minlength=num_classes)  # (C,)
-        batch_n = batch_counts.double().unsqueeze(1)  # (C, 1)
-        sums = torch.zeros_like(self.means).index_add_(0, labels, values)
-        batch_means = sums / batch_n.clamp_min(1)
-        centred = values - batch_means[labels]
-        batch_m2 = torch.zeros_like(self.means).index_add_(0, labels, centred * centred)  # (C, D)
+        """Merge one batch's per-class moments into the running ones (Chan et al.), exact for any batching.
 
-        old_n = self.counts.double().unsqueeze(1)
+        Only the rows of the classes in the batch are read and written: O(B·D) per step, not O(C·D) (at
+        iNaturalist's 8,142 classes the whole table is 133 MB of float64). Finding them is one host sync on a GPU.
+        """
+        values = features.detach().to(self.means.device, torch.float64)  # (B, D)
+        present, slot = torch.unique(labels.to(self.means.device), return_inverse=True)  # (U,), (B,)
+        batch_counts = torch.bincount(slot, minlength=present.numel())  # (U,), all > 0
+        batch_n = batch_counts.double().unsqueeze(1)  # (U, 1)
+        batch_means = values.new_zeros(present.numel(), values.shape[1]).index_add_(0, slot, values) / batch_n
+        centred = values - batch_means[slot]
+        batch_m2 = values.new_zeros(batch_means.shape).index_add_(0, slot, centred * centred)  # (U, D)
+
+        old_n = self.counts[present].double().unsqueeze(1)  # (U, 1)
         total = old_n + batch_n
-        safe_total = total.clamp_min(1)
-        delta = batch_means - self.means
-        old_m2 = self.vars * old_n
-        means = self.means + delta * batch_n / safe_total
-        m2 = old_m2 + batch_m2 + delta * delta * old_n * batch_n / safe_total
-        seen = batch_n > 0
-        self.means = torch.where(seen, means, self.means)
-        self.vars = torch.where(seen, m2 / safe_total, self.vars)
-        self.counts = self.counts + batch_counts
+        old_means = self.means[present]
+        delta = batch_means - old_means
+        self.means[present] = old_means + delta * batch_n / total
+        self.vars[present] = (self.vars[present] * old_n + batch_m2 + delta * delta * old_n * batch_n / total) / total
+        self.counts[present] += batch_counts
 
     def augment(self, features: torch.Tensor, labels: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
         """Update with the original batch first, then sample, so a class's first batch is already covered."""
         self.update(features, labels)
-        variance = self.vars.to(features.device, features.dtype)[labels]  # (B, D)
+        variance = self.vars[labels.to(self.vars.device)].to(features.device, features.dtype)  # (B, D)
         noise = torch.randn(features.shape, generator=generator, device=features.device, dtype=features.dtype)
         return features + (self.lam * variance).sqrt() * noise
 

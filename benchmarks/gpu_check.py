@@ -82,8 +82,8 @@ def stopped_and_resumed(store: Path, command: list[str], what: str) -> subproces
     """`command` (a stage 1) stopped by SIGTERM once its first epoch checkpoint exists, then rerun to the end."""
     started = time.perf_counter()
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
-    checkpoints = store / "checkpoints"
-    while first.poll() is None and not any(checkpoints.glob("*.pt")):
+    checkpoints = store / "checkpoints"  # [!.]: not the temporary file of a checkpoint still being written
+    while first.poll() is None and not any(checkpoints.glob("[!.]*.pt")):
         if time.perf_counter() - started > TIMEOUT:
             first.kill()
             raise Failed(f"{what} wrote no epoch checkpoint in time")
@@ -95,7 +95,7 @@ def stopped_and_resumed(store: Path, command: list[str], what: str) -> subproces
     resumed = checked(command, f"the resumed {what}")
     if "resuming from the checkpoint" not in resumed.stderr:
         raise Failed(f"the rerun of {what} did not resume:\n{resumed.stderr[-3000:]}")
-    if any(checkpoints.glob("*.pt")):
+    if any(checkpoints.glob("[!.]*.pt")):
         raise Failed(f"{what} left a checkpoint behind")
     return resumed
 

@@ -629,12 +629,22 @@ class Store:
         return self.root / "checkpoints" / f"{artifact_id}.pt"
 
     def save_checkpoint(self, artifact_id: str, state: dict[str, Any]) -> None:
-        """Resumable state (tensors, numbers, strings, dicts of them), loadable with weights_only, behind a digest."""
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        payload = buffer.getvalue()
-        digest = hashlib.sha256(payload).hexdigest().encode()
-        atomic_write(self.checkpoint_path(artifact_id), [_CHECKPOINT_MAGIC, digest, b"\n", payload])
+        """Resumable state (tensors, numbers, strings, dicts of them), loadable with weights_only, behind a digest.
+
+        torch.save writes straight into the file after a placeholder digest, which is filled in from the
+        payload read back block by block: no copy of the state is held (fit-stg's running targets are N x D)."""
+        with atomic_file(self.checkpoint_path(artifact_id)) as handle:
+            handle.write(_CHECKPOINT_MAGIC + b"0" * 64 + b"\n")
+            start = handle.tell()
+            torch.save(state, handle)
+            handle.flush()
+            handle.seek(start)
+            hasher = hashlib.sha256()
+            block = bytearray(_BLOCK)
+            while count := handle.readinto(block):
+                hasher.update(memoryview(block)[:count])
+            handle.seek(len(_CHECKPOINT_MAGIC))
+            handle.write(hasher.hexdigest().encode())
 
     def load_checkpoint(self, artifact_id: str) -> dict[str, Any] | None:
         """The saved state, None without a checkpoint; DamagedCheckpoint when it fails its digest or won't load."""

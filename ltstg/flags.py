@@ -80,10 +80,11 @@ def _flag(key: str, name: str, annotation: Any, help_text: str) -> Flag:
 
 
 def _optional(annotation: Any) -> Any:
-    """`X | None` -> X: a flag is optional anyway (left out = the recipe's value)."""
+    """`X | None` -> X: a flag is optional anyway (left out = the recipe's value). A choice of types
+    (`int | Literal["auto"]`) is read as text and parsed by the settings model, as a recipe's YAML value is."""
     if typing.get_origin(annotation) in (Union, types.UnionType):
         members = [member for member in typing.get_args(annotation) if member is not type(None)]
-        return members[0] if len(members) == 1 else annotation
+        return members[0] if len(members) == 1 else str
     return annotation
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
 from ltstg.augment.dropout import DropoutAugment  # noqa: F401 (re-exported, as before the registries)
 from ltstg.augment.isda import IsdaAugment  # noqa: F401
@@ -47,15 +47,24 @@ class SyntheticSettings(Settings):
 
 
 MAX_VIEWS = 16  # the paper recipes use 4; each view is one more copy of the training features in memory and on disk
-SPLIT_LIST_SOURCES = ("imagenet-lt", "places-lt")  # their counts come from the published split lists
+# their counts come from published splits (split lists, iNaturalist's annotation files), their images stay files
+SPLIT_LIST_SOURCES = ("imagenet-lt", "places-lt", "inat2018")
 VAL_PER_CLASS, VAL_TOTAL = 20, 1000  # the default validation size: see DatasetSettings.val_count
 SELECT = "select"  # the key of a named method that lists candidate values, chosen on the validation split
 
 
 class DatasetSettings(Settings):
-    source: Literal["synthetic", "cifar10", "cifar100", "imagefolder", "imagenet-lt", "places-lt"] = "synthetic"
+    source: Literal["synthetic", "cifar10", "cifar100", "imagefolder", "imagenet-lt", "places-lt", "inat2018"] = "synthetic"
     root: str | None = run_option(None, description="local copy of the source (image root for split lists)")
-    split_dir: str | None = run_option(None, description="folder holding the ImageNet-LT / Places-LT split lists")
+    split_dir: str | None = run_option(
+        None, description="folder holding the ImageNet-LT / Places-LT split lists, or iNaturalist's train2018.json "
+        "and val2018.json (default there: the image root)",
+    )
+    storage: Literal["auto", "images", "paths"] = since_ids(
+        "auto", description="an image folder's images decoded into the data set at dataset.size (images; auto) or "
+        "kept as files, decoded at read time with random-resized crops as for ImageNet-LT (paths: for folders too "
+        "large to hold decoded); split lists and iNaturalist are always paths",
+    )
     download: bool = run_option(False, description="allow torchvision to download CIFAR")
     imbalance: float = Field(100.0, ge=1, description="n_max / n_min of the training set")
     profile: Literal["exp", "step"] = Field("exp", description="long-tail profile: exponential (Cao et al.) or step")
@@ -153,7 +162,11 @@ class StgSettings(Settings):
     )
     head_min_count: int = Field(100, ge=0, description="count rule: head class = more train images than this")
     head_share: float = Field(0.8, gt=0, lt=1, description="share rule: the head holds this share of the images")
-    memory: int = Field(1200, ge=0, description="size m of the FIFO memory dictionary; 0 = mini-batch only")
+    memory: int | Literal["auto"] = Field(
+        "auto", description="size m of the FIFO memory dictionary; 0 = mini-batch only; auto = the paper's 1200, or "
+        "more where the least drawn head class would expect fewer than 8 entries in it (8 x the head classes with "
+        "stg.balanced, else 8 x head images / images of the smallest head class)",
+    )
     hidden: int = Field(256, ge=1, description="width of the STG's hidden layers")
     depth: int = Field(2, ge=1, description="layers of each MLP (Linear-BN-ReLU ... Linear)")
     token_std: float = Field(0.02, gt=0, description="std of the normal init of the class tokens")
@@ -168,6 +181,20 @@ class StgSettings(Settings):
     balanced: bool = Field(False, description="class-balanced mini-batches instead of plain shuffling")
     min_neighbors: int = Field(2, ge=1, description="anchors with fewer same-class samples are masked out")
     holdout: float = Field(0.1, ge=0, lt=1, description="share of head samples kept out to measure quality")
+    target_storage: Literal["float32", "float16"] = since_ids(
+        "float32", description="dtype of each sample's running ground truth (2 x head samples x D values): float16 "
+        "halves it (iNaturalist: 2.2 GB instead of 4.4), at about 3 significant digits",
+    )
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _size_or_auto(cls, value: Any) -> Any:
+        """One message for a bad memory, not one per member of the union."""
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+            return value
+        raise ValueError("expected a size >= 0, or auto")
 
 
 def augment_union() -> Any:

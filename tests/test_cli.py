@@ -25,7 +25,7 @@ def test_help_lists_every_subcommand():
     [
         ("stg:\n  memroy: 600\n", "stg.memroy: Extra inputs are not permitted"),
         ("dataset:\n  imbalance: many\n", "dataset.imbalance: Input should be a valid number"),
-        ("stg:\n  memory: -1\n", "stg.memory: Input should be greater than or equal to 0"),
+        ("stg:\n  memory: -1\n", "stg.memory: expected a size >= 0, or auto"),
         ("stg: [1, 2\n", "line 2"),
     ],
 )

@@ -91,3 +91,31 @@ def test_reading_the_contents_does_not_read_the_count_off_the_device(monkeypatch
     resumed.push(*_batch([6]))
     _assert_holds(resumed, [3, 4, 5, 6])
     assert len(reads) == 1  # once after the load
+
+
+def test_running_class_sums_follow_the_entries_in_and_out_and_survive_a_checkpoint():
+    """fit-stg reads per-class sums of the memory instead of its entries (issue 24); they must equal the sums
+    of what the ring holds after any pushes, wrapping and a batch larger than the ring included."""
+    g = torch.Generator().manual_seed(0)
+    num_classes, num_samples, dim = 5, 40, 3
+    bank = MemoryBank(7, dim, num_classes=num_classes, num_samples=num_samples)
+    values = torch.randn(num_samples, dim, generator=g)  # frozen features: one per sample id
+    labels = torch.randint(0, num_classes, (num_samples,), generator=g)
+
+    def expected(held):
+        x, t, ids = held
+        sums = torch.zeros(num_classes, dim, dtype=torch.float64).index_add_(0, t, x.double())
+        squares = torch.zeros(num_classes, dim, dtype=torch.float64).index_add_(0, t, x.double().square())
+        return sums, squares, torch.bincount(t, minlength=num_classes), torch.bincount(ids, minlength=num_samples)
+
+    for size in (3, 2, 4, 9, 1, 5):
+        ids = torch.randint(0, num_samples, (size,), generator=g)
+        bank.push(values[ids], labels[ids], ids)
+        sums, squares, counts, copies = expected(bank.contents())
+        assert torch.allclose(bank.class_sums, sums) and torch.allclose(bank.class_squares, squares)
+        assert torch.equal(bank.class_counts, counts) and torch.equal(bank.copies, copies)
+    state = bank.state_dict()
+    assert "class_sums" not in state and "copies" not in state  # derived: checkpoints keep only the ring
+    resumed = MemoryBank(7, dim, num_classes=num_classes, num_samples=num_samples)
+    resumed.load_state_dict(state)
+    assert torch.allclose(resumed.class_sums, bank.class_sums) and torch.equal(resumed.copies, bank.copies)

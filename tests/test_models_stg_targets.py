@@ -10,8 +10,9 @@ from ltstg.models.stg_targets import SmoothedTargets, stg_loss, transformation_t
 BATCH_X = torch.tensor([1.0, 2.0, 4.0, 10.0])
 BATCH_LABELS = torch.tensor([0, 0, 0, 1])
 BATCH_IDS = torch.tensor([0, 1, 2, 3])
-# memory: id 5 → 6 (class 0), a stale copy of id 0 → 0 (class 0), id 6 → 12 (class 1).
-MEMORY_X = torch.tensor([6.0, 0.0, 12.0])
+# memory: id 5 → 6 (class 0), an earlier copy of id 0 → 1 (class 0: features are frozen, so a copy holds the
+# sample's feature), id 6 → 12 (class 1).
+MEMORY_X = torch.tensor([6.0, 1.0, 12.0])
 MEMORY_LABELS = torch.tensor([0, 0, 1])
 MEMORY_IDS = torch.tensor([5, 0, 6])
 
@@ -22,7 +23,7 @@ def _features(x: torch.Tensor) -> torch.Tensor:
 
 def _targets(pool_x, pool_labels, pool_ids, **kwargs):
     return transformation_targets(
-        _features(BATCH_X), BATCH_LABELS, BATCH_IDS, _features(pool_x), pool_labels, pool_ids, **kwargs
+        _features(BATCH_X), BATCH_LABELS, BATCH_IDS, _features(pool_x), pool_labels, pool_ids, num_classes=2, **kwargs
     )
 
 
@@ -49,15 +50,15 @@ def test_with_memory_by_hand():
     pool_labels = torch.cat([BATCH_LABELS, MEMORY_LABELS])
     pool_ids = torch.cat([BATCH_IDS, MEMORY_IDS])
     mu, var, valid = _targets(pool_x, pool_labels, pool_ids)
-    # anchor 1 (id 0): neighbours 2, 4, 6; its stale copy (id 0 → 0) is excluded
+    # anchor 1 (id 0): neighbours 2, 4, 6; its copy in memory (id 0 → 1) is excluded
     # → diffs 1, 3, 5 → μ 3, Σ (4 + 0 + 4)/3 = 8/3
     _expect(mu, var, 0, 3.0, 8 / 3)
-    # anchor 2 (id 1): neighbours 1, 4, 6 and the stale id-0 entry 0 (a different sample)
-    # → diffs −1, 2, 4, −2 → μ 0.75, Σ (1.75² + 1.25² + 3.25² + 2.75²)/4 = 22.75/4
-    _expect(mu, var, 1, 0.75, 22.75 / 4)
-    # anchor 4 (id 2): neighbours 1, 2, 6, 0 → diffs −3, −2, 2, −4
-    # → μ −1.75, Σ (1.25² + 0.25² + 3.75² + 2.25²)/4 = 20.75/4
-    _expect(mu, var, 2, -1.75, 20.75 / 4)
+    # anchor 2 (id 1): neighbours 1, 4, 6 and the id-0 entry in memory, 1 (another sample: it counts)
+    # → diffs −1, 2, 4, −1 → μ 1, Σ (2² + 1² + 3² + 2²)/4 = 18/4
+    _expect(mu, var, 1, 1.0, 18 / 4)
+    # anchor 4 (id 2): neighbours 1, 2, 6, 1 → diffs −3, −2, 2, −3
+    # → μ −1.5, Σ (1.5² + 0.5² + 3.5² + 1.5²)/4 = 17/4
+    _expect(mu, var, 2, -1.5, 17 / 4)
     # anchor 10 (id 3): one neighbour (12) < min_neighbors 2 → masked
     assert valid.tolist() == [True, True, True, False]
     assert torch.equal(mu[3], torch.zeros(2))
@@ -68,11 +69,11 @@ def test_with_memory_by_hand():
 
 
 def test_stale_copy_of_the_anchor_is_excluded():
-    # only the anchor and its own stale copy in class 0: no neighbours at all
+    # only the anchor and its own copy in class 0: no neighbours at all
     anchors = torch.tensor([[1.0]])
     mu, var, valid = transformation_targets(
         anchors, torch.tensor([0]), torch.tensor([7]),
-        torch.tensor([[1.0], [5.0]]), torch.tensor([0, 0]), torch.tensor([7, 7]), min_neighbors=1,
+        torch.tensor([[1.0], [1.0]]), torch.tensor([0, 0]), torch.tensor([7, 7]), num_classes=1, min_neighbors=1,
     )
     assert not valid.item() and mu.item() == 0.0 and var.item() == 0.0
 
@@ -104,16 +105,19 @@ def test_vectorised_matches_slow_reference_on_random_data():
     anchor_ids = torch.randperm(1000, generator=g)[:batch]  # (B,)
     memory_features = 50 + torch.randn(memory, dim, generator=g)  # (M, D)
     memory_labels = torch.randint(0, 12, (memory,), generator=g)  # (M,)
-    memory_ids = torch.randint(0, 1000, (memory,), generator=g)  # (M,)
-    memory_ids[:10] = anchor_ids[:10]  # stale copies of some anchors
+    memory_ids = torch.randint(1000, 1100, (memory,), generator=g)  # (M,) other samples, some there twice
+    memory_ids[:10] = anchor_ids[:10]  # earlier copies of some anchors: same sample, so same label and feature
     memory_labels[:10] = anchor_labels[:10]
+    memory_features[:10] = anchors[:10]
+    copies = memory_ids == 1050
+    memory_labels[copies], memory_features[copies] = memory_labels[copies][0], memory_features[copies][0]
     anchor_labels[-2:] = torch.tensor([98, 99])  # rare classes: 98 has one neighbour in memory, 99 none
     memory_labels[-1] = 98
     pool = torch.cat([anchors, memory_features])
     pool_labels = torch.cat([anchor_labels, memory_labels])
     pool_ids = torch.cat([anchor_ids, memory_ids])
     mu, var, valid = transformation_targets(anchors, anchor_labels, anchor_ids, pool, pool_labels, pool_ids,
-                                            min_neighbors=3)
+                                            num_classes=100, min_neighbors=3)
     slow_mu, slow_var, slow_valid = _slow_targets(anchors, anchor_labels, anchor_ids, pool, pool_labels,
                                                   pool_ids, 3)
     assert torch.equal(valid, slow_valid)

@@ -36,7 +36,7 @@ def test_every_problem_is_one_line(tmp_path):
         load_recipe(path)
     lines = str(error.value).splitlines()
     assert len(lines) == 3
-    assert f"{path}: stg.memory: Input should be greater than or equal to 0" in lines
+    assert f"{path}: stg.memory: expected a size >= 0, or auto" in lines
     assert any(line.startswith(f"{path}: dataset.imbalance: Input should be a valid number") for line in lines)
     assert f"{path}: retrain.augment.t: Input should be less than 1" in lines
 

@@ -31,7 +31,7 @@ def test_compute_then_reuse_then_force(tmp_path):
     forced = run_stage(Context(store=Store(tmp_path), force=True), "stg", StgSettings(), [], constant_stage(1.0, log), seed=0)
     assert not forced.reused and len(log) == 2 and forced.artifact.id == first.artifact.id
     meta = first.artifact.meta
-    assert meta["settings"]["memory"] == 1200 and meta["settings"]["seed"] == 0 and meta["metrics"] == {"value": 1.0}
+    assert meta["settings"]["memory"] == "auto" and meta["settings"]["seed"] == 0 and meta["metrics"] == {"value": 1.0}
     assert meta["version"] and meta["created"] and meta["wall_clock"] >= 0
 
 

@@ -1,4 +1,6 @@
 """Tests for ltstg.stages.fit_stg."""
+import math
+
 import pytest
 import torch
 
@@ -290,3 +292,66 @@ def test_on_a_gpu_a_fit_stg_step_syncs_once(monkeypatch):
     fit_stg(StgSettings(**{**SMALL, "epochs": 1}), _features(), seed=0, device=torch.device("cuda"),
             generator=torch.Generator(device="cuda").manual_seed(0))
     assert per_step and max(per_step) == 1
+
+
+def test_memory_auto_keeps_the_papers_1200_at_cifar_and_grows_with_a_long_head():
+    """`stg.memory: auto` (issue 24): 8 expected entries of the least drawn head class, never below the paper's m."""
+    from ltstg.data.longtail import make_profile
+    from ltstg.stages.fit_stg import EXPECTED_ENTRIES, PAPER_MEMORY, select_head_classes, with_memory_size
+
+    cifar = torch.tensor(make_profile(5000, 10, 100, "exp"))  # CIFAR-10-LT IM100
+    assert with_memory_size(StgSettings(), cifar).memory == PAPER_MEMORY
+    assert with_memory_size(StgSettings(memory=600), cifar).memory == 600  # a size given is kept
+    long_head = torch.tensor([1000] * 50 + [101] * 950 + [5] * 3000)  # iNaturalist-like: many smallish head classes
+    settings = StgSettings(head_rule="count")
+    head = select_head_classes(long_head, settings)
+    resolved = with_memory_size(settings, long_head).memory
+    assert resolved == math.ceil(EXPECTED_ENTRIES * long_head[head].sum() / 101) > PAPER_MEMORY
+    balanced = with_memory_size(settings.model_copy(update={"balanced": True}), long_head).memory
+    assert balanced == EXPECTED_ENTRIES * head.numel()
+
+
+def test_a_large_memory_costs_a_step_no_more_than_a_small_one_and_trains_every_head_sample():
+    """The step reads the memory's per-class sums, so its work does not grow with the memory (issue 24): with
+    a memory that holds every sample, every head sample is an anchor."""
+    import ltstg.stages.fit_stg as fit_module
+    from tests.test_augment_isda import _Largest
+
+    largest = {}
+    real = fit_module._fit_step
+
+    def measured(fit, *args, **kwargs):
+        with _Largest() as seen:
+            real(fit, *args, **kwargs)
+        largest[fit.memory.size] = max(largest.get(fit.memory.size, 0), seen.largest)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fit_module, "_fit_step", measured)
+        small = _fit(epochs=1, memory=16)
+        large = _fit(epochs=1, memory=4096)
+    assert largest[4096] == largest[16]  # nothing of the memory's size is made per step
+    assert large.metrics["anchor_share"] == 1.0 and large.metrics["anchor_share"] >= small.metrics["anchor_share"]
+
+
+def test_float16_running_targets_halve_their_memory_and_train_like_float32():
+    """stg.target_storage=float16 (issue 24): 2 x N x D running targets at half the bytes; the blend is done in
+    float32 and only the stored value is rounded, so the STG trains to nearly the same loss."""
+    from ltstg.recipe import id_settings
+    from ltstg.stages import fit_stg as fit_module
+
+    seen = {}
+    real = fit_module._setup
+
+    def spy(*args, **kwargs):
+        fit = real(*args, **kwargs)
+        seen[fit.settings.target_storage] = fit.smoothed.mu.dtype
+        return fit
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fit_module, "_setup", spy)
+        full = _fit(epochs=2, smoothing=0.9)
+        half = _fit(epochs=2, smoothing=0.9, target_storage="float16")
+    assert seen == {"float32": torch.float32, "float16": torch.float16}
+    assert half.tensors["curve.loss"].tolist() == pytest.approx(full.tensors["curve.loss"].tolist(), rel=0.02)
+    assert "target_storage" not in id_settings(StgSettings())  # float32 keeps every STG id it had
+    assert id_settings(StgSettings(target_storage="float16"))["target_storage"] == "float16"

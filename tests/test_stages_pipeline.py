@@ -221,7 +221,7 @@ def test_sweep_is_a_grid_that_reuses_shared_artifacts(recipe_path, tmp_path):
         made.setdefault(result.artifact.kind, set()).add(result.artifact.id)
     assert len(made["backbone"]) == 1 and len(made["stg"]) == 2  # stage 1 once; one STG per memory size
     assert len(made["classifier"]) == 1 + 4  # plain cRT does not depend on the sweep; cRT+STG per combination
-    with pytest.raises(LtstgError, match="stg.memory: Input should be greater than or equal to 0"):
+    with pytest.raises(LtstgError, match="stg.memory: expected a size >= 0, or auto"):
         run_sweep(Context(store=Store(tmp_path / "t")), [recipe_path], {}, {"stg.memory": [16, -1]})
     assert not (tmp_path / "t" / "objects").exists()  # the bad value stopped the sweep before any work
 

@@ -308,6 +308,7 @@ def _compute(
     if ctx.is_main:
         meta = ctx.store.put(pending, output.tensors, meta)
         ctx.store.clear_checkpoint(pending)
-    # handed on as held (on the CPU, like a loaded artifact's), not read back from the file just written
-    return Result(Artifact(pending, meta, {name: t.detach().to("cpu") for name, t in output.tensors.items()}),
-                  reused=False)
+    # handed on as held, not read back from the file just written; on the CPU and contiguous like a loaded
+    # artifact's (a channels-last weight is copied; a large feature matrix already is)
+    held = {name: t.detach().to("cpu").contiguous() for name, t in output.tensors.items()}
+    return Result(Artifact(pending, meta, held), reused=False)

@@ -18,7 +18,7 @@ from ltstg.errors import LtstgError
 from ltstg.models.memory_bank import MemoryBank
 from ltstg.models.prototypes import class_means
 from ltstg.models.stg import SemanticTransformationGenerator, build_stg
-from ltstg.models.stg_targets import SmoothedTargets, stg_loss, transformation_targets
+from ltstg.models.stg_targets import SmoothedTargets, class_sums, stg_loss, targets_from_sums, transformation_targets
 from ltstg.recipe import StgSettings
 from ltstg.progress import Progress, silent
 from ltstg.stages import Checkpoint, Output, Stateful, keep, require_kind, resume
@@ -27,6 +27,8 @@ from ltstg.store import SHORT, Artifact
 REPORT_EVERY = 10  # steps between progress reports (each one reads the loss back from the device)
 FALLBACK = "fell back to the larger half of the classes, as fewer than two classes have more"
 MIN_ANCHOR_SHARE = 0.5  # below this, most head samples never train the STG: said, and kept in the artifact
+PAPER_MEMORY = 1200  # the paper's m (its Table 6: 0, 600, 1200; larger was better)
+EXPECTED_ENTRIES = 8  # entries of its least drawn head class that `memory: auto` expects to hold: P(>= 2) = 0.997
 
 
 @dataclass(frozen=True)
@@ -37,17 +39,19 @@ class _Head:
     class_names: list[str]
     head_names: list[str]  # (H,)
     num_classes: int
-    features: torch.Tensor  # (N_head, D), held-out rows included
+    features: torch.Tensor  # (N_head, D), held-out rows included: the one copy, indexed by the rows below
     tokens: torch.Tensor  # (N_head,)
-    train_x: torch.Tensor  # (N_train, D)
-    train_t: torch.Tensor  # (N_train,)
-    held_x: torch.Tensor  # (N_held, D)
-    held_t: torch.Tensor  # (N_held,)
+    train_rows: torch.Tensor  # (N_train,) rows of `features` that train the STG
+    held_rows: torch.Tensor  # (N_held,) rows kept out to measure it
     split: str  # the split rule in words, as it was applied
 
     @property
     def num_tokens(self) -> int:
         return self.head.numel()
+
+    @property
+    def train_t(self) -> torch.Tensor:
+        return self.tokens[self.train_rows]  # (N_train,)
 
     @property
     def tail(self) -> list[int]:
@@ -60,9 +64,9 @@ class _Fit:
     """What one epoch of STG training reads and updates."""
 
     settings: StgSettings
-    train_x: torch.Tensor  # (N_train, D)
+    features: torch.Tensor  # (N_head, D)
+    train_rows: torch.Tensor  # (N_train,): a sample id is a position in it
     train_t: torch.Tensor  # (N_train,)
-    sample_ids: torch.Tensor  # (N_train,): an id is a row of the training set
     device: torch.device
     model: SemanticTransformationGenerator
     optimizer: torch.optim.Optimizer
@@ -73,7 +77,7 @@ class _Fit:
 
     @property
     def steps_per_epoch(self) -> int:
-        return math.ceil(self.train_x.shape[0] / self.settings.batch_size)
+        return math.ceil(self.train_rows.numel() / self.settings.batch_size)
 
     @property
     def total_steps(self) -> int:
@@ -95,6 +99,7 @@ def fit_stg(
     checkpoint: Checkpoint | None = None,
 ) -> Output:
     """Learn per-sample shift distributions on head classes only, so tail samples can borrow them later."""
+    settings = with_memory_size(settings, features["class_counts"])
     data = _head_data(settings, features, device, generator)
     fit = _setup(settings, data, seed=seed, device=device, generator=generator, progress=progress)
     start_epoch, saved = resume(checkpoint, fit.stateful(), generator, epochs=settings.epochs)
@@ -126,8 +131,7 @@ def _head_data(settings: StgSettings, features: Artifact, device: torch.device, 
     held_out = _holdout_mask(head_tokens, head.numel(), settings, generator, head_names)
     return _Head(
         head, class_names, head_names, int(class_counts.numel()), head_features, head_tokens,
-        head_features[~held_out], head_tokens[~held_out], head_features[held_out], head_tokens[held_out],
-        split_rule(settings, class_counts),
+        torch.nonzero(~held_out).flatten(), torch.nonzero(held_out).flatten(), split_rule(settings, class_counts),
     )
 
 
@@ -135,17 +139,17 @@ def _setup(
     settings: StgSettings, data: _Head, *, seed: int, device: torch.device, generator: torch.Generator,
     progress: Progress,
 ) -> _Fit:
-    """A fresh STG, its optimizer, the feature memory and the smoothed targets."""
-    num_train, num_features = data.train_x.shape
+    """A fresh STG, its optimizer, the feature memory (with its per-class sums) and the smoothed targets."""
+    num_train, num_features = data.train_rows.numel(), data.features.shape[1]
     model = build_stg(
         num_features, data.num_tokens, hidden=settings.hidden, depth=settings.depth, token_std=settings.token_std,
         var_activation=settings.var_activation, seed=seed,
     ).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
-    memory = MemoryBank(settings.memory, num_features).to(device)
-    smoothed = SmoothedTargets(num_train, num_features, settings.smoothing, device)
-    sample_ids = torch.arange(num_train, device=device)  # (N_train,)
-    return _Fit(settings, data.train_x, data.train_t, sample_ids, device, model, optimizer, memory, smoothed,
+    memory = MemoryBank(settings.memory, num_features, num_classes=data.num_tokens, num_samples=num_train).to(device)
+    smoothed = SmoothedTargets(num_train, num_features, settings.smoothing, device,
+                               dtype=getattr(torch, settings.target_storage))
+    return _Fit(settings, data.features, data.train_rows, data.train_t, device, model, optimizer, memory, smoothed,
                 generator, progress)
 
 
@@ -153,6 +157,7 @@ def fit_one_epoch(fit: _Fit, epoch: int) -> tuple[float, float]:
     """One pass over the head training samples: (mean loss per anchor, share of samples that were anchors)."""
     settings = fit.settings
     fit.model.train()
+    fit.memory.rebuild()  # its running per-class sums recomputed from what it holds: no float drift across epochs
     order = _epoch_order(fit.train_t, settings.balanced, fit.generator).to(fit.device)  # (N_train,)
     loss_sum = torch.zeros((), dtype=torch.float64, device=fit.device)
     anchors = torch.zeros((), dtype=torch.long, device=fit.device)
@@ -181,15 +186,18 @@ def _fit_step(fit: _Fit, batch: torch.Tensor, trained: torch.Tensor, loss_sum: t
     """Regress the STG onto one batch's smoothed targets (Eq. 1-2); adds loss x anchors and anchors to the
     running sums and marks `trained`, all on the device.
 
-    Its one host sync is whether the batch has an anchor at all: without one the optimizer must not step
-    (Adam would still move the weights on zero gradients)."""
+    The pool of Eq. 1 is the batch and the memory: each anchor's class sums are the memory's running ones
+    plus the batch's, less its own entries (O(B·D + H·D) per step, whatever the memory's size). Its one host
+    sync is whether the batch has an anchor at all: without one the optimizer must not step (Adam would
+    still move the weights on zero gradients)."""
     settings = fit.settings
-    batch_x, batch_t, batch_ids = fit.train_x[batch], fit.train_t[batch], fit.sample_ids[batch]
-    memory_x, memory_t, memory_ids = fit.memory.contents()
-    target_mu, target_var, valid = transformation_targets(
-        batch_x, batch_t, batch_ids,
-        torch.cat([batch_x, memory_x]), torch.cat([batch_t, memory_t]), torch.cat([batch_ids, memory_ids]),
-        min_neighbors=settings.min_neighbors,
+    batch_x, batch_t, batch_ids = fit.features[fit.train_rows[batch]], fit.train_t[batch], batch  # id = position
+    memory = fit.memory
+    sums, squares, counts = class_sums(batch_x, batch_t, memory.class_counts.numel())  # (H, D), (H, D), (H,)
+    own = (batch_ids[:, None] == batch_ids[None, :]).sum(dim=1) + memory.copies[batch_ids]  # (B,)
+    target_mu, target_var, valid = targets_from_sums(
+        batch_x, (sums + memory.class_sums)[batch_t], (squares + memory.class_squares)[batch_t],
+        (counts + memory.class_counts)[batch_t], own, min_neighbors=settings.min_neighbors,
     )  # (B, D), (B, D), (B,)
     target_mu, target_var = fit.smoothed.update(batch_ids, target_mu, target_var, valid)
     num_valid = valid.sum()
@@ -207,7 +215,7 @@ def _fit_step(fit: _Fit, batch: torch.Tensor, trained: torch.Tensor, loss_sum: t
         anchors += num_valid
         trained[batch_ids] = trained[batch_ids] | valid  # no boolean mask: that would be a host sync
     # pushed after the step, so the batch never sees itself twice in one pool
-    fit.memory.push(batch_x, batch_t, batch_ids)
+    memory.push(batch_x, batch_t, batch_ids)
 
 
 def _stg_output(
@@ -216,7 +224,7 @@ def _stg_output(
 ) -> Output:
     """The STG's weights with its head split and prototypes, and its held-out quality next to a class-level guess."""
     model.eval()
-    quality = heldout_quality(model, data.train_x, data.train_t, data.held_x, data.held_t, data.num_tokens,
+    quality = heldout_quality(model, data.features, data.tokens, data.train_rows, data.held_rows, data.num_tokens,
                               settings.min_neighbors)
     # prototypes from every training image of the class, held-out ones included: they serve stage 3's lookup
     prototypes = class_means(data.features, data.tokens, torch.arange(data.num_tokens))  # (H, D)
@@ -251,8 +259,8 @@ def _stg_info(settings: StgSettings, data: _Head) -> dict[str, Any]:
         "depth": settings.depth,
         "var_activation": settings.var_activation,
         "token_std": settings.token_std,
-        "num_train": int(data.train_x.shape[0]),
-        "num_heldout": int(data.held_x.shape[0]),
+        "num_train": int(data.train_rows.numel()),
+        "num_heldout": int(data.held_rows.numel()),
     }
 
 
@@ -268,6 +276,19 @@ def _stg_notes(settings: StgSettings, data: _Head, anchor_shares: list[float]) -
     if not data.tail:
         notes.append(f"{data.split} makes every class head: no tail class will borrow from this STG")
     return notes
+
+
+def with_memory_size(settings: StgSettings, class_counts: torch.Tensor) -> StgSettings:
+    """`memory: auto` resolved for these counts: the paper's 1200, or more where a FIFO of 1200 would hold
+    fewer than EXPECTED_ENTRIES entries of the least drawn head class. Its share of the draws is 1/H with
+    stg.balanced, else its images over all head images; the memory is EXPECTED_ENTRIES over that share.
+    At CIFAR-LT that stays 1200; at iNaturalist-2018 shape it is tens of thousands, which a step can afford
+    since it reads the memory's per-class sums, not its entries."""
+    if settings.memory != "auto":
+        return settings
+    counts = class_counts[select_head_classes(class_counts, settings)].double()  # (H,)
+    share = 1 / counts.numel() if settings.balanced else float(counts.min() / counts.sum())
+    return settings.model_copy(update={"memory": max(PAPER_MEMORY, math.ceil(EXPECTED_ENTRIES / share))})
 
 
 def select_head_classes(class_counts: torch.Tensor, settings: StgSettings) -> torch.Tensor:
@@ -308,10 +329,10 @@ def split_rule(settings: StgSettings, class_counts: torch.Tensor | None = None) 
 @torch.no_grad()
 def heldout_quality(
     model: SemanticTransformationGenerator,
-    train_x: torch.Tensor,
-    train_t: torch.Tensor,
-    held_x: torch.Tensor,
-    held_t: torch.Tensor,
+    features: torch.Tensor,
+    tokens: torch.Tensor,
+    train_rows: torch.Tensor,
+    held_rows: torch.Tensor,
     num_tokens: int,
     min_neighbors: int,
 ) -> dict[str, float]:
@@ -320,30 +341,32 @@ def heldout_quality(
     Ground truth of a held-out sample uses every training feature of its class (no smoothing). The trivial
     predictor gives each sample of class c the average full-class ground truth of c's training samples.
     """
-    if held_x.shape[0] == 0:
+    if held_rows.numel() == 0:
         return {}
+    train_t, held_x, held_t = tokens[train_rows], features[held_rows], tokens[held_rows]
     pred_mu, pred_var = model(held_x, held_t)  # (N_held, D) each
     sums = torch.zeros(4, dtype=torch.float64, device=held_x.device)  # stg μ, stg Σ, trivial μ, trivial Σ
     count = 0
     for token in range(num_tokens):
-        train_rows = torch.nonzero(train_t == token).flatten()
-        held_rows = torch.nonzero(held_t == token).flatten()
-        if held_rows.numel() == 0:
+        class_rows = torch.nonzero(train_t == token).flatten()
+        class_held = torch.nonzero(held_t == token).flatten()
+        if class_held.numel() == 0:
             continue
-        pool_x, pool_t = train_x[train_rows], train_t[train_rows]  # (n, D), (n,)
-        pool_ids = torch.arange(train_rows.numel(), device=held_x.device)
+        pool_x = features[train_rows[class_rows]]  # (n, D): one class, so every label below is 0 of 1
+        pool_t, pool_ids = torch.zeros_like(class_rows), torch.arange(class_rows.numel(), device=held_x.device)
         # each training sample's own full-class ground truth (itself excluded), averaged: the class-level guess
         own_mu, own_var, own_valid = transformation_targets(
-            pool_x, pool_t, pool_ids, pool_x, pool_t, pool_ids, min_neighbors=min_neighbors
+            pool_x, pool_t, pool_ids, pool_x, pool_t, pool_ids, num_classes=1, min_neighbors=min_neighbors
         )
         class_mu = own_mu[own_valid].double().mean(dim=0)  # (D,)
         class_var = own_var[own_valid].double().mean(dim=0)  # (D,)
-        held_ids = train_rows.numel() + torch.arange(held_rows.numel(), device=held_x.device)  # never in the pool
+        held_ids = class_rows.numel() + torch.arange(class_held.numel(), device=held_x.device)  # never in the pool
         target_mu, target_var, valid = transformation_targets(
-            held_x[held_rows], held_t[held_rows], held_ids, pool_x, pool_t, pool_ids, min_neighbors=min_neighbors
+            held_x[class_held], torch.zeros_like(class_held), held_ids, pool_x, pool_t, pool_ids, num_classes=1,
+            min_neighbors=min_neighbors,
         )
         target_mu, target_var = target_mu[valid].double(), target_var[valid].double()  # (k, D)
-        rows = held_rows[valid]
+        rows = class_held[valid]
         sums[0] += (pred_mu[rows].double() - target_mu).square().sum()
         sums[1] += (pred_var[rows].double() - target_var).square().sum()
         sums[2] += (class_mu - target_mu).square().sum()

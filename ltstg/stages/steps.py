@@ -152,9 +152,9 @@ def features_for(ctx: Context, recipe: Recipe, settings: RetrainSettings, featur
 
 
 def fit_stg_step(ctx: Context, recipe: Recipe, features: Artifact, *, name: str | None = None) -> Result:
-    from ltstg.stages.fit_stg import fit_stg
+    from ltstg.stages.fit_stg import fit_stg, with_memory_size
 
-    settings = recipe.stg
+    settings = with_memory_size(recipe.stg, features["class_counts"])  # the id holds the memory `auto` came to
     return run_stage(
         ctx,
         "stg",

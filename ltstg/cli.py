@@ -71,7 +71,7 @@ def stage_flags(section: str) -> Callable[[Callable[..., Any]], Callable[..., An
 def make_dataset_command(
     ctx: typer.Context,
     source: Annotated[
-        Optional[str], typer.Argument(help="synthetic | cifar10 | cifar100 | imagefolder | imagenet-lt | places-lt")
+        Optional[str], typer.Argument(help="synthetic | cifar10 | cifar100 | imagefolder | imagenet-lt | places-lt | inat2018")
     ] = None,
     recipe: RecipeOption = None,
     name: NameOption = None,

@@ -120,3 +120,30 @@ def test_wrong_roots(tmp_path):
     with pytest.raises(LtstgError, match="class 'dog' has no folder in"):
         list_imagefolder(str(tmp_path), classes=["cat", "dog"])
     assert list_imagefolder(str(tmp_path)).splits["test"].paths == ()
+
+
+def test_an_image_folder_kept_as_paths_stores_no_image_and_reads_its_files(tmp_path):
+    """dataset.storage=paths (issue 24): a folder too large to hold decoded keeps its file paths, like the split
+    lists; the images are decoded when a stage reads them, and the decoded data set is another artifact."""
+    from ltstg.recipe import load_recipe
+    from ltstg.stages import Context, steps
+    from ltstg.stages.pretrain import image_inputs
+    from ltstg.store import Store
+
+    for split, per_class in (("train", (12, 4)), ("test", (2, 2))):
+        for label, count in enumerate(per_class):
+            (tmp_path / "tree" / split / f"c{label}").mkdir(parents=True)
+            for n in range(count):
+                solid("RGB", (24, 20), (100 * label, 10 * n, 50)).save(tmp_path / "tree" / split / f"c{label}" / f"{n}.png")
+    ctx = Context(store=Store(tmp_path / "store"))
+    settings = {"dataset.source": "imagefolder", "dataset.root": str(tmp_path / "tree"), "dataset.imbalance": 1,
+                "dataset.size": 16}
+    as_paths = steps.dataset_step(ctx, load_recipe(None, {**settings, "dataset.storage": "paths"})).artifact
+    decoded = steps.dataset_step(ctx, load_recipe(None, settings)).artifact
+    assert as_paths.info["storage"] == "paths" and not any(name.endswith("_images") for name in as_paths.tensors)
+    assert decoded.info["storage"] == "images" and as_paths.id != decoded.id
+    assert torch.equal(as_paths["train_labels"], decoded["train_labels"])  # the same selection either way
+    images, labels = next(iter(image_inputs(as_paths, torch.device("cpu"), workers=0).eval_batches("test", 4)))
+    assert images.shape == (4, 3, 16, 16) and labels.tolist() == [0, 0, 1, 1]
+    with pytest.raises(LtstgError, match="dataset.storage=paths: the synthetic source has no image files"):
+        steps.dataset_step(ctx, load_recipe(None, {"dataset.storage": "paths"}))

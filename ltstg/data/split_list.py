@@ -66,7 +66,7 @@ def read_split_lists(
                 f"list has {counts[split]:,}; use the standard split lists."
             )
     rows = [(split, path, label) for split, entries in lists.items() for path, label in entries]
-    sizes = _file_sizes(root, [path for _, path, _ in rows], spec, progress) if check_files else None
+    sizes = check_image_files(root, [path for _, path, _ in rows], spec.title, progress) if check_files else None
     lines = [
         f"{split} {label} {path}" + ("" if sizes is None else f" {sizes[i]}")
         for i, (split, path, label) in enumerate(rows)
@@ -123,11 +123,11 @@ def _read_list(list_path: str, spec: SplitListFormat) -> list[tuple[str, int]]:
     return entries
 
 
-def _file_sizes(root: str, paths: list[str], spec: SplitListFormat, progress: Progress) -> list[int]:
+def check_image_files(root: str, paths: list[str], title: str, progress: Progress) -> list[int]:
     """Size of each listed file, in list order; missing files are one error naming the first five."""
     if not os.path.isdir(root):
         raise LtstgError(
-            f"image root {root} does not exist; pass --root with the folder the {spec.title} paths are relative to."
+            f"image root {root} does not exist; pass --root with the folder the {title} paths are relative to."
         )
 
     def size(path: str) -> int:
@@ -145,7 +145,7 @@ def _file_sizes(root: str, paths: list[str], spec: SplitListFormat, progress: Pr
     missing = [path for path, file_size in zip(paths, sizes) if file_size < 0]
     if missing:
         raise LtstgError(
-            f"{len(missing):,} images listed in the {spec.title} split lists are missing under {root} "
+            f"{len(missing):,} images listed in the {title} split lists are missing under {root} "
             f"(first: {', '.join(missing[:5])}); pass --root with the folder the list paths are relative to."
         )
     return sizes

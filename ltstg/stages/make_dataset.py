@@ -10,6 +10,7 @@ import torch
 from ltstg.data import Source, Split
 from ltstg.data.cifar import load_cifar
 from ltstg.data.imagefolder import decode_images, list_imagefolder
+from ltstg.data.inaturalist import read_inaturalist
 from ltstg.data.longtail import assign_groups, make_profile, select_long_tail, split_off_share, split_off_validation
 from ltstg.data.split_list import read_split_lists
 from ltstg.data.synthetic import make_synthetic
@@ -23,6 +24,15 @@ def _need_root(settings: DatasetSettings) -> str:
     if not settings.root:
         raise LtstgError(f"the {settings.source} source needs --root DIR (dataset.root in the recipe).")
     return settings.root
+
+
+def stored_as_paths(settings: DatasetSettings, source: Source) -> bool:
+    """Whether the data set keeps file paths (decoded at read time) rather than decoded images."""
+    if source.name in SPLIT_LIST_SOURCES:
+        return True
+    if settings.storage == "paths" and source.splits["train"].paths is None:
+        raise LtstgError(f"dataset.storage=paths: the {source.name} source has no image files to keep as paths.")
+    return settings.storage == "paths"
 
 
 def _split_lists(settings: DatasetSettings) -> Source:
@@ -41,6 +51,7 @@ LOADERS: dict[str, Callable[[DatasetSettings, int], Source]] = {
     "imagefolder": lambda s, seed: list_imagefolder(_need_root(s), s.classes),
     "imagenet-lt": lambda s, seed: _split_lists(s),
     "places-lt": lambda s, seed: _split_lists(s),
+    "inat2018": lambda s, seed: read_inaturalist(_need_root(s), s.split_dir),
 }
 
 
@@ -129,7 +140,7 @@ def _profile_counts(
     """Training images per class the protocol keeps (None: every image, as the source has them) and the protocol
     in words; a class the profile can't fill is noted in `notes`."""
     if source.name in SPLIT_LIST_SOURCES:
-        return None, "published split list"
+        return None, "published annotation files" if source.name == "inat2018" else "published split list"
     if settings.imbalance == 1:
         return None, "source as is"
     num_classes = len(source.class_names)
@@ -186,7 +197,7 @@ def _split_tensors(
     tensors: dict[str, torch.Tensor] = {}
     skipped: list[tuple[str, str]] = []  # (path, why)
     for split_name, split in splits.items():
-        if split.images is None and source.name not in SPLIT_LIST_SOURCES:
+        if split.images is None and not stored_as_paths(settings, source):
             images, keep, bad = decode_images(source.root or "", split.paths or (), settings.size, progress=progress)
             skipped += bad
             split = Split(labels=split.labels[keep], images=images)
@@ -247,7 +258,7 @@ def _dataset_output(
         "groups": groups,
         "splits": sorted(name for name in ("train", "val", "test") if f"{name}_labels" in tensors),
         "val_origin": val_origin,
-        "storage": "paths" if source.name in SPLIT_LIST_SOURCES else "images",
+        "storage": "paths" if stored_as_paths(settings, source) else "images",
         "selected_digest": selected,
         "skipped": [f"{path} ({why})" for path, why in skipped[:20]],
         "skipped_count": len(skipped),

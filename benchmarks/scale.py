@@ -21,7 +21,8 @@ pages of memory-mapped artifacts it touched) is its own:
 Shapes: cifar100-lt (10,847 x 64, 100 classes), imagenet-lt (115,846 x 2048, 1,000 classes, 4 views, MiSLAS's
 ImageNet-LT splits), inat2018 (437,513 x 2048, 8,142 classes, no views; its 24,426 validation images serve as
 test and validation), small (for the test suite). The settings come from recipes/cifar100/im100.yaml (cifar100-lt)
-and recipes/imagenet-lt/resnet50.yaml (the others: there is no iNaturalist recipe yet).
+, recipes/imagenet-lt/resnet50.yaml and recipes/inat2018/resnet50.yaml (float16 features, as it stores them). Every
+augmenter trains the cRT classifier (the baselines' "cRT+X"), with the recipe's batch size.
 """
 from __future__ import annotations
 
@@ -57,12 +58,13 @@ class Shape:
     val: int
     views: int
     recipe: str
+    storage: torch.dtype = torch.float32  # what the recipe's pretrain.feature_storage stores features in
 
 
 SHAPES = {
     "cifar100-lt": Shape(10_847, 64, 100, 500, 5, 10_000, 2_000, 0, "recipes/cifar100/im100.yaml"),
     "imagenet-lt": Shape(115_846, 2048, 1000, 1280, 5, 50_000, 20_000, 4, "recipes/imagenet-lt/resnet50.yaml"),
-    "inat2018": Shape(437_513, 2048, 8142, 1000, 2, 24_426, 24_426, 0, "recipes/imagenet-lt/resnet50.yaml"),
+    "inat2018": Shape(437_513, 2048, 8142, 1000, 2, 24_426, 24_426, 0, "recipes/inat2018/resnet50.yaml", torch.float16),
     "small": Shape(12_000, 32, 500, 200, 2, 2_500, 1_000, 2, "recipes/imagenet-lt/resnet50.yaml"),
 }
 FEATURES_ID, STG_ID, REPORT_ID = "f" * 64, "5" * 64, "e" * 64
@@ -82,19 +84,20 @@ def features_tensors(shape: Shape, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     counts = counts_of(shape)
     per_class = lambda n: torch.arange(shape.classes).repeat_interleave(torch.full((shape.classes,), n))  # noqa: E731
+    features = lambda *size: torch.empty(*size, dtype=shape.storage).exponential_(generator=g)  # noqa: E731
     tensors = {
-        "train_features": torch.empty(shape.train, shape.dim).exponential_(generator=g),
+        "train_features": features(shape.train, shape.dim),
         "train_labels": torch.arange(shape.classes).repeat_interleave(counts),
-        "test_features": torch.empty(shape.test, shape.dim).exponential_(generator=g),
+        "test_features": features(shape.test, shape.dim),
         "test_labels": per_class(math.ceil(shape.test / shape.classes))[: shape.test],
-        "val_features": torch.empty(shape.val, shape.dim).exponential_(generator=g),
+        "val_features": features(shape.val, shape.dim),
         "val_labels": per_class(math.ceil(shape.val / shape.classes))[: shape.val],
         "class_counts": counts,
         "classifier.weight": torch.randn(shape.classes, shape.dim, generator=g) / shape.dim**0.5,
         "classifier.bias": torch.zeros(shape.classes),
     }
     if shape.views:
-        tensors["train_views"] = torch.empty(shape.views, shape.train, shape.dim).exponential_(generator=g)
+        tensors["train_views"] = features(shape.views, shape.train, shape.dim)
     return tensors
 
 
@@ -164,7 +167,8 @@ def phase_retrain(shape: Shape, store, steps: int, augmenter: str) -> dict:
     from ltstg.stages.retrain import resolved_init, train
 
     base = load_recipe(ROOT / shape.recipe).retrain
-    settings = base.model_copy(update={"augment": get_augmenter(augmenter).settings(), "epochs": 1})
+    settings = base.model_copy(update={"augment": get_augmenter(augmenter).settings(), "epochs": 1, "classifier": "crt",
+                                       "init": "auto"})
     features = store.get(FEATURES_ID, "features")
     stg = store.get(STG_ID, "stg") if augmenter == "stg" else None
     classifier = get_classifier(settings.classifier)
@@ -229,24 +233,24 @@ def phase_report(shape: Shape, store, tsne_points: int, out: Path) -> dict:
             "tsne_classes_shown": summary["classes_shown"]}
 
 
-def run_phase(args: argparse.Namespace) -> None:
+def run_phase(phase: str, shape_name: str, store_root: str, steps: int, tsne_points: int) -> dict:
     from ltstg.store import Store
 
-    shape, store = SHAPES[args.shape], Store(args.store)
+    shape, store = SHAPES[shape_name], Store(store_root)
     before = peak()
-    if args.phase == "write":
+    if phase == "write":
         result = phase_write(shape, store)
-    elif args.phase == "load":
+    elif phase == "load":
         result = phase_load(shape, store)
-    elif args.phase == "fit-stg":
-        result = phase_fit_stg(shape, store, args.steps)
-    elif args.phase.startswith("retrain-"):
-        result = phase_retrain(shape, store, args.steps, args.phase.removeprefix("retrain-"))
-    elif args.phase == "eval":
+    elif phase == "fit-stg":
+        result = phase_fit_stg(shape, store, steps)
+    elif phase.startswith("retrain-"):
+        result = phase_retrain(shape, store, steps, phase.removeprefix("retrain-"))
+    elif phase == "eval":
         result = phase_eval(shape, store)
     else:
-        result = phase_report(shape, store, args.tsne_points, Path(args.store))
-    print(json.dumps({**result, "peak": peak(), "baseline": before}))
+        result = phase_report(shape, store, tsne_points, Path(store_root))
+    return {**result, "peak": peak(), "baseline": before}
 
 
 # -- the driver ----------------------------------------------------------------------------------------------
@@ -257,12 +261,15 @@ def phases() -> list[str]:
 def measure(shape_name: str, args: argparse.Namespace, store: str) -> list[dict]:
     rows = []
     for phase in phases():
-        command = [sys.executable, __file__, "--phase", phase, "--shape", shape_name, "--store", store,
-                   "--steps", str(args.steps), "--tsne-points", str(args.tsne_points)]
-        done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-        if done.returncode != 0:
-            raise SystemExit(f"{shape_name} {phase} failed:\n{done.stderr[-3000:]}")
-        result = json.loads(done.stdout.strip().splitlines()[-1])
+        if args.in_process:  # quick (one torch import), but each peak then includes the phases before it
+            result = run_phase(phase, shape_name, store, args.steps, args.tsne_points)
+        else:
+            command = [sys.executable, __file__, "--phase", phase, "--shape", shape_name, "--store", store,
+                       "--steps", str(args.steps), "--tsne-points", str(args.tsne_points)]
+            done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            if done.returncode != 0:
+                raise SystemExit(f"{shape_name} {phase} failed:\n{done.stderr[-3000:]}")
+            result = json.loads(done.stdout.strip().splitlines()[-1])
         rows.append({"shape": shape_name, "phase": phase, **result})
         print(line(rows[-1]), flush=True)
     return rows
@@ -293,12 +300,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed steps of fit-stg and of each retrain")
     parser.add_argument("--tsne-points", type=int, default=2000, help="t-SNE points (the report's default: 2000)")
     parser.add_argument("--json", type=Path, default=None, help="also write every row here")
+    parser.add_argument("--in-process", action="store_true", help="every phase in this process (the test suite's "
+                        "quick run): the peaks are then cumulative")
     parser.add_argument("--store", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--phase", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--shape", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.phase is not None:
-        run_phase(args)
+        print(json.dumps(run_phase(args.phase, args.shape, args.store, args.steps, args.tsne_points)))
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores")
     rows = []

@@ -196,8 +196,8 @@ def _fit_step(fit: _Fit, batch: torch.Tensor, trained: torch.Tensor, loss_sum: t
     sums, squares, counts = class_sums(batch_x, batch_t, memory.class_counts.numel())  # (H, D), (H, D), (H,)
     own = (batch_ids[:, None] == batch_ids[None, :]).sum(dim=1) + memory.copies[batch_ids]  # (B,)
     target_mu, target_var, valid = targets_from_sums(
-        batch_x, (sums + memory.class_sums)[batch_t], (squares + memory.class_squares)[batch_t],
-        (counts + memory.class_counts)[batch_t], own, min_neighbors=settings.min_neighbors,
+        batch_x, sums[batch_t] + memory.class_sums[batch_t], squares[batch_t] + memory.class_squares[batch_t],
+        counts[batch_t] + memory.class_counts[batch_t], own, min_neighbors=settings.min_neighbors,
     )  # (B, D), (B, D), (B,)
     target_mu, target_var = fit.smoothed.update(batch_ids, target_mu, target_var, valid)
     num_valid = valid.sum()

@@ -2,8 +2,8 @@
 
     python benchmarks/scale.py [--shapes cifar100-lt imagenet-lt inat2018] [--steps 20] [--json FILE]
 
-Each shape is a features artifact of random values with the shape's counts (an exponential profile from its
-largest to its smallest class, scaled to its number of training images), its test and validation splits and
+Each shape is a features artifact of random values with the shape's counts (an exponential decay from its
+largest class, floored at its smallest, holding its number of training images), its test and validation splits and
 its views. Every phase runs in a fresh process, so its peak resident memory (ru_maxrss, which counts the
 pages of memory-mapped artifacts it touched) is its own:
 
@@ -71,11 +71,16 @@ FEATURES_ID, STG_ID, REPORT_ID = "f" * 64, "5" * 64, "e" * 64
 
 
 def counts_of(shape: Shape) -> torch.Tensor:
-    """(C,) an exponential profile from the largest class to the smallest, scaled to the shape's image count."""
-    ranks = torch.arange(shape.classes, dtype=torch.float64) / max(shape.classes - 1, 1)
-    profile = shape.largest * (shape.smallest / shape.largest) ** ranks
-    counts = (profile * shape.train / profile.sum()).round().long().clamp_min(shape.smallest)
-    counts[0] += shape.train - int(counts.sum())  # exactly the shape's number of training images
+    """(C,) images per class: largest · exp(−rate · rank / C), at least the smallest, with the decay rate
+    found by bisection so the classes hold the shape's number of training images (the first class takes the
+    rounding)."""
+    ranks = torch.arange(shape.classes, dtype=torch.float64) / shape.classes
+    held = lambda rate: (shape.largest * torch.exp(-rate * ranks)).clamp_min(shape.smallest)  # noqa: E731
+    low, high = 0.0, 1000.0
+    for _ in range(200):
+        low, high = ((low + high) / 2, high) if float(held((low + high) / 2).sum()) > shape.train else (low, (low + high) / 2)
+    counts = held(high).round().long()
+    counts[0] += shape.train - int(counts.sum())
     return counts
 
 

@@ -138,8 +138,8 @@ def phase_fit_stg(shape: Shape, store, steps: int) -> dict:
     from ltstg.recipe import load_recipe
     from ltstg.stages import fit_stg as stage
 
-    settings = load_recipe(ROOT / shape.recipe).stg
     features = store.get(FEATURES_ID, "features")
+    settings = stage.with_memory_size(load_recipe(ROOT / shape.recipe).stg, features["class_counts"])  # `auto` resolved
     g = torch.Generator().manual_seed(0)
     started = time.perf_counter()
     data = stage._head_data(settings, features, torch.device("cpu"), g)
@@ -265,7 +265,7 @@ def phases() -> list[str]:
 
 def measure(shape_name: str, args: argparse.Namespace, store: str) -> list[dict]:
     rows = []
-    for phase in phases():
+    for phase in [p for p in phases() if args.phases is None or p in args.phases or p == "write"]:
         if args.in_process:  # quick (one torch import), but each peak then includes the phases before it
             result = run_phase(phase, shape_name, store, args.steps, args.tsne_points)
         else:
@@ -305,6 +305,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed steps of fit-stg and of each retrain")
     parser.add_argument("--tsne-points", type=int, default=2000, help="t-SNE points (the report's default: 2000)")
     parser.add_argument("--json", type=Path, default=None, help="also write every row here")
+    parser.add_argument("--phases", nargs="+", default=None, choices=phases(), help="only these phases (write "
+                        "always runs; fit-stg before retrain-stg, eval or report)")
     parser.add_argument("--in-process", action="store_true", help="every phase in this process (the test suite's "
                         "quick run): the peaks are then cumulative")
     parser.add_argument("--store", default=None, help=argparse.SUPPRESS)

@@ -44,20 +44,22 @@ class IsdaAugmenter:
         Only the rows of the classes in the batch are read and written: O(B·D) per step, not O(C·D) (at
         iNaturalist's 8,142 classes the whole table is 133 MB of float64). Finding them is one host sync on a GPU.
         """
-        values = features.detach().to(self.means.device, torch.float64)  # (B, D)
+        values = features.detach().to(self.means.device, torch.float64, copy=True)  # (B, D), changed in place below
         present, slot = torch.unique(labels.to(self.means.device), return_inverse=True)  # (U,), (B,)
         batch_counts = torch.bincount(slot, minlength=present.numel())  # (U,), all > 0
         batch_n = batch_counts.double().unsqueeze(1)  # (U, 1)
-        batch_means = values.new_zeros(present.numel(), values.shape[1]).index_add_(0, slot, values) / batch_n
-        centred = values - batch_means[slot]
-        batch_m2 = values.new_zeros(batch_means.shape).index_add_(0, slot, centred * centred)  # (U, D)
+        batch_means = values.new_zeros(present.numel(), values.shape[1]).index_add_(0, slot, values).div_(batch_n)
+        centred = values.sub_(batch_means[slot])  # `values` is this step's own float64 copy
+        batch_m2 = values.new_zeros(batch_means.shape).index_add_(0, slot, centred.square_())  # (U, D)
 
         old_n = self.counts[present].double().unsqueeze(1)  # (U, 1)
         total = old_n + batch_n
         old_means = self.means[present]
-        delta = batch_means - old_means
-        self.means[present] = old_means + delta * batch_n / total
-        self.vars[present] = (self.vars[present] * old_n + batch_m2 + delta * delta * old_n * batch_n / total) / total
+        delta = batch_means.sub_(old_means)  # (U, D), in place: every step's (U, D) pass counts at 2048-d
+        # Chan et al.: M2 = M2_old + M2_batch + δ² · n_old · n_batch / n, then the population variance M2 / n
+        m2 = self.vars[present].mul_(old_n).add_(batch_m2).addcmul_(delta.square(), old_n * batch_n / total)
+        self.vars[present] = m2.div_(total)
+        self.means[present] = old_means.addcmul_(delta, batch_n / total)
         self.counts[present] += batch_counts
 
     def augment(self, features: torch.Tensor, labels: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:

@@ -128,8 +128,8 @@ def features_step(
         [backbone, dataset],
         lambda generator, checkpoint: extract_features(
             backbone, dataset, feature_views=settings.feature_views, precision=precision,
-            feature_storage=settings.feature_storage, device=ctx.device, generator=generator, workers=settings.workers, progress=ctx.progress,
-            bn_shift_batch=bn_shift_batch,
+            feature_storage=settings.feature_storage, device=ctx.device, generator=generator, workers=settings.workers,
+            progress=ctx.progress, bn_shift_batch=bn_shift_batch,
         ),
         seed=recipe.seed,
         name=name,

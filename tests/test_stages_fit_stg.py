@@ -355,3 +355,23 @@ def test_float16_running_targets_halve_their_memory_and_train_like_float32():
     assert half.tensors["curve.loss"].tolist() == pytest.approx(full.tensors["curve.loss"].tolist(), rel=0.02)
     assert "target_storage" not in id_settings(StgSettings())  # float32 keeps every STG id it had
     assert id_settings(StgSettings(target_storage="float16"))["target_storage"] == "float16"
+
+
+def test_slow_checkpoints_are_paced_to_a_twentieth_of_the_run_and_quick_ones_kept_every_epoch():
+    """fit-stg's running targets make its checkpoint N x D (issue 24): once writing one takes seconds, an epoch
+    is checkpointed only when 20x that time has passed since the last; a resume is exact from any epoch."""
+    from ltstg.stages.fit_stg import CHECKPOINT_PACE, _CheckpointPace
+
+    now = [0.0]
+    pace = _CheckpointPace(clock=lambda: now[0])
+    written = []
+    for epoch in range(12):
+        now[0] += 10.0  # a 10 s epoch
+        if pace.due():
+            with pace.writing():
+                now[0] += 5.0 if epoch else 0.01  # the first write is quick, the later ones take 5 s
+            written.append(epoch)
+    assert written[:2] == [0, 1]  # quick: the next epoch is checkpointed too
+    gaps = [b - a for a, b in zip(written[1:], written[2:])]
+    assert gaps and all(gap * 10 + 5 >= CHECKPOINT_PACE * 5 for gap in gaps)  # >= 100 s between slow writes
+    assert len(written) < 12

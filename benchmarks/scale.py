@@ -65,7 +65,7 @@ SHAPES = {
     "cifar100-lt": Shape(10_847, 64, 100, 500, 5, 10_000, 2_000, 0, "recipes/cifar100/im100.yaml"),
     "imagenet-lt": Shape(115_846, 2048, 1000, 1280, 5, 50_000, 20_000, 4, "recipes/imagenet-lt/resnet50.yaml"),
     "inat2018": Shape(437_513, 2048, 8142, 1000, 2, 24_426, 24_426, 0, "recipes/inat2018/resnet50.yaml", torch.float16),
-    "small": Shape(12_000, 32, 500, 200, 2, 2_500, 1_000, 2, "recipes/imagenet-lt/resnet50.yaml"),
+    "small": Shape(6_000, 32, 300, 100, 2, 1_500, 600, 2, "recipes/imagenet-lt/resnet50.yaml"),
 }
 FEATURES_ID, STG_ID, REPORT_ID = "f" * 64, "5" * 64, "e" * 64
 

@@ -3,7 +3,10 @@
 
 `torch.cuda.set_sync_debug_mode` says the same on a GPU; this sees the ops behind it wherever the test runs.
 It cannot see device-to-host copies (`.cpu()`, `.tolist()`, `.numpy()`): on the CPU they are no ops. Only
-the GPU tests see those."""
+the GPU tests see those.
+
+`LargestOutput` records the largest tensor any op made: a test can say a step never built a table of
+all classes, on any device."""
 from __future__ import annotations
 
 import os
@@ -11,6 +14,7 @@ import traceback
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 _READS = {"aten._local_scalar_dense.default", "aten.nonzero.default", "aten.masked_select.default",
           "aten.masked_scatter_.default"}
@@ -42,3 +46,20 @@ class HostSyncs(TorchDispatchMode):
                 or _bool_index(name, args):
             self.seen.append(name)
         return func(*args, **(kwargs or {}))
+
+
+class LargestOutput(TorchDispatchMode):
+    """The most elements any op made, so a test can say a step never built a (C, D) table (reading a few rows of
+    one is an index op whose output has those rows only)."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inplace_on_state = str(func).startswith(("aten.index_put_", "aten._index_put_impl_"))
+        if not inplace_on_state:  # writing rows into the table returns the table itself
+            tensors = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+            self.largest = max([self.largest] + [t.numel() for t in tensors if t is not None])
+        return out

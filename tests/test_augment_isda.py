@@ -3,6 +3,7 @@ import torch
 
 from ltstg.augment.isda import IsdaAugmenter
 from ltstg.errors import LtstgError
+from tests.host_syncs import LargestOutput
 
 
 def _data(seed=0):
@@ -72,23 +73,6 @@ def test_state_dict_for_other_shape_is_rejected():
         IsdaAugmenter(3, 5).load_state_dict(IsdaAugmenter(3, 6).state_dict())
 
 
-class _Largest(torch.utils._python_dispatch.TorchDispatchMode):
-    """The most elements any op made, so a test can say a step never built a (C, D) table (reading a few rows of
-    one is an index op whose output has those rows only)."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        inplace_on_state = str(func).startswith(("aten.index_put_", "aten._index_put_impl_"))
-        if not inplace_on_state:  # writing rows into the table returns the table itself
-            tensors = [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
-            self.largest = max([self.largest] + [t.numel() for t in tensors if t is not None])
-        return out
-
-
 def test_a_step_reads_and_writes_only_the_rows_of_the_classes_in_its_batch():
     """At 8,142 classes the whole table is 133 MB of float64: a step must cost O(B·D), not O(C·D) (issue 24)."""
     num_classes, dim = 2000, 8
@@ -97,7 +81,7 @@ def test_a_step_reads_and_writes_only_the_rows_of_the_classes_in_its_batch():
     features = torch.randn(16, dim, generator=g)
     labels = torch.tensor([3, 3, 7, 1999] * 4)
     before = {k: v.clone() for k, v in augmenter.state_dict().items()}
-    with _Largest() as seen:
+    with LargestOutput() as seen:
         augmenter.augment(features, labels, generator=g)
     assert seen.largest < num_classes * dim // 10
     untouched = torch.ones(num_classes, dtype=torch.bool)

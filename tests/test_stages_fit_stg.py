@@ -315,13 +315,13 @@ def test_a_large_memory_costs_a_step_no_more_than_a_small_one_and_trains_every_h
     """The step reads the memory's per-class sums, so its work does not grow with the memory (issue 24): with
     a memory that holds every sample, every head sample is an anchor."""
     import ltstg.stages.fit_stg as fit_module
-    from tests.test_augment_isda import _Largest
+    from tests.host_syncs import LargestOutput
 
     largest = {}
     real = fit_module._fit_step
 
     def measured(fit, *args, **kwargs):
-        with _Largest() as seen:
+        with LargestOutput() as seen:
             real(fit, *args, **kwargs)
         largest[fit.memory.size] = max(largest.get(fit.memory.size, 0), seen.largest)
 

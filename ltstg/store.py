@@ -150,6 +150,26 @@ def _corrupt(label: str, what: str) -> LtstgError:
     return LtstgError(f"artifact {label} is corrupt: {what}; delete it or rerun with --force.")
 
 
+def _read_header(handle: io.BufferedReader, label: str) -> tuple[dict[str, Any], int]:
+    """(header, offset of the data section) of an open safetensors file; a damaged start is a clear error."""
+    size = os.fstat(handle.fileno()).st_size
+    first = handle.read(8)
+    if len(first) < 8:
+        raise _corrupt(label, "the file is truncated")
+    (length,) = struct.unpack("<Q", first)
+    if length > min(size - 8, _MAX_HEADER):
+        raise _corrupt(label, "bad header length")
+    return _parse_header(handle.read(length), label), 8 + length
+
+
+def _hash_rest(handle: io.BufferedIOBase, hasher: Any) -> None:
+    """Feed everything from the handle's position to the end into `hasher`, one block at a time."""
+    remaining = os.fstat(handle.fileno()).st_size - handle.tell()
+    block = bytearray(max(1, min(_BLOCK, remaining)))  # a small artifact needs no 16 MiB buffer
+    while count := handle.readinto(block):
+        hasher.update(memoryview(block)[:count])
+
+
 def _parse_header(data: bytes, label: str) -> dict[str, Any]:
     try:
         header = json.loads(data)
@@ -385,21 +405,16 @@ class Store:
         path = self.path(artifact_id)
         try:
             with open(path, "rb") as handle:
-                first = handle.read(8)
-                length = struct.unpack("<Q", first)[0] if len(first) == 8 else -1
-                rest = handle.read(length) if 0 <= length <= _MAX_HEADER else b""
-            size = path.stat().st_size
+                size = os.fstat(handle.fileno()).st_size
+                try:
+                    header, _ = _read_header(handle, artifact_id[:SHORT])
+                    return ArtifactInfo(artifact_id, path, size, _metadata(header, artifact_id[:SHORT]))
+                except LtstgError as error:
+                    return ArtifactInfo(artifact_id, path, size, {}, str(error))
         except FileNotFoundError:
             raise LtstgError(f"artifact {artifact_id[:SHORT]} is not in {self.root}.") from None
         except OSError as error:  # a folder named like an artifact, a file without read permission
             return ArtifactInfo(artifact_id, path, 0, {}, str(os_error("read", path, error)))
-        try:
-            if not 0 <= length <= min(size - 8, _MAX_HEADER) or len(rest) != length:
-                raise _corrupt(artifact_id[:SHORT], "the file is truncated or its header length is wrong")
-            header = _parse_header(rest, artifact_id[:SHORT])
-            return ArtifactInfo(artifact_id, path, size, _metadata(header, artifact_id[:SHORT]))
-        except LtstgError as error:
-            return ArtifactInfo(artifact_id, path, size, {}, str(error))
 
     def get(self, artifact_id: str, kind: str | None = None) -> Artifact:
         """Verify an artifact (its digest, read block by block) and open its tensors memory-mapped.
@@ -428,23 +443,14 @@ class Store:
     def _verified(self, handle: io.BufferedReader, artifact_id: str) -> tuple[dict[str, Any], dict[str, Any], int]:
         """(tensor index, metadata, offset of the data section) of an open artifact whose digest matches."""
         label = artifact_id[:SHORT]
-        size = os.fstat(handle.fileno()).st_size
-        first = handle.read(8)
-        length = struct.unpack("<Q", first)[0] if len(first) == 8 else -1
-        if length < 0:
-            raise _corrupt(label, "the file is truncated")
-        if length > min(size - 8, _MAX_HEADER):
-            raise _corrupt(label, "bad header length")
-        header = _parse_header(handle.read(length), label)
+        header, start = _read_header(handle, label)
         meta = _metadata(header, label)
         index = _index(header)
         hasher = _hasher(index, meta)
-        block = bytearray(min(_BLOCK, max(size - 8 - length, 1)))
-        while count := handle.readinto(block):
-            hasher.update(memoryview(block)[:count])
+        _hash_rest(handle, hasher)
         if meta.get("digest") != hasher.hexdigest() or meta.get("id") != artifact_id:
             raise _corrupt(label, "its content digest does not match")
-        return index, meta, 8 + length
+        return index, meta, start
 
     def ids(self) -> list[str]:
         if not self.objects.is_dir():
@@ -640,9 +646,7 @@ class Store:
             handle.flush()
             handle.seek(start)
             hasher = hashlib.sha256()
-            block = bytearray(_BLOCK)
-            while count := handle.readinto(block):
-                hasher.update(memoryview(block)[:count])
+            _hash_rest(handle, hasher)
             handle.seek(len(_CHECKPOINT_MAGIC))
             handle.write(hasher.hexdigest().encode())
 

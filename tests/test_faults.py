@@ -440,7 +440,8 @@ def test_pipeline_resume_message_through_run(tiny_recipe_path, tmp_path):
         run_recipe(Context(store=store, progress=killer), recipe, seeds=[0], until="pretrain")
     notes = []
     run_recipe(Context(store=store, note=notes.append), recipe, seeds=[0], until="pretrain")
-    assert any("backbone: resuming from the checkpoint: epoch 2 of 2 is next" in n for n in notes), notes
+    assert any(n.startswith("backbone ") and n.endswith(": resuming from the checkpoint: epoch 2 of 2 is next")
+               for n in notes), notes
 
 
 # -- issue 20: the run / sweep surface checks everything before the first epoch ----------------------------------

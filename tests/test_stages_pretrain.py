@@ -195,7 +195,7 @@ def test_init_weights_of_another_class_count_say_the_classifier_starts_fresh(tmp
     ctx = Context(store=Store(tmp_path / "store"), note=said.append)
     backbone = steps.pretrain_step(ctx, recipe, steps.dataset_step(ctx, recipe).artifact).artifact
     expected = "init_weights: dropped fc.bias, fc.weight (another class count); the 4-class classifier starts from random weights"
-    assert backbone.meta["notes"] == [expected] and f"backbone: {expected}" in said
+    assert backbone.meta["notes"] == [expected] and f"backbone {backbone.id[:12]}: {expected}" in said
 
 
 def test_a_batch_size_that_gives_no_step_is_a_user_error(tmp_path, tiny_run, monkeypatch):

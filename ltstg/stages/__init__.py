@@ -282,14 +282,15 @@ def _compute(
         ctx.store.clear_checkpoint(pending)
     generator = torch.Generator(device=ctx.device).manual_seed(seed)
     started = time.perf_counter()
-    checkpoint = Checkpoint(ctx.store, pending, writable=ctx.is_main, note=lambda message: ctx.note(f"{kind}: {message}"),
+    label = f"{kind} {pending[:SHORT]}"  # names the artifact: in `ltstg run` one kind is made for many methods
+    checkpoint = Checkpoint(ctx.store, pending, writable=ctx.is_main, note=lambda message: ctx.note(f"{label}: {message}"),
                             device=ctx.device, shared=shared_checkpoint)
     output = call(generator, checkpoint)
     if output.kind != kind:
         raise RuntimeError(f"stage returned a {output.kind} output for a {kind} artifact")
     wall_clock = checkpoint.earlier_seconds + time.perf_counter() - started  # summed over interrupted attempts
     for line in output.notes:
-        ctx.note(f"{kind}: {line}")
+        ctx.note(f"{label}: {line}")
     full = settings.model_dump(mode="json") if isinstance(settings, BaseModel) else dict(settings)
     meta = {
         "kind": kind,

@@ -1,6 +1,7 @@
 """Tiny generated data and a once-per-session tiny pretrain, so stage tests start from cached features."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,16 @@ methods:
   cRT: {classifier: crt}
   cRT+STG: {augment: {name: stg, lam: 1.5}}
 """
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (`-n`), each worker's torch gets its share of the cores: two workers with two threads
+    each on a 2-core machine spend their time spinning in OpenMP instead of computing."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
 
 
 @pytest.fixture

@@ -205,7 +205,7 @@ def test_a_note_repeated_in_one_invocation_is_said_once(capsys):
     assert err.count("reused stg abc") == 1 and err.count("not balanced") == 1
 
 
-def test_run_selects_on_validation_from_a_set_flag_and_shows_the_choice(tiny_recipe_path, tmp_path):
+def test_run_selects_on_validation_from_a_set_flag_and_shows_the_choice(tiny_recipe_path, tmp_path, monkeypatch):
     """`--set methods.NAME.select=...` adds candidates; the table and the JSON say what each seed chose."""
     tiny_recipe_path.write_text(tiny_recipe_path.read_text() + "methods:\n  noise: {augment: {name: noise}}\n")
     store = tmp_path / "store"
@@ -216,7 +216,12 @@ def test_run_selects_on_validation_from_a_set_flag_and_shows_the_choice(tiny_rec
     row = json.loads(result.stdout)["rows"][0]
     assert len(row["chosen"]) == 2 and all(set(choice) == {"augment.std"} for choice in row["chosen"])
     assert [len(seed) for seed in row["candidates"]] == [2, 2]
-    table = runner.invoke(app, ["--store", str(store), *args], env={"COLUMNS": "200"})  # a table of 10 columns
+    from ltstg import terminal
+
+    # a table of 10 columns; rich fixed the console's width at import from COLUMNS where that was set (pytest-xdist
+    # workers set it to 80), so the width is set on the console itself
+    monkeypatch.setattr(terminal.stdout, "width", 200)
+    table = runner.invoke(app, ["--store", str(store), *args])
     assert "Chosen on val" in table.stdout and "ECE (T)" in table.stdout
     assert " / ".join(f"std={choice['augment.std']}" for choice in row["chosen"]) in table.stdout
 

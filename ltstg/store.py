@@ -651,23 +651,33 @@ class Store:
             handle.write(hasher.hexdigest().encode())
 
     def load_checkpoint(self, artifact_id: str) -> dict[str, Any] | None:
-        """The saved state, None without a checkpoint; DamagedCheckpoint when it fails its digest or won't load."""
+        """The saved state, None without a checkpoint; DamagedCheckpoint when it fails its digest or won't load.
+
+        Hashed block by block and loaded from the file, as it was written: no copy of the file is held beside
+        the state it loads (fit-stg's running targets are N x D)."""
         path = self.checkpoint_path(artifact_id)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:  # no checkpoint: the stage starts from scratch, nothing is skipped
+        if not path.exists():  # no checkpoint: the stage starts from scratch, nothing is skipped
             return None
+        try:
+            with open(path, "rb") as handle:
+                head = handle.read(len(_CHECKPOINT_MAGIC))
+                legacy = head != _CHECKPOINT_MAGIC  # ltstg 0.1 wrote bare torch.save files, no digest
+                if legacy:
+                    handle.seek(0)
+                else:
+                    digest = handle.read(65)[:64]
+                    start = handle.tell()
+                    hasher = hashlib.sha256()
+                    _hash_rest(handle, hasher)
+                    if hasher.hexdigest().encode() != digest:
+                        raise DamagedCheckpoint(f"checkpoint {path} is damaged (its digest does not match)")
+                    handle.seek(start)
+                try:
+                    state = torch.load(handle, map_location="cpu", weights_only=True)
+                except Exception as error:  # torch raises many types for a damaged pickle
+                    raise DamagedCheckpoint(f"checkpoint {path} does not load ({error})") from None
         except OSError as error:
             raise os_error("read", path, error) from None
-        legacy = not data.startswith(_CHECKPOINT_MAGIC)  # ltstg 0.1 wrote bare torch.save files, no digest
-        head = len(_CHECKPOINT_MAGIC) + 65
-        digest, payload = (b"", data) if legacy else (data[len(_CHECKPOINT_MAGIC) : head - 1], data[head:])
-        if not legacy and hashlib.sha256(payload).hexdigest().encode() != digest:
-            raise DamagedCheckpoint(f"checkpoint {path} is damaged (its digest does not match)")
-        try:
-            state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
-        except Exception as error:  # torch raises many types for a damaged pickle
-            raise DamagedCheckpoint(f"checkpoint {path} does not load ({error})") from None
         if legacy:
             state["_legacy"] = True  # loaded, but nothing vouches for it: the caller says so
         return state

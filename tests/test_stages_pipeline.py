@@ -326,6 +326,7 @@ methods:
 # The ids of the tiny pipeline, pinned: a refactor must not move them, or every artifact a user already has would be
 # recomputed and the README's ids would point nowhere. Pinned at the issue-19 restructuring (a52b857) and moved once
 # since, on purpose, by issue 21: every data set gained a validation split (and dataset.val_per_class / val_share).
+# An id hashes the settings and the parents' ids, never trained weights (ltstg.store.artifact_id): it holds on any CPU.
 PINNED_IDS = {
     "dataset": "9075b2cd68772e21",
     "backbone": "dfa463004585f825",

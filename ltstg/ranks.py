@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 from typing import Any, Callable, TypeVar
 
 import torch.distributed as dist
 
+from ltstg import launcher
 from ltstg.errors import LtstgError
 
 PATIENCE = datetime.timedelta(days=7)  # how long a rank waits to hear from the first one
@@ -75,6 +77,7 @@ def first_rank(compute: Callable[[], T]) -> T:
 def tell_others(error: BaseException) -> None:
     """Send the ranks waiting to hear from the first one the error it stopped on, as their one line (the first
     rank raises its own, with its traceback where it is a bug)."""
+    launcher.leaving()  # this rank goes down on its own error: torchrun's stop, once the others have left, is moot
     told = error if isinstance(error, LtstgError) else LtstgError(
         f"the first rank stopped on {type(error).__name__}: {error}")
     with contextlib.suppress(LtstgError):
@@ -100,4 +103,16 @@ def leave() -> None:
     the first rank alone, as a single process."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+    end()
+
+
+def end() -> None:
+    """End the process group on this rank and let go of it and of the decision group, so that their worker
+    threads are joined now. `destroy_process_group` alone leaves them running while this module still holds the
+    groups; a gloo thread that lets go of a finished collective's tensors while the interpreter shuts down
+    cannot take the GIL, and the rank aborts (`terminate called without an active exception`)."""
+    global _control
+    if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _control = None
+    gc.collect()  # a group caught in a reference cycle would otherwise wait for the interpreter's last collection

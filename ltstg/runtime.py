@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from ltstg import ranks
+from ltstg import launcher, ranks
 from ltstg.errors import LtstgError
 from ltstg.progress import Progress, silent
 from ltstg.stages import Context
@@ -51,11 +51,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _leave_process_group() -> None:
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-
-
 def make_context(
     store: str | Path | Store,
     device: str = "auto",
@@ -80,7 +75,8 @@ def make_context(
         torch.cuda.set_device(resolved)
     if world_size > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if resolved.type == "cuda" else "gloo")
-        atexit.register(_leave_process_group)  # NCCL warns, and may hang at exit, without it
+        atexit.register(ranks.end)  # NCCL warns, and may hang at exit, without it; gloo may abort
+        launcher.listen()
         ranks.join()
     if resolved.type == "cuda":
         torch.backends.cudnn.benchmark = True

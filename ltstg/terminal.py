@@ -10,8 +10,9 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, NoReturn, Optional, Sequence
 
+import click
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -19,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from ltstg import launcher
 from ltstg.errors import LtstgError
 from ltstg.tables import Cells, for_terminal
 
@@ -38,24 +40,43 @@ class Options:
 
 
 def guarded(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn LtstgError into red lines on stderr and exit code 2; everything else keeps its traceback."""
+    """Turn LtstgError into red lines on stderr and exit code 2, Ctrl-C into one line and 130, torchrun's stop
+    into one line and 143; everything else keeps its traceback."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
         except LtstgError as error:
+            launcher.leaving()
             for line in str(error).splitlines() or ["error"]:
                 stderr.print(Text.assemble(("error:", "red"), " ", line), highlight=False)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
+            launcher.leaving()
             stderr.print(
                 "interrupted: the stage in progress was not committed; a rerun resumes from its last checkpoint",
                 highlight=False,
             )
             raise typer.Exit(130) from None
+        except launcher.Stopped:
+            _stopped()
+        except Exception as error:
+            if not isinstance(error, (click.exceptions.Exit, click.ClickException)) and launcher.stopped_soon():
+                _stopped()
+            launcher.leaving()  # a bug's traceback is printed whole, whatever torchrun does meanwhile
+            raise
 
     return wrapper
+
+
+def _stopped() -> NoReturn:
+    launcher.leaving()
+    stderr.print(
+        "stopped: torchrun ended this rank because another rank stopped first (its output says why); "
+        "the stage in progress was not committed", highlight=False,
+    )
+    raise typer.Exit(launcher.STOPPED_EXIT_CODE) from None
 
 
 class RichProgress:

@@ -2,8 +2,10 @@
 the CPU, each with a store of its own where a test needs a node-local one."""
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
+import os
 import time
 
 import pytest
@@ -26,7 +28,7 @@ def _entry(rank, init_file, test, args):
     try:
         test(rank, *args)
     finally:
-        dist.destroy_process_group()
+        ranks.end()
 
 
 def on_two_ranks(tmp_path, test, *args, join=True):
@@ -144,3 +146,29 @@ def test_a_first_rank_that_fails_on_a_stage_of_its_own_tells_the_others(tmp_path
     on_two_ranks(tmp_path, _failing_stage, tmp_path / "store", tmp_path)
     assert (tmp_path / "error-0").read_text() == "RuntimeError: out of memory, say"
     assert (tmp_path / "error-1").read_text() == "LtstgError: the first rank stopped on RuntimeError: out of memory, say"
+
+
+def _threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def _ending(rank, init_file, out):
+    before = _threads()
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=45))
+    ranks.join(datetime.timedelta(seconds=45))
+    with contextlib.suppress(LtstgError):
+        ranks.all_see(rank == 0, "a test artifact")  # a collective on each group: both have worker threads busy
+    ranks.leave()
+    (out / f"threads-{rank}").write_text(json.dumps([before, _threads()]))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_a_rank_that_leaves_has_no_process_group_thread_left(tmp_path):
+    """Why a rank aborted at exit (issue 32): gloo's worker threads outlived `destroy_process_group` while the
+    decision group was still held, and one of them let go of a collective's tensors as the interpreter shut
+    down. After `ranks.leave()` every thread the groups started is joined."""
+    mp.spawn(_ending, args=(str(tmp_path / "rendezvous"), tmp_path), nprocs=2)
+    for rank in (0, 1):
+        before, after = json.loads((tmp_path / f"threads-{rank}").read_text())
+        assert after == before, f"rank {rank}: {after - before} thread(s) of the process groups still run"

@@ -24,7 +24,9 @@ from ltstg.terminal import (
 )
 
 app = typer.Typer(
-    help="Long-tailed image classification with the Semantic Transformation Generator (STG) and its baselines.",
+    help="Long-tailed image classification with the Semantic Transformation Generator (STG) and its baselines.\n\n"
+    "Results go to stdout: a table (at the terminal's width; piped or redirected, at its full width, every cell "
+    "whole), Markdown with --markdown where a command has it, or JSON with --json. Progress and notes go to stderr.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     add_completion=False,

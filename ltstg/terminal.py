@@ -15,6 +15,7 @@ from typing import Any, Callable, NoReturn, Optional, Sequence
 import click
 import typer
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
@@ -25,6 +26,7 @@ from ltstg.errors import LtstgError
 from ltstg.tables import Cells, for_terminal
 
 stdout = Console(soft_wrap=True)
+UNBOUNDED = 100_000  # columns: wider than any table
 stderr = Console(stderr=True, soft_wrap=True)
 PLAIN_EVERY = 30.0  # seconds between progress lines when stderr is a log file, not a terminal
 
@@ -169,7 +171,17 @@ def emit(options: Options, payload: dict[str, Any], table: Table | Tree | None) 
     if options.json:
         sys.stdout.write(json.dumps(json_safe(payload), indent=2, default=str, allow_nan=False) + "\n")
     elif table is not None:
-        stdout.print(table)
+        print_whole(table)
+
+
+def print_whole(renderable: Table | Tree) -> None:
+    """A terminal folds a table to its width; a file or a pipe gets it at its natural width, every cell whole (rich
+    would otherwise draw it 80 columns wide, or $COLUMNS, and cut the cells that do not fit)."""
+    if stdout.is_terminal:
+        stdout.print(renderable)
+        return
+    width = Measurement.get(stdout, stdout.options.update(max_width=UNBOUNDED), renderable).maximum
+    Console(file=stdout.file, width=width, soft_wrap=True).print(renderable)
 
 
 def json_safe(value: Any) -> Any:

@@ -1,4 +1,7 @@
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -205,7 +208,7 @@ def test_a_note_repeated_in_one_invocation_is_said_once(capsys):
     assert err.count("reused stg abc") == 1 and err.count("not balanced") == 1
 
 
-def test_run_selects_on_validation_from_a_set_flag_and_shows_the_choice(tiny_recipe_path, tmp_path, monkeypatch):
+def test_run_selects_on_validation_from_a_set_flag_and_shows_the_choice(tiny_recipe_path, tmp_path):
     """`--set methods.NAME.select=...` adds candidates; the table and the JSON say what each seed chose."""
     tiny_recipe_path.write_text(tiny_recipe_path.read_text() + "methods:\n  noise: {augment: {name: noise}}\n")
     store = tmp_path / "store"
@@ -216,14 +219,31 @@ def test_run_selects_on_validation_from_a_set_flag_and_shows_the_choice(tiny_rec
     row = json.loads(result.stdout)["rows"][0]
     assert len(row["chosen"]) == 2 and all(set(choice) == {"augment.std"} for choice in row["chosen"])
     assert [len(seed) for seed in row["candidates"]] == [2, 2]
-    from ltstg import terminal
-
-    # a table of 10 columns; rich fixed the console's width at import from COLUMNS where that was set (pytest-xdist
-    # workers set it to 80), so the width is set on the console itself
-    monkeypatch.setattr(terminal.stdout, "width", 200)
-    table = runner.invoke(app, ["--store", str(store), *args])
+    table = runner.invoke(app, ["--store", str(store), *args])  # not a terminal: the table at its full width
     assert "Chosen on val" in table.stdout and "ECE (T)" in table.stdout
     assert " / ".join(f"std={choice['augment.std']}" for choice in row["chosen"]) in table.stdout
+
+
+def test_a_table_sent_to_a_file_keeps_every_cell_whole(tiny_recipe_path, tmp_path):
+    """`ltstg run … > results.txt` (issue 32): rich drew tables for a file 80 columns wide (or $COLUMNS) and cut
+    the cells that did not fit ("Chos…", "lr=0…", NLL "0.2…"); a file gets the table at its full width."""
+    from ltstg import tables
+
+    tiny_recipe_path.write_text(tiny_recipe_path.read_text() + "methods:\n  CE: {classifier: none}\n"
+                                "  noise: {augment: {name: noise}, select: {augment.std: [0.1, 2.0]}}\n")
+    store = tmp_path / "store"
+    args = ["run", str(tiny_recipe_path), "--seeds", "0", "--seeds", "1", "--vary-from", "retrain"]
+    with open(tmp_path / "results.txt", "w") as out:
+        done = subprocess.run([sys.executable, "-m", "ltstg", "--store", str(store), *args], stdout=out,
+                              stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "80"}, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = (tmp_path / "results.txt").read_text()
+    rows = json.loads(invoke("--json", *args, store=store).stdout)["rows"]  # every artifact reused
+    cells = tables.for_terminal(tables.methods_cells(rows))
+    assert len(cells.header) >= 10 and max(map(len, printed.splitlines())) > 80
+    for cell in [*cells.header, *(cell for line in cells.body for cell in line)]:
+        assert cell in printed, cell
+    assert "…" not in printed
 
 
 def test_retrain_with_bn_shift_makes_the_shifted_features_and_trains_on_them(tiny_recipe_path, tmp_path):

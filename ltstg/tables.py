@@ -5,7 +5,8 @@ draws those same strings, so a number reads the same wherever it is shown:
 
 - Method: the method's name, then ` [not converged: k of n]` when k of the row's n classifiers did not converge;
 - one column per swept field, its value as `str()` (1, 1.0 and True stay apart);
-- Chosen on val, where a row selected settings on the validation split: each seed's choice;
+- Chosen on val, where a row selected settings on the validation split: each seed's choice, `(lowest)` or
+  `(highest)` after a value at the edge of its grid;
 - All, Many, Medium, Few, ECE, ECE (T): percent with one decimal, ` ± std` when the row has `<key>_std` (several
   seeds); (T): after temperature scaling fitted on the validation split;
 - NLL, NLL (T): three decimals, no std (the README's tables print it so);
@@ -88,12 +89,18 @@ def method_cell(row: dict[str, Any]) -> str:
 
 def chosen_cell(row: dict[str, Any]) -> str:
     """What each seed chose on the validation split, seeds apart by ' / ' (`lam=1, mu=zero / lam=1.5, …`); – for a
-    row that selected nothing. A field is named by its last part, as the recipe's `select` lists it."""
+    row that selected nothing. A field is named by its last part, as the recipe's `select` lists it; a value at
+    the lowest or highest of its grid says so (`lam=0.5 (lowest)`): the best may lie beyond the grid."""
     chosen = row.get("chosen")
     if not chosen:
         return MISSING
-    return " / ".join(", ".join(f"{field.rsplit('.', 1)[-1]}={value}" for field, value in values.items())
-                      for values in chosen)
+    edges = row.get("edges") or [{}] * len(chosen)
+
+    def said(field: str, value: Any, edge: dict[str, str]) -> str:
+        return f"{field.rsplit('.', 1)[-1]}={value}" + (f" ({edge[field]})" if field in edge else "")
+
+    return " / ".join(", ".join(said(field, value, edge) for field, value in values.items())
+                      for values, edge in zip(chosen, edges))
 
 
 def methods_columns(swept: Sequence[str] = (), selected: bool = False) -> list[Column]:

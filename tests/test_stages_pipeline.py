@@ -470,3 +470,35 @@ def test_selection_needs_validation_scores():
     values, chosen, tried = select("m", candidates, scored)
     assert values == {"lr": 0.001} and chosen.id == "a" * 64  # the first of equals
     assert [t["chosen"] for t in tried] == [True, False]
+
+
+def test_a_choice_on_the_edge_of_its_grid_is_said_recorded_and_marked(tiny_recipe_path, tmp_path):
+    """Issue 33: a grid whose best value is its lowest or highest does not hold the choice. Two values: whichever
+    wins is on an edge."""
+    from ltstg.tables import chosen_cell
+
+    tiny_recipe_path.write_text(tiny_recipe_path.read_text() + """
+methods:
+  noise: {augment: {name: noise}, select: {augment.std: [0.1, 2.0]}}
+""")
+    notes = []
+    runs, _ = run_recipe(Context(store=Store(tmp_path / "store"), note=notes.append), load_recipe(tiny_recipe_path),
+                         seeds=[0])
+    [run] = runs
+    where = "lowest" if run.chosen == {"augment.std": 0.1} else "highest"
+    assert run.edges == {"augment.std": where}
+    assert any(f"noise, seed 0, chose on the edge of its grid: augment.std={run.chosen['augment.std']} ({where} of "
+               "[0.1, 2.0])" in note for note in notes), notes
+    [row] = aggregate(runs)
+    assert row["edges"] == [{"augment.std": where}]
+    assert chosen_cell(row) == f"std={run.chosen['augment.std']} ({where})"
+
+
+def test_grid_edges_are_the_lowest_and_highest_numbers_tried():
+    from ltstg.stages.pipeline import grid_edges
+
+    grid = [({"lr": lr, "mu": mu}, None) for lr in (0.01, 0.03, 0.1) for mu in ("eq3", "zero")]
+    assert grid_edges(grid, {"lr": 0.03, "mu": "zero"}) == {}  # inside; text values have no edge
+    assert grid_edges(grid, {"lr": 0.01, "mu": "eq3"}) == {"lr": "lowest"}
+    assert grid_edges(grid, {"lr": 0.1, "mu": "eq3"}) == {"lr": "highest"}
+    assert grid_edges([({"lr": 0.1}, None)], {"lr": 0.1}) == {}  # one value: nothing was chosen

@@ -162,6 +162,8 @@ def test_a_selected_row_shows_what_each_seed_chose_on_validation():
     assert [line[column] for line in cells.body] == ["lam=1, mu=zero / lam=1.5, mu=eq3", "–"]
     assert cells.body[0][cells.header.index("ECE (T)")] == "2.1" and cells.body[0][cells.header.index("NLL (T)")] == "0.800"
     assert "Chosen on val" not in methods_cells(ROWS).header  # only where a row selected
+    on_edge = {**chosen, "edges": [{"augment.lam": "highest"}, {}]}
+    assert methods_cells([on_edge]).body[0][column] == "lam=1 (highest), mu=zero / lam=1.5, mu=eq3"
 
 
 def test_swept_values_keep_their_text_so_1_and_1_0_stay_apart():

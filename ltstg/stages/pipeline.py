@@ -45,6 +45,7 @@ class MethodRun:
     head_classes: tuple[int, ...] | None = None  # the run's STG split, to score its head and tail classes apart
     chosen: dict[str, Any] | None = None  # the selected fields' values this seed chose on the validation split
     candidates: tuple[dict[str, Any], ...] = ()  # every candidate: values, validation score, classifier id
+    edges: dict[str, str] | None = None  # chosen field -> "lowest" | "highest" of its grid: the best may lie beyond
 
 
 def methods_of(recipe: Recipe, chosen: list[str] | None) -> dict[str, Candidates]:
@@ -168,11 +169,18 @@ def run_recipe(
             trained = [step(steps.retrain_step(ctx, at("retrain"), settings, inputs_of(settings), stg)).artifact
                        for _, settings in candidates]
             values, classifier, tried = select(method, candidates, trained)
+            edges = grid_edges(candidates, values)
+            if edges:
+                said = ", ".join(f"{field}={values[field]} ({where} of {sorted(grid_values(candidates, field))})"
+                                 for field, where in edges.items())
+                ctx.note(f"note: {method}, seed {seed}, chose on the edge of its grid: {said}; the best may lie "
+                         "beyond it (marked in the table)")
             if last >= 4:
                 on = next(f for f in variants.values() if f.id == classifier.parents[0])  # what it trained on
                 report = step(steps.eval_step(ctx, at("retrain"), classifier, on)).artifact
                 runs.append(MethodRun(seed, method, report, converged(classifier), head_classes,
-                                      values if len(candidates) > 1 else None, tried))
+                                      values if len(candidates) > 1 else None, tried, edges if len(candidates) > 1
+                                      else None))
     return runs, results
 
 
@@ -217,6 +225,25 @@ def select(
     return candidates[best][0], trained[best], tried
 
 
+def grid_values(candidates: Candidates, field: str) -> set[Any]:
+    return {values[field] for values, _ in candidates if field in values}
+
+
+def grid_edges(candidates: Candidates, chosen: dict[str, Any]) -> dict[str, str]:
+    """The chosen fields that sit at the lowest or highest of the numbers their grid tried: there the grid does
+    not hold the choice. Fields with text values (`mu: eq3`) or one value have no edge."""
+    edges = {}
+    for field, value in chosen.items():
+        numbers = grid_values(candidates, field)
+        if len(numbers) < 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers):
+            continue
+        if value == min(numbers):
+            edges[field] = "lowest"
+        elif value == max(numbers):
+            edges[field] = "highest"
+    return edges
+
+
 def note_budgets(ctx: Context, chosen: dict[str, Candidates]) -> None:
     """Methods that select with different numbers of candidates are not tuned alike: said, not refused."""
     budgets = {name: len(candidates) for name, candidates in chosen.items() if len(candidates) > 1}
@@ -246,6 +273,7 @@ def aggregate(runs: list[MethodRun]) -> list[dict[str, Any]]:
         }
         if any(r.chosen is not None for r in group):
             row["chosen"] = [r.chosen for r in group]  # per seed, in the order of "seeds"
+            row["edges"] = [r.edges or {} for r in group]  # per seed: chosen fields at the edge of their grid
             row["candidates"] = [list(r.candidates) for r in group]
         scores = [{**r.report.metrics, **split_accuracy(r)} for r in group]
         for metric, column in COLUMNS.items():

@@ -51,6 +51,12 @@ def stopped_soon(grace: float = GRACE_SECONDS) -> bool:
 
 
 def leaving() -> None:
-    """This rank has said its last line and exits with its own code: a SIGTERM from now on changes nothing."""
+    """This rank has said its last line and exits with its own code: a SIGTERM from now on changes nothing.
+
+    Ignored, not just handled: Python puts back the default action for its handled signals when the interpreter
+    shuts down, and a SIGTERM that came then (ending the process group is slow on a busy machine) killed the
+    rank on its way out (-15) instead of letting it exit with its own code."""
     global _leaving
     _leaving = True
+    if _listening:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)

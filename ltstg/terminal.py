@@ -55,21 +55,41 @@ def guarded(command: Callable[..., Any]) -> Callable[..., Any]:
                 stderr.print(Text.assemble(("error:", "red"), " ", line), highlight=False)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            launcher.leaving()
-            stderr.print(
-                "interrupted: the stage in progress was not committed; a rerun resumes from its last checkpoint",
-                highlight=False,
-            )
-            raise typer.Exit(130) from None
+            _interrupted()
         except launcher.Stopped:
             _stopped()
         except Exception as error:
-            if not isinstance(error, (click.exceptions.Exit, click.ClickException)) and launcher.stopped_soon():
+            if isinstance(error, (click.exceptions.Exit, click.ClickException)):
+                raise
+            echo = _raised_while_unwinding(error)
+            if isinstance(echo, KeyboardInterrupt):
+                _interrupted()
+            if isinstance(echo, launcher.Stopped) or launcher.stopped_soon():
                 _stopped()
             launcher.leaving()  # a bug's traceback is printed whole, whatever torchrun does meanwhile
             raise
 
     return wrapper
+
+
+def _raised_while_unwinding(error: BaseException) -> Optional[BaseException]:
+    """The Ctrl-C or torchrun stop that `error` was raised while handling, if any: torch.save's zip writer,
+    interrupted mid-write, fails in its `__exit__` ("unexpected pos"), and that error replaces the interrupt."""
+    seen = error.__context__
+    while seen is not None:
+        if isinstance(seen, (KeyboardInterrupt, launcher.Stopped)):
+            return seen
+        seen = seen.__context__
+    return None
+
+
+def _interrupted() -> NoReturn:
+    launcher.leaving()
+    stderr.print(
+        "interrupted: the stage in progress was not committed; a rerun resumes from its last checkpoint",
+        highlight=False,
+    )
+    raise typer.Exit(130) from None
 
 
 def _stopped() -> NoReturn:

@@ -427,6 +427,25 @@ def test_interrupt_exits_130_and_commits_nothing(tiny_recipe_path, tmp_path, mon
     assert Store(store).list("backbone") == []
 
 
+def test_an_error_raised_while_an_interrupt_unwinds_is_the_interrupt(tiny_recipe_path, tmp_path, monkeypatch):
+    """Ctrl-C in the middle of torch.save: its zip writer fails in __exit__ ("unexpected pos"), and that
+    RuntimeError replaces the KeyboardInterrupt (seen under torchrun, one run in twenty)."""
+    from ltstg.stages import pretrain as pretrain_module
+
+    store = tmp_path / "store"
+    assert invoke(store, "make-dataset", "--recipe", str(tiny_recipe_path)).exit_code == 0
+
+    def interrupted_mid_write(*args, **kwargs):
+        try:
+            raise KeyboardInterrupt
+        finally:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1348672 vs 1348560")
+
+    monkeypatch.setattr(pretrain_module, "pretrain", interrupted_mid_write)
+    result = invoke(store, "pretrain", "--recipe", str(tiny_recipe_path))
+    assert result.exit_code == 130 and "interrupted" in result.stderr and "Traceback" not in result.output
+
+
 def test_pipeline_resume_message_through_run(tiny_recipe_path, tmp_path):
     """The run command says it resumes, too (same runner)."""
     recipe = load_recipe(tiny_recipe_path)

@@ -35,7 +35,14 @@ def test_a_rank_on_its_way_out_keeps_its_own_exit(listening):
     launcher.leaving()
     os.kill(os.getpid(), signal.SIGTERM)
     for _ in range(10**5):
-        pass  # nothing raised: the handler ignores it
+        pass  # nothing raised: the signal is ignored
+
+
+def test_a_rank_on_its_way_out_ignores_the_signal_rather_than_handling_it(listening):
+    """Python restores the default action of the signals it handles when the interpreter shuts down: a SIGTERM
+    then (torchrun's stop, while the process group ends) killed a rank that had printed its line (-15, not 2)."""
+    launcher.leaving()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
 
 
 def test_an_error_that_torchrun_follows_with_its_stop_is_another_ranks_echo(listening):

@@ -10,6 +10,7 @@ MAX_FUNCTION_LINES = 80
 # lower number = lower layer; a module may import its own layer or lower ones, never a higher one
 LAYERS = {
     "ltstg.errors": 0, "ltstg.progress": 0, "ltstg.version": 0, "ltstg.tables": 0, "ltstg.methods": 0,
+    "ltstg.launcher": 0,
     "ltstg.store": 1, "ltstg.ranks": 1,
     "ltstg.metrics": 2, "ltstg.calibration": 2, "ltstg.training": 2, "ltstg.data": 2, "ltstg.models": 2,
     "ltstg.augment": 3, "ltstg.classifiers": 3,

@@ -51,6 +51,7 @@ MAX_VIEWS = 16  # the paper recipes use 4; each view is one more copy of the tra
 SPLIT_LIST_SOURCES = ("imagenet-lt", "places-lt", "inat2018")
 VAL_PER_CLASS, VAL_TOTAL = 20, 1000  # the default validation size: see DatasetSettings.val_count
 SELECT = "select"  # the key of a named method that lists candidate values, chosen on the validation split
+BASE = "base"  # the key of a named method that names the method it is compared with, seed by seed
 
 
 class DatasetSettings(Settings):
@@ -276,7 +277,8 @@ class Recipe(Settings):
     eval: EvalSettings = EvalSettings()
     methods: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="named retrain variants for `ltstg run`: overrides of `retrain`, each "
-        "optionally with `select: {field: [candidates]}`, chosen per seed on the validation split",
+        "optionally with `select: {field: [candidates]}`, chosen per seed on the validation split, and `base: "
+        "NAME`, the method it adds an augmenter to (the same stage 3 but `augment`), its delta shown per seed",
     )
 
 
@@ -463,7 +465,7 @@ def load_recipe(
                 f"{', '.join(map(str, override[SELECT])) if isinstance(override[SELECT], dict) else '?'}); "
                 f"run it with `ltstg run --methods {method!r}`, or give one candidate's settings as flags."
             )
-        raw = {**raw, "retrain": with_method(retrain, override)}
+        raw = {**raw, "retrain": with_method(retrain, {k: v for k, v in override.items() if k != BASE})}
     merged = merge_overrides(raw, overrides or {})
     source = str(path) if path is not None else "recipe"
     return validate(merged, source)
@@ -484,7 +486,7 @@ def method_candidates(recipe: Recipe, method: str) -> list[tuple[dict[str, Any],
 def _candidates(
     retrain: RetrainSettings, method: str, override: dict[str, Any]
 ) -> list[tuple[dict[str, Any], RetrainSettings]]:
-    fixed = {key: value for key, value in override.items() if key != SELECT}
+    fixed = {key: value for key, value in override.items() if key not in (SELECT, BASE)}
     grid = select_grid(method, override.get(SELECT, {}))
     out, problems = [], []
     for values in grid:
@@ -499,6 +501,17 @@ def _candidates(
     if problems:
         raise LtstgError("\n".join(problems))
     return out
+
+
+def method_base(recipe: Recipe, method: str) -> str | None:
+    """The method `method` is compared with (`methods.<method>.base`), checked to be another method of the recipe."""
+    base = _named_method(recipe.methods, method).get(BASE)
+    if base is None:
+        return None
+    if not isinstance(base, str) or base == method or base not in recipe.methods:
+        others = ", ".join(name for name in recipe.methods if name != method) or "none"
+        raise LtstgError(f"methods.{method}.{BASE}: {base!r} is not another method of the recipe ({others}).")
+    return base
 
 
 def select_grid(method: str, select: Any) -> list[dict[str, Any]]:

@@ -9,6 +9,8 @@ draws those same strings, so a number reads the same wherever it is shown:
   `(highest)` after a value at the edge of its grid;
 - All, Many, Medium, Few, ECE, ECE (T): percent with one decimal, ` ± std` when the row has `<key>_std` (several
   seeds); (T): after temperature scaling fitted on the validation split;
+- vs base, where a row names a `base` method: its top-1 minus the base's in points, signed, paired by seed
+  (` ± std` over the seeds), right after All;
 - NLL, NLL (T): three decimals, no std (the README's tables print it so);
 - id: the report id(s) the row was read from.
 A missing value is `–`. The pivot (`wide_table`) puts top-1 for each value of one swept field side by side.
@@ -103,13 +105,23 @@ def chosen_cell(row: dict[str, Any]) -> str:
                       for values, edge in zip(chosen, edges))
 
 
-def methods_columns(swept: Sequence[str] = (), selected: bool = False) -> list[Column]:
+def delta_cell(row: dict[str, Any]) -> str:
+    """Top-1 against the row's base in points, signed, ± its std over the paired seeds; – without a base."""
+    value, spread = row.get("vs_base"), row.get("vs_base_std")
+    if value is None:
+        return MISSING
+    return f"{100 * value:+.1f}" + (f" ± {100 * spread:.1f}" if spread is not None else "")
+
+
+def methods_columns(swept: Sequence[str] = (), selected: bool = False, based: bool = False) -> list[Column]:
     """The methods table's columns: method, swept fields, what was chosen on validation, the scores, the id."""
     return [
         Column("Method", method_cell, "left"),
         *(Column(field, lambda row, field=field: str(row["swept"][field]), "left") for field in swept),
         *([Column("Chosen on val", chosen_cell, "left")] if selected else []),
-        *(Column(header, lambda row, key=key: percent(row, key)) for key, header in PERCENT),
+        Column("All", lambda row: percent(row, "all")),
+        *([Column("vs base", delta_cell)] if based else []),
+        *(Column(header, lambda row, key=key: percent(row, key)) for key, header in PERCENT if key != "all"),
         *(Column(header, lambda row, key=key: decimals(row, key, 3)) for key, header in NUMBERS),
         Column("id", lambda row: str(row.get("id") or MISSING), "left", code=True, terminal=False),
     ]
@@ -118,7 +130,8 @@ def methods_columns(swept: Sequence[str] = (), selected: bool = False) -> list[C
 def methods_cells(rows: list[dict[str, Any]], swept: Sequence[str] | None = None) -> Cells:
     """Methods as rows (`compare_rows` / `pipeline.aggregate` rows); `swept` adds a column per swept field, and
     rows that selected settings on the validation split add the column of their choices."""
-    columns = methods_columns(swept or (), selected=any(row.get("chosen") for row in rows))
+    columns = methods_columns(swept or (), selected=any(row.get("chosen") for row in rows),
+                              based=any(row.get("base") for row in rows))
     return Cells(
         header=[column.header for column in columns],
         body=[[column.cell(row) for column in columns] for row in rows],

@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -162,12 +163,14 @@ def test_real_cifar10_jpeg_pipeline_two_epochs(cifar10_jpeg, tmp_path):
     recipe_file = Path(__file__).resolve().parents[1] / "recipes" / "cifar10" / "jpeg-im100-30ep.yaml"
     recipe = load_recipe(recipe_file, {"dataset.root": str(cifar10_jpeg), "pretrain.epochs": 2, "pretrain.warmup_epochs": 1})
     runs, results = run_recipe(Context(store=Store(tmp_path / "store")), recipe, seeds=[0])
-    assert results[0].artifact.metrics["train"] == 12406
+    # CIFAR-10-LT IM100 keeps 12406 images; the head class keeps all 5000 of its own, so its 100 validation images
+    # are taken out of them (the other classes lend theirs from the images the profile left unused)
+    assert results[0].artifact.metrics["train"] == 12406 - 100 and results[0].artifact.metrics["val"] == 1000
     rows = {row["method"]: row for row in aggregate(runs)}
     assert set(rows) == set(recipe.methods)
     for row in rows.values():
         assert 0.15 < row["all"] <= 1.0  # ten classes: chance is 0.1; two epochs leave some methods near 0.2
-    assert rows["cRT+mixup"]["medium"] > rows["Mixup"]["medium"]  # re-balancing lifts the rarer classes (IM100 has no few class)
+    assert rows["cRT+mixup (Kang)"]["medium"] > rows["Mixup"]["medium"]  # re-balancing lifts the rarer classes (IM100 has no few class)
 
 
 def test_seeds_keep_one_data_set_and_vary_from_retrain_shares_the_backbone(recipe_path, tmp_path):
@@ -502,3 +505,53 @@ def test_grid_edges_are_the_lowest_and_highest_numbers_tried():
     assert grid_edges(grid, {"lr": 0.01, "mu": "eq3"}) == {"lr": "lowest"}
     assert grid_edges(grid, {"lr": 0.1, "mu": "eq3"}) == {"lr": "highest"}
     assert grid_edges([({"lr": 0.1}, None)], {"lr": 0.1}) == {}  # one value: nothing was chosen
+
+
+BASED = """
+methods:
+  noise-base: {augment: {name: none}, select: {lr: [0.01, 0.03]}}
+  noise: {augment: {name: noise, std: 0.5}, select: {lr: [0.01, 0.03]}, base: noise-base}
+"""
+
+
+def test_an_augmenter_is_compared_with_its_own_base_seed_by_seed(tiny_recipe_path, tmp_path):
+    """Issue 33: `base` names the method an augmenter is added to; the row shows top-1 minus the base's, paired
+    by seed, and the table a `vs base` column after All."""
+    from ltstg.tables import methods_cells
+
+    tiny_recipe_path.write_text(tiny_recipe_path.read_text() + BASED)
+    runs, _ = run_recipe(Context(store=Store(tmp_path / "store")), load_recipe(tiny_recipe_path), seeds=[0, 1],
+                         vary_from="retrain")
+    rows = {row["method"]: row for row in aggregate(runs)}
+    top1 = {(r.method, r.seed): r.report.metrics["top1"] for r in runs}
+    deltas = [top1["noise", seed] - top1["noise-base", seed] for seed in (0, 1)]
+    assert rows["noise"]["base"] == "noise-base" and "base" not in rows["noise-base"]
+    assert rows["noise"]["vs_base"] == pytest.approx(sum(deltas) / 2)
+    assert rows["noise"]["vs_base_std"] == pytest.approx(abs(deltas[0] - deltas[1]) / 2 ** 0.5)
+    cells = methods_cells(list(rows.values()))
+    assert cells.header[cells.header.index("All") + 1] == "vs base"
+    assert cells.body[1][cells.header.index("vs base")].startswith(f"{100 * rows['noise']['vs_base']:+.1f} ± ")
+    assert cells.body[0][cells.header.index("vs base")] == "–"
+
+
+@pytest.mark.parametrize("methods, message", [
+    ("  a: {lr: 0.01}\n  b: {augment: {name: noise}, lr: 0.03, base: a}\n", "'a' trains another stage 3 (retrain.lr differs)"),
+    ("  a: {select: {lr: [0.01, 0.03]}}\n  b: {augment: {name: noise}, select: {lr: [0.01, 0.1]}, base: a}\n",
+     "'a' trains another stage 3 (the grid it chooses from on validation differs)"),
+    ("  b: {augment: {name: noise}, base: nope}\n", "methods.b.base: 'nope' is not another method of the recipe"),
+    ("  b: {augment: {name: noise}, base: b}\n", "methods.b.base: 'b' is not another method"),
+])
+def test_a_base_that_is_not_the_same_stage_3_is_refused(tiny_recipe_path, methods, message):
+    from ltstg.stages.pipeline import check_run
+
+    tiny_recipe_path.write_text(tiny_recipe_path.read_text() + "methods:\n" + methods)
+    with pytest.raises(LtstgError, match=re.escape(message)):
+        check_run(load_recipe(tiny_recipe_path), "eval", None, "pretrain")
+
+
+def test_a_base_left_out_of_the_run_is_named(tiny_recipe_path):
+    from ltstg.stages.pipeline import check_run
+
+    tiny_recipe_path.write_text(tiny_recipe_path.read_text() + BASED)
+    with pytest.raises(LtstgError, match=re.escape("'noise-base' is left out of this run; add it (--methods 'noise-base')")):
+        check_run(load_recipe(tiny_recipe_path), "eval", ["noise"], "pretrain")

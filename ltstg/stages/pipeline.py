@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import itertools
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import torch
 
 from ltstg import ranks
 from ltstg.errors import LtstgError
-from ltstg.recipe import Recipe, RetrainSettings, load_recipe, method_candidates, validate
+from ltstg.recipe import Recipe, RetrainSettings, id_settings, load_recipe, method_base, method_candidates, validate
 from ltstg.stages import Context, Result
 from ltstg.stages import steps
 from ltstg.stages.evaluate import converged
@@ -46,6 +47,7 @@ class MethodRun:
     chosen: dict[str, Any] | None = None  # the selected fields' values this seed chose on the validation split
     candidates: tuple[dict[str, Any], ...] = ()  # every candidate: values, validation score, classifier id
     edges: dict[str, str] | None = None  # chosen field -> "lowest" | "highest" of its grid: the best may lie beyond
+    base: str | None = None  # the method this one adds an augmenter to (methods.<name>.base), compared seed by seed
 
 
 def methods_of(recipe: Recipe, chosen: list[str] | None) -> dict[str, Candidates]:
@@ -79,7 +81,40 @@ def check_run(recipe: Recipe, until: str, methods: list[str] | None, vary_from: 
         ))
         if problems:
             raise LtstgError("\n".join(problems))
+    check_bases(recipe, chosen)
     return chosen
+
+
+def check_bases(recipe: Recipe, chosen: dict[str, Candidates]) -> None:
+    """A method with a `base` runs beside it and differs from it in the augmenter alone: the same stage-3 settings,
+    and where a setting is chosen on validation, the same grid for it. Otherwise the delta is not the augmenter's."""
+    problems = []
+    for name in chosen:
+        base = method_base(recipe, name) if name in recipe.methods else None
+        if base is None:
+            continue
+        if base not in chosen:
+            problems.append(f"methods.{name}.base: {base!r} is left out of this run; add it (--methods {base!r}).")
+        elif _without_augment(chosen[name]) != _without_augment(chosen[base]):
+            ours, theirs = (dict(sorted(_without_augment(chosen[n]))[0][1]) for n in (name, base))
+            fields = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+            detail = f"retrain.{', retrain.'.join(fields)}" if fields else "the grid it chooses from on validation"
+            problems.append(f"methods.{name}.base: {base!r} trains another stage 3 ({detail} differs); a base must "
+                            "differ from its method in `augment` alone, with the same `select` grid for the rest.")
+    if problems:
+        raise LtstgError("\n".join(problems))
+
+
+def _without_augment(candidates: Candidates) -> set[tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]]:
+    """Each candidate's selected values and settings with the augmenter taken out, as comparable tuples."""
+    def frozen(mapping: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+        return tuple(sorted((key, json.dumps(value, sort_keys=True)) for key, value in mapping.items()))
+
+    return {
+        (frozen({k: v for k, v in values.items() if not k.startswith("augment.")}),
+         frozen({k: v for k, v in id_settings(settings).items() if k != "augment"}))
+        for values, settings in candidates
+    }
 
 
 def check_seeds(recipe: Recipe, seeds: list[int]) -> None:
@@ -100,6 +135,17 @@ def check_swept_methods(recipe: Recipe, sweeps: dict[str, list[Any]]) -> None:
         near = difflib.get_close_matches(parts[1], list(recipe.methods), n=1)
         hint = f"did you mean {near[0]!r}?" if near else f"the recipe lists: {', '.join(recipe.methods) or 'none'}."
         raise LtstgError(f"--sweep {field}: the recipe has no method {parts[1]!r}; {hint}")
+
+
+def note_edges(ctx: Context, who: str, candidates: Candidates, values: dict[str, Any]) -> dict[str, str]:
+    """The chosen fields at the lowest or highest of their grid, said in one line: the best may lie beyond."""
+    edges = grid_edges(candidates, values)
+    if edges:
+        said = ", ".join(f"{field}={values[field]} ({where} of {sorted(grid_values(candidates, field))})"
+                         for field, where in edges.items())
+        ctx.note(f"note: {who}, chose on the edge of its grid: {said}; the best may lie beyond it (marked in the "
+                 "table)")
+    return edges
 
 
 def run_recipe(
@@ -169,18 +215,14 @@ def run_recipe(
             trained = [step(steps.retrain_step(ctx, at("retrain"), settings, inputs_of(settings), stg)).artifact
                        for _, settings in candidates]
             values, classifier, tried = select(method, candidates, trained)
-            edges = grid_edges(candidates, values)
-            if edges:
-                said = ", ".join(f"{field}={values[field]} ({where} of {sorted(grid_values(candidates, field))})"
-                                 for field, where in edges.items())
-                ctx.note(f"note: {method}, seed {seed}, chose on the edge of its grid: {said}; the best may lie "
-                         "beyond it (marked in the table)")
+            edges = note_edges(ctx, f"{method}, seed {seed}", candidates, values)
             if last >= 4:
                 on = next(f for f in variants.values() if f.id == classifier.parents[0])  # what it trained on
                 report = step(steps.eval_step(ctx, at("retrain"), classifier, on)).artifact
                 runs.append(MethodRun(seed, method, report, converged(classifier), head_classes,
-                                      values if len(candidates) > 1 else None, tried, edges if len(candidates) > 1
-                                      else None))
+                                      values if len(candidates) > 1 else None, tried,
+                                      edges if len(candidates) > 1 else None,
+                                      method_base(recipe, method) if method in recipe.methods else None))
     return runs, results
 
 
@@ -275,6 +317,8 @@ def aggregate(runs: list[MethodRun]) -> list[dict[str, Any]]:
             row["chosen"] = [r.chosen for r in group]  # per seed, in the order of "seeds"
             row["edges"] = [r.edges or {} for r in group]  # per seed: chosen fields at the edge of their grid
             row["candidates"] = [list(r.candidates) for r in group]
+        if group[0].base is not None:
+            row.update(base_delta(group, by_method.get(group[0].base, [])))
         scores = [{**r.report.metrics, **split_accuracy(r)} for r in group]
         for metric, column in COLUMNS.items():
             values = [score[metric] for score in scores if metric in score]
@@ -283,6 +327,17 @@ def aggregate(runs: list[MethodRun]) -> list[dict[str, Any]]:
                 row[f"{column}_std"] = std(values)
         rows.append(row)
     return rows
+
+
+def base_delta(group: list[MethodRun], base: list[MethodRun]) -> dict[str, Any]:
+    """Top-1 against the base's, seed by seed (paired: the seed's own backbone and STG in both), as its mean and
+    sample std over the seeds both ran."""
+    base_top1 = {r.seed: r.report.metrics["top1"] for r in base}
+    deltas = [r.report.metrics["top1"] - base_top1[r.seed] for r in group if r.seed in base_top1]
+    out: dict[str, Any] = {"base": group[0].base, "vs_base": mean(deltas) if deltas else None}
+    if len(deltas) > 1:
+        out["vs_base_std"] = std(deltas)
+    return out
 
 
 def split_accuracy(run: MethodRun) -> dict[str, float]:

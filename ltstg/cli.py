@@ -18,6 +18,7 @@ from ltstg import tables
 from ltstg.cli_inspect import inspect_app
 from ltstg.errors import LtstgError
 from ltstg.flags import overrides, section_flags, with_flags
+from ltstg.methods import uses_stg
 from ltstg.terminal import (
     PICTURES, Options, RichProgress, artifact_summary, emit, guarded, methods_table, note, output_file, pick,
     pick_on_every_rank, run_context, show_results,
@@ -149,7 +150,7 @@ def retrain_command(
     recipe: RecipeOption = None,
     method: Annotated[Optional[str], typer.Option(help="A named method of the recipe's `methods`.")] = None,
     features: Annotated[Optional[str], typer.Option(help="Features artifact (default newest).")] = None,
-    stg: Annotated[Optional[str], typer.Option(help="STG artifact for --augmenter stg (default newest).")] = None,
+    stg: Annotated[Optional[str], typer.Option(help="STG artifact for --augmenter stg or --scope tail (default newest).")] = None,
     name: NameOption = None,
     force: ForceOption = False,
     **flags: Any,
@@ -165,7 +166,7 @@ def retrain_command(
         # retrain.bn_shift trains on the shifted variant of the newest features; features named are taken as given
         variant = steps.features_for(run, settings, settings.retrain, parent) if features is None else None
         parent = variant.artifact if variant is not None else parent
-        stg_artifact = pick(run, stg, "stg", parent=parent.id) if settings.retrain.augment.name == "stg" else None
+        stg_artifact = pick(run, stg, "stg", parent=parent.id) if uses_stg(settings.retrain.augment) else None
         result = steps.retrain_step(run, settings, settings.retrain, parent, stg_artifact, name=name)
     show_results(options, [variant, result] if variant is not None else [result], "retrain")
 

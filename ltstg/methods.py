@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeVar, get_args
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ltstg.errors import LtstgError
 
@@ -45,6 +45,26 @@ class Settings(BaseModel):
             if isinstance(value, bool) and field is not None and field.annotation in (int, float):
                 raise ValueError(f"{name}: a number is needed here, not {str(value).lower()}")
         return data
+
+
+def since_ids(default: Any, *, only_with: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+    """A field added after ids were published: at its default it is left out of ids, so they stay valid. With
+    `only_with` it joins an id exactly when those fields have those values (momentum with sgd), which no id
+    made before it had."""
+    extra: dict[str, Any] = {"since_ids": True, **({"only_with": only_with} if only_with else {})}
+    return Field(default, json_schema_extra=extra, **kwargs)
+
+
+def scope_field(default: str) -> Any:
+    """`augment.scope`: which classes' samples an augmenter changes, so that augmenters can be compared on the
+    same classes (the STG changes tail samples only; noise, dropout and ISDA, as their authors ran them, all)."""
+    return since_ids(default, description="tail: only the samples of the STG's tail classes (its head/tail split; "
+                     "needs an STG artifact); all: every sample")
+
+
+def uses_stg(augment: Any) -> bool:
+    """Whether an augmenter needs an STG artifact: the STG itself, or any augmenter kept to the STG's tail."""
+    return augment.name == "stg" or getattr(augment, "scope", "all") == "tail"
 
 
 class Augmenter(Protocol):

@@ -24,20 +24,12 @@ from ltstg.augment.noise import NoiseAugment  # noqa: F401
 from ltstg.augment.none import NoAugment  # noqa: F401
 from ltstg.augment.stg import StgAugment  # noqa: F401
 from ltstg.errors import LtstgError
-from ltstg.methods import PLAIN, Settings, augmenters, classifiers, get_augmenter
+from ltstg.methods import PLAIN, Settings, augmenters, classifiers, get_augmenter, since_ids
 
 
 def run_option(default: Any = None, **kwargs: Any) -> Any:
     """A field that changes where or how fast a stage runs, not what it produces: not part of ids."""
     return Field(default, json_schema_extra={"run_option": True}, **kwargs)
-
-
-def since_ids(default: Any, *, only_with: dict[str, Any] | None = None, **kwargs: Any) -> Any:
-    """A field added after ids were published: at its default it is left out of ids, so they stay valid. With
-    `only_with` it joins an id exactly when those fields have those values (momentum with sgd), which no id
-    made before it had."""
-    extra: dict[str, Any] = {"since_ids": True, **({"only_with": only_with} if only_with else {})}
-    return Field(default, json_schema_extra=extra, **kwargs)
 
 
 class SyntheticSettings(Settings):

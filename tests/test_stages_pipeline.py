@@ -555,3 +555,13 @@ def test_a_base_left_out_of_the_run_is_named(tiny_recipe_path):
     tiny_recipe_path.write_text(tiny_recipe_path.read_text() + BASED)
     with pytest.raises(LtstgError, match=re.escape("'noise-base' is left out of this run; add it (--methods 'noise-base')")):
         check_run(load_recipe(tiny_recipe_path), "eval", ["noise"], "pretrain")
+
+
+def test_an_augmenter_kept_to_the_tail_has_the_stg_fitted_and_as_its_parent(tiny_recipe_path, tmp_path):
+    tiny_recipe_path.write_text(tiny_recipe_path.read_text() + "methods:\n  cRT: {}\n"
+                                "  noise (tail): {augment: {name: noise, scope: tail}}\n")
+    store = Store(tmp_path / "store")
+    runs, _ = run_recipe(Context(store=store), load_recipe(tiny_recipe_path), seeds=[0])
+    (stg,) = store.list("stg")
+    parents = {r.method: store.get(r.report.parents[0]).parents for r in runs}
+    assert parents["noise (tail)"][1:] == [stg.id] and len(parents["cRT"]) == 1

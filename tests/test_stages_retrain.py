@@ -721,3 +721,54 @@ def test_an_lr_set_per_epoch_cannot_warm_up():
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
     with pytest.raises(LtstgError, match="cannot warm up"):
         make_scheduler(optimizer, 3, epochs=10, warmup_epochs=1, schedule="cosine", per="epoch")
+
+
+@pytest.mark.parametrize("augment", [NoiseAugment(std=0.5, scope="tail"), DropoutAugment(p=0.2, scope="tail"),
+                                     IsdaAugment(lam=0.5, scope="tail")])
+def test_an_augmenter_kept_to_the_tail_changes_the_stgs_tail_classes_only(monkeypatch, augment):
+    """Issue 33: `augment.scope: tail` compares noise, dropout and ISDA with the STG on the classes it changes."""
+    from ltstg.augment.scope import TailOnly
+
+    features = make_features()
+    stg = make_stg(features)
+    calls, seen = _record(monkeypatch, TailOnly)
+    out = run(RetrainSettings(augment=augment, epochs=2, batch_size=64), features, stg)
+    before, labels, after = (torch.cat([call[i] for call in calls]) for i in range(3))
+    head = (labels == 0) | (labels == 1)
+    assert torch.equal(after[head], before[head])  # the STG's head classes reach the classifier untouched
+    assert (after[~head] != before[~head]).any(dim=1).all()  # every tail draw is changed
+    assert all(torch.equal(a, b) for (_, _, a), b in zip(calls, seen))
+    assert 0 < out.metrics["augmented_share"] < 1
+
+
+def test_a_tail_scope_draws_what_the_augmenter_draws_without_one():
+    """The scope only puts head samples back: a tail sample gets the very draw it gets with scope all."""
+    from ltstg.augment.scope import TailOnly
+
+    features, labels = torch.randn(8, 4), torch.tensor([0, 1, 2, 3] * 2)
+    everywhere = NoiseAugmenter(0.5).augment(features, labels, generator=torch.Generator().manual_seed(3))
+    kept = TailOnly(NoiseAugmenter(0.5), torch.tensor([0, 1]), 4)
+    tail_only = kept.augment(features, labels, generator=torch.Generator().manual_seed(3))
+    head = labels < 2
+    assert torch.equal(tail_only[head], features[head]) and torch.equal(tail_only[~head], everywhere[~head])
+    isda = TailOnly(IsdaAugmenter(4, 4), torch.tensor([0, 1]), 4)
+    assert set(isda.state_dict()) == {"means", "vars", "counts"}  # the checkpoint keeps ISDA's statistics
+
+
+def test_the_stg_with_scope_all_shifts_head_samples_too():
+    features = make_features()
+    stg = make_stg(features)
+    tail = run(RetrainSettings(augment=StgAugment(lam=1.0), **FAST), features, stg)
+    every = run(RetrainSettings(augment=StgAugment(lam=1.0, scope="all"), **FAST), features, stg)
+    head_rows = features["train_labels"] <= 1
+    assert (tail.tensors["borrowed_head"][head_rows] == -1).all()
+    assert (every.tensors["borrowed_head"][head_rows] >= 0).all()  # head samples borrow a head class too
+    assert every.metrics["augmented_share"] > tail.metrics["augmented_share"]
+
+
+def test_a_tail_scope_without_an_stg_or_on_shifted_features_is_refused():
+    features = make_features()
+    with pytest.raises(LtstgError, match="augment.scope tail needs an stg artifact"):
+        run(RetrainSettings(augment=NoiseAugment(scope="tail")), features, None)
+    with pytest.raises(LtstgError, match="bn_shift with augment 'noise' kept to the STG's tail"):
+        run(RetrainSettings(augment=NoiseAugment(scope="tail"), bn_shift=True), features, make_stg(features))

@@ -7,7 +7,7 @@ import torch
 from pydantic import Field
 
 from ltstg.errors import LtstgError
-from ltstg.methods import Settings, register_augmenter
+from ltstg.methods import Settings, register_augmenter, scope_field
 
 if TYPE_CHECKING:
     from ltstg.data.features import TrainingFeatures
@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 class DropoutAugment(Settings):
     name: Literal["dropout"] = "dropout"
+    scope: Literal["tail", "all"] = scope_field("all")
     p: float = Field(0.2, ge=0, lt=1, description="probability that a feature dimension is dropped")
 
 

@@ -7,7 +7,7 @@ import torch
 from pydantic import Field
 
 from ltstg.errors import LtstgError
-from ltstg.methods import Settings, register_augmenter
+from ltstg.methods import Settings, register_augmenter, scope_field
 
 if TYPE_CHECKING:
     from ltstg.data.features import TrainingFeatures
@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 class IsdaAugment(Settings):
     name: Literal["isda"] = "isda"
+    scope: Literal["tail", "all"] = scope_field("all")
     lam: float = Field(0.5, ge=0, description="strength λ of the class-conditional Gaussian (running diagonal covariance)")
 
 

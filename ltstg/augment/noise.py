@@ -7,7 +7,7 @@ import torch
 from pydantic import Field
 
 from ltstg.errors import LtstgError
-from ltstg.methods import Settings, register_augmenter
+from ltstg.methods import Settings, register_augmenter, scope_field
 
 if TYPE_CHECKING:
     from ltstg.data.features import TrainingFeatures
@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 class NoiseAugment(Settings):
     name: Literal["noise"] = "noise"
+    scope: Literal["tail", "all"] = scope_field("all")
     std: float = Field(0.5, ge=0, description="std of the isotropic Gaussian noise added to every feature")
 
 

@@ -7,7 +7,7 @@ import torch
 from pydantic import Field
 
 from ltstg.errors import LtstgError
-from ltstg.methods import Settings, register_augmenter
+from ltstg.methods import Settings, register_augmenter, scope_field
 from ltstg.models.prototypes import class_means, nearest_prototype
 from ltstg.models.stg import load_stg, stg_problems
 
@@ -22,6 +22,7 @@ BORROW_CHUNK = 8192  # rows per nearest-prototype lookup, so (N, H) similarities
 
 class StgAugment(Settings):
     name: Literal["stg"] = "stg"
+    scope: Literal["tail", "all"] = scope_field("tail")
     lam: float = Field(1.5, ge=0, description="global strength λ")
     t: float = Field(0.5, gt=0, lt=1, description="a dimension keeps the original value where m > t")
     mu: Literal["eq3", "relative", "zero"] = Field(
@@ -49,6 +50,7 @@ class StgAugmenter:
         t: float = 0.5,
         mu: str = "eq3",
         class_means: torch.Tensor | None = None,
+        scope: str = "tail",
     ) -> None:
         num_classes = class_counts.numel()
         if head_classes.numel() == 0:
@@ -68,6 +70,8 @@ class StgAugmenter:
             raise LtstgError(f"STG lam must be >= 0, got {lam}.")
         if not 0 <= t <= 1:
             raise LtstgError(f"STG threshold t must be in [0, 1], got {t}.")
+        if scope not in ("tail", "all"):
+            raise LtstgError(f"STG scope must be tail or all, got {scope!r}.")
         if mu not in MU_MODES:
             raise LtstgError(f"unknown STG mu mode {mu!r}; known modes: {', '.join(MU_MODES)}.")
         if mu == "relative" and (class_means is None or class_means.shape != (num_classes, prototypes.shape[1])):
@@ -84,6 +88,9 @@ class StgAugmenter:
         self.beta = (counts.min() / counts).sqrt().float()  # (C,)
         self.is_tail = torch.ones(num_classes, dtype=torch.bool, device=class_counts.device)  # (C,)
         self.is_tail[self.head_classes.to(class_counts.device)] = False
+        # the classes whose samples are shifted: the tail (the paper), or with scope all every class, a head
+        # sample then borrowing from its nearest head class (often its own)
+        self.changed = self.is_tail if scope == "tail" else torch.ones_like(self.is_tail)
 
     def borrowed(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Which head class each feature borrows a token from, and the cosine that chose it (Table 5 reports)."""
@@ -91,14 +98,15 @@ class StgAugmenter:
         return self.head_classes.to(features.device)[index], cosine
 
     def augment(self, features: torch.Tensor, labels: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
-        """Eq. 3-4 on tail samples; head samples come back unchanged since the STG was fit on them."""
+        """Eq. 3-4 on tail samples (every sample with scope all); head samples come back unchanged since the STG
+        was fit on them."""
         if features.dim() != 2 or labels.shape != features.shape[:1]:
             raise LtstgError(
                 f"augment takes features (B, D) and labels (B,), got {tuple(features.shape)} and {tuple(labels.shape)}."
             )
         out = features.clone()
-        tail = self.is_tail.to(labels.device)[labels]  # (B,)
-        rows = torch.nonzero(tail).flatten()
+        changed = self.changed.to(labels.device)[labels]  # (B,)
+        rows = torch.nonzero(changed).flatten()
         if rows.numel() == 0:
             return out
         original = features[rows]  # (T, D)
@@ -153,6 +161,7 @@ def stg_arguments(
         "t": augment.t,
         "mu": augment.mu,
         "class_means": means,
+        "scope": augment.scope,
     }
 
 
@@ -163,14 +172,15 @@ def checks(settings: Any, features: Artifact, stg: Artifact | None) -> list[str]
 
 
 def borrowed(augmenter: StgAugmenter, inputs: TrainingFeatures) -> dict[str, torch.Tensor]:
-    """The head class each training sample borrows and its cosine; -1 and NaN for head samples (they borrow nothing)."""
+    """The head class each training sample borrows and its cosine; -1 and NaN for the samples it leaves as they are
+    (head samples, unless its scope is all)."""
     heads, cosines = [], []
     with torch.no_grad():
         for chunk in torch.split(inputs.features, BORROW_CHUNK):
             head, cosine = augmenter.borrowed(chunk)
             heads.append(head)
             cosines.append(cosine)
-    tail = augmenter.is_tail.to(inputs.labels.device)[inputs.labels]  # (N,)
+    tail = augmenter.changed.to(inputs.labels.device)[inputs.labels]  # (N,)
     head = torch.where(tail, torch.cat(heads), torch.full_like(tail, -1, dtype=torch.long))  # (N,)
     cosine = torch.where(tail, torch.cat(cosines), torch.full_like(tail, float("nan"), dtype=torch.float32))  # (N,)
     return {"borrowed_head": head.cpu(), "borrowed_cosine": cosine.cpu()}

@@ -18,6 +18,7 @@ import torch
 
 from ltstg import ranks
 from ltstg.errors import LtstgError
+from ltstg.methods import uses_stg
 from ltstg.recipe import Recipe, RetrainSettings, id_settings, load_recipe, method_base, method_candidates, validate
 from ltstg.stages import Context, Result
 from ltstg.stages import steps
@@ -166,7 +167,7 @@ def run_recipe(
     """
     chosen = check_run(recipe, until, methods, vary_from)
     last = STAGES.index(until)
-    needs_stg = any(s.augment.name == "stg" for c in chosen.values() for _, s in c) or until == "fit-stg"
+    needs_stg = any(uses_stg(s.augment) for c in chosen.values() for _, s in c) or until == "fit-stg"
     trainings = sum(len(candidates) for candidates in chosen.values())
     shifts = len({s.batch_size for c in chosen.values() for _, s in c if s.bn_shift})  # BatchNorm-shifted features
     per_seed = (1 + (last >= 1) * 2 + (last >= 2 and needs_stg) + (last >= 3) * (trainings + shifts)

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ltstg.augment.scope import scoped
 from ltstg.calibration import fit_temperature
 from ltstg.data.balanced import ClassAwareSampler, class_balanced_indices
 from ltstg.data.features import TrainingFeatures, training_features
@@ -139,7 +140,8 @@ def fit(
     curve, the augmenter's extra tensors, and the metrics that say whether it converged."""
     inputs = training_features(features, device)
     augmenter_entry = get_augmenter(settings.augment.name)
-    augmenter = augmenter_entry.build(settings.augment, inputs, stg, device)
+    augmenter = scoped(augmenter_entry.build(settings.augment, inputs, stg, device), settings.augment, stg,
+                       inputs.num_classes)
     model = classifier.build(settings, inputs, seed, resolved_init(settings)).to(device)
     curve, changed = train(
         settings, model, augmenter, inputs, generator=generator, progress=progress, checkpoint=checkpoint

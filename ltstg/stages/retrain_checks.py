@@ -10,7 +10,8 @@ from typing import Any
 import torch
 
 from ltstg.errors import LtstgError
-from ltstg.methods import PLAIN, classifiers, either, get_augmenter, get_classifier
+from ltstg.methods import PLAIN, classifiers, either, get_augmenter, get_classifier, uses_stg
+from ltstg.models.stg import stg_problems
 from ltstg.store import SHORT, Artifact, require_kind
 
 FEATURE_TENSORS = ("train_features", "train_labels", "test_features", "test_labels", "class_counts",
@@ -31,6 +32,10 @@ def check_inputs(settings: Any, features: Artifact, stg: Artifact | None) -> Non
     for entry in (classifier, augmenter):
         if entry.checks is not None:
             problems.extend(entry.checks(settings, features, stg))
+    if augmenter.name != "stg" and uses_stg(settings.augment):  # kept to the tail: the STG's split must fit
+        train = features["train_features"]
+        problems.extend(problem.replace("augment 'stg'", "augment.scope tail") for problem in stg_problems(
+            stg, features["class_counts"].numel(), train.shape[1] if train.dim() == 2 else -1))
     if problems:
         raise LtstgError("\n".join(problems))
 
@@ -52,10 +57,11 @@ def method_problems(settings: Any) -> list[str]:
             f"augment {settings.augment.name!r} with {strength} 0 changes no sample, so the result would be plain "
             f"{classifier.label}; use augment {PLAIN} for that, or a {strength} above 0."
         )
-    if settings.bn_shift and settings.augment.name == "stg":
+    if settings.bn_shift and uses_stg(settings.augment):
         problems.append(
-            "retrain.bn_shift with augment 'stg': the STG is fitted on the plain features, not on BatchNorm-shifted "
-            "ones; leave bn_shift off for STG rows."
+            f"retrain.bn_shift with augment {settings.augment.name!r}"
+            + (" kept to the STG's tail" if settings.augment.name != "stg" else "")
+            + ": the STG is fitted on the plain features, not on BatchNorm-shifted ones; leave bn_shift off for STG rows."
         )
     if settings.init != "auto" and settings.init not in classifier.inits:
         taking = either([name for name, entry in classifiers().items() if settings.init in entry.inits])

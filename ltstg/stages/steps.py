@@ -6,6 +6,7 @@ import hashlib
 from ltstg.data.inputs import FILE_INPUTS_REVISION
 from ltstg import ranks
 from ltstg.errors import LtstgError
+from ltstg.methods import uses_stg
 from ltstg.models.backbones import check_weights_file
 from ltstg.recipe import Recipe, RetrainSettings, chosen_settings, id_settings
 from ltstg.stages import Context, Result, run_stage, stage_id
@@ -178,25 +179,27 @@ def retrain_step(
     *,
     name: str | None = None,
 ) -> Result:
-    """Only the STG augmenter makes the STG a parent, so baselines don't change when the STG does."""
+    """Only an augmenter that uses the STG (the STG, or one kept to its tail) makes it a parent, so baselines don't
+    change when the STG does."""
     from ltstg.stages.retrain import retrain
 
-    uses_stg = settings.augment.name == "stg"
-    if uses_stg and stg is None:
-        raise LtstgError("the stg augmenter needs an STG artifact: run `ltstg fit-stg` first or pass --stg ID.")
-    if uses_stg and stg is not None and stg.parents[:1] != [features.id]:
+    needs = uses_stg(settings.augment)
+    if needs and stg is None:
+        raise LtstgError(f"augment {settings.augment.name!r}" + (" with scope tail" if settings.augment.name != "stg"
+                         else "") + " needs an STG artifact: run `ltstg fit-stg` first or pass --stg ID.")
+    if needs and stg is not None and stg.parents[:1] != [features.id]:
         raise LtstgError(
             f"STG {stg.id[:SHORT]} was fitted on features {stg.parents[0][:SHORT] if stg.parents else '?'}, not on "
             f"{features.id[:SHORT]}; fit one on these features (`ltstg fit-stg --features {features.id[:SHORT]}`)."
         )
-    parents = [features, stg] if uses_stg and stg is not None else [features]
+    parents = [features, stg] if needs and stg is not None else [features]
     return run_stage(
         ctx,
         "classifier",
         settings,
         parents,
         lambda generator, checkpoint: retrain(
-            settings, features, stg if uses_stg else None, seed=recipe.seed, device=ctx.device,
+            settings, features, stg if needs else None, seed=recipe.seed, device=ctx.device,
             generator=generator, progress=ctx.progress, checkpoint=checkpoint,
         ),
         seed=recipe.seed,

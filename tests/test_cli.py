@@ -221,7 +221,9 @@ def test_run_selects_on_validation_from_a_set_flag_and_shows_the_choice(tiny_rec
     assert [len(seed) for seed in row["candidates"]] == [2, 2]
     table = runner.invoke(app, ["--store", str(store), *args])  # not a terminal: the table at its full width
     assert "Chosen on val" in table.stdout and "ECE (T)" in table.stdout
-    assert " / ".join(f"std={choice['augment.std']}" for choice in row["chosen"]) in table.stdout
+    # a two-value grid: every choice is on its edge, and the table says which one
+    edge = {"0.1": "lowest", "2.0": "highest"}
+    assert " / ".join(f"std={c['augment.std']} ({edge[str(c['augment.std'])]})" for c in row["chosen"]) in table.stdout
 
 
 def test_a_table_sent_to_a_file_keeps_every_cell_whole(tiny_recipe_path, tmp_path):

@@ -12,7 +12,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -149,6 +149,39 @@ def note_edges(ctx: Context, who: str, candidates: Candidates, values: dict[str,
     return edges
 
 
+@dataclass
+class SeedInputs:
+    """What one seed's stage-3 rows train on, each made once: the plain features and a BatchNorm-shifted variant
+    per batch size (`variants`), and an STG fitted on each features artifact that a row using the STG trains on
+    (`stgs`, by features id): a row that shifts BatchNorm has its STG learn the shifted features it sees."""
+
+    ctx: Context
+    recipe: Recipe  # for the features steps
+    stg_recipe: Recipe  # for the STG steps
+    step: Callable[[Result], Result]
+    variants: dict[int | None, Artifact]  # BatchNorm-shift batch size (None: plain) -> features
+    stgs: dict[str, Artifact]
+
+    def features(self, settings: RetrainSettings) -> Artifact:
+        key = wanted_shift(settings)
+        if key not in self.variants:  # a features step of its own, made once per seed and batch size
+            made = steps.features_for(self.ctx, self.recipe, settings, self.variants[None])
+            self.variants[key] = self.step(made).artifact if made is not None else self.variants[None]
+        return self.variants[key]
+
+    def stg(self, settings: RetrainSettings) -> Artifact | None:
+        if not uses_stg(settings.augment):
+            return None
+        on = self.features(settings)
+        if on.id not in self.stgs:
+            self.stgs[on.id] = self.step(steps.fit_stg_step(self.ctx, self.stg_recipe, on)).artifact
+        return self.stgs[on.id]
+
+    def head_classes(self) -> tuple[int, ...] | None:
+        """The STG's head classes (the same on every variant: the split follows the class counts)."""
+        return next((tuple(stg["head_classes"].tolist()) for stg in self.stgs.values()), None)
+
+
 def run_recipe(
     ctx: Context,
     recipe: Recipe,
@@ -167,11 +200,13 @@ def run_recipe(
     """
     chosen = check_run(recipe, until, methods, vary_from)
     last = STAGES.index(until)
-    needs_stg = any(uses_stg(s.augment) for c in chosen.values() for _, s in c) or until == "fit-stg"
-    trainings = sum(len(candidates) for candidates in chosen.values())
-    shifts = len({s.batch_size for c in chosen.values() for _, s in c if s.bn_shift})  # BatchNorm-shifted features
-    per_seed = (1 + (last >= 1) * 2 + (last >= 2 and needs_stg) + (last >= 3) * (trainings + shifts)
-                + (last >= 4) * len(chosen))
+    settings_run = [s for c in chosen.values() for _, s in c]
+    # the STG of the plain features; a row that shifts BatchNorm has one fitted on its shifted features
+    needs_stg = any(uses_stg(s.augment) and not s.bn_shift for s in settings_run) or until == "fit-stg"
+    shifts = len({s.batch_size for s in settings_run if s.bn_shift})  # BatchNorm-shifted features
+    shifted_stgs = len({s.batch_size for s in settings_run if s.bn_shift and uses_stg(s.augment)})
+    per_seed = (1 + (last >= 1) * 2 + (last >= 2 and needs_stg)
+                + (last >= 3) * (len(settings_run) + shifts + shifted_stgs) + (last >= 4) * len(chosen))
     note_budgets(ctx, chosen)
     total, done = per_seed * len(seeds), 0
     runs: list[MethodRun] = []
@@ -200,30 +235,24 @@ def run_recipe(
         if last < 2:
             continue
         stg = step(steps.fit_stg_step(ctx, at("fit-stg"), features)).artifact if needs_stg else None
-        head_classes = tuple(stg["head_classes"].tolist()) if stg is not None else None
         if last < 3:
             continue
-        variants = {None: features}  # BatchNorm-shift batch size (None: plain) -> features
-
-        def inputs_of(settings: RetrainSettings) -> Artifact:
-            key = wanted_shift(settings)
-            if key not in variants:  # a features step of its own, made once per seed and batch size
-                made = steps.features_for(ctx, at("pretrain"), settings, features)
-                variants[key] = step(made).artifact if made is not None else features
-            return variants[key]
-
+        first = len(runs)
+        made = SeedInputs(ctx, at("pretrain"), at("fit-stg"), step, {None: features}, {features.id: stg} if stg else {})
         for method, candidates in chosen.items():
-            trained = [step(steps.retrain_step(ctx, at("retrain"), settings, inputs_of(settings), stg)).artifact
-                       for _, settings in candidates]
+            trained = [step(steps.retrain_step(ctx, at("retrain"), settings, made.features(settings),
+                                               made.stg(settings))).artifact for _, settings in candidates]
             values, classifier, tried = select(method, candidates, trained)
             edges = note_edges(ctx, f"{method}, seed {seed}", candidates, values)
             if last >= 4:
-                on = next(f for f in variants.values() if f.id == classifier.parents[0])  # what it trained on
+                on = next(f for f in made.variants.values() if f.id == classifier.parents[0])  # what it trained on
                 report = step(steps.eval_step(ctx, at("retrain"), classifier, on)).artifact
-                runs.append(MethodRun(seed, method, report, converged(classifier), head_classes,
+                runs.append(MethodRun(seed, method, report, converged(classifier), made.head_classes(),
                                       values if len(candidates) > 1 else None, tried,
                                       edges if len(candidates) > 1 else None,
                                       method_base(recipe, method) if method in recipe.methods else None))
+        split = made.head_classes()  # the rows before the first STG of a shifted-only seed get its split too
+        runs[first:] = [dataclasses.replace(run, head_classes=split) for run in runs[first:]]
     return runs, results
 
 

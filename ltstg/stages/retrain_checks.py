@@ -57,12 +57,6 @@ def method_problems(settings: Any) -> list[str]:
             f"augment {settings.augment.name!r} with {strength} 0 changes no sample, so the result would be plain "
             f"{classifier.label}; use augment {PLAIN} for that, or a {strength} above 0."
         )
-    if settings.bn_shift and uses_stg(settings.augment):
-        problems.append(
-            f"retrain.bn_shift with augment {settings.augment.name!r}"
-            + (" kept to the STG's tail" if settings.augment.name != "stg" else "")
-            + ": the STG is fitted on the plain features, not on BatchNorm-shifted ones; leave bn_shift off for STG rows."
-        )
     if settings.init != "auto" and settings.init not in classifier.inits:
         taking = either([name for name, entry in classifiers().items() if settings.init in entry.inits])
         problems.append(

@@ -44,6 +44,8 @@ SPLIT_LIST_SOURCES = ("imagenet-lt", "places-lt", "inat2018")
 VAL_PER_CLASS, VAL_TOTAL = 20, 1000  # the default validation size: see DatasetSettings.val_count
 SELECT = "select"  # the key of a named method that lists candidate values, chosen on the validation split
 BASE = "base"  # the key of a named method that names the method it is compared with, seed by seed
+EXTEND = "extend"  # the key of a named method that selects: true adds one step past a grid edge it chose
+METHOD_KEYS = (SELECT, BASE, EXTEND)  # what a named method holds besides retrain fields
 
 
 class DatasetSettings(Settings):
@@ -457,7 +459,7 @@ def load_recipe(
                 f"{', '.join(map(str, override[SELECT])) if isinstance(override[SELECT], dict) else '?'}); "
                 f"run it with `ltstg run --methods {method!r}`, or give one candidate's settings as flags."
             )
-        raw = {**raw, "retrain": with_method(retrain, {k: v for k, v in override.items() if k != BASE})}
+        raw = {**raw, "retrain": with_method(retrain, {k: v for k, v in override.items() if k not in (BASE, EXTEND)})}
     merged = merge_overrides(raw, overrides or {})
     source = str(path) if path is not None else "recipe"
     return validate(merged, source)
@@ -478,21 +480,54 @@ def method_candidates(recipe: Recipe, method: str) -> list[tuple[dict[str, Any],
 def _candidates(
     retrain: RetrainSettings, method: str, override: dict[str, Any]
 ) -> list[tuple[dict[str, Any], RetrainSettings]]:
-    fixed = {key: value for key, value in override.items() if key not in (SELECT, BASE)}
+    fixed = {key: value for key, value in override.items() if key not in METHOD_KEYS}
     grid = select_grid(method, override.get(SELECT, {}))
     out, problems = [], []
     for values in grid:
-        candidate = copy.deepcopy(fixed)
-        for dotted, value in values.items():
-            set_path(candidate, dotted, value)
         try:
-            out.append((values, _method_over(retrain, method, candidate)))
+            out.append((values, _candidate(retrain, method, fixed, values)))
         except LtstgError as error:
             where = f" ({', '.join(f'{k}={v}' for k, v in values.items())})" if values else ""
             problems += [f"{line}{where}" for line in str(error).splitlines() if f"{line}{where}" not in problems]
     if problems:
         raise LtstgError("\n".join(problems))
     return out
+
+
+def _candidate(retrain: RetrainSettings, method: str, fixed: dict[str, Any], values: dict[str, Any]) -> RetrainSettings:
+    candidate = copy.deepcopy(fixed)
+    for dotted, value in values.items():
+        set_path(candidate, dotted, value)
+    return _method_over(retrain, method, candidate)
+
+
+def method_extends(recipe: Recipe, method: str) -> bool:
+    """Whether a selecting method adds one step past a grid edge it chose (`methods.<method>.extend: true`)."""
+    override = _named_method(recipe.methods, method)
+    extend = override.get(EXTEND, False)
+    if not isinstance(extend, bool) or (extend and SELECT not in override):
+        raise LtstgError(f"methods.{method}.{EXTEND}: true or false, on a method that selects (`{SELECT}`).")
+    return extend
+
+
+def step_past(numbers: list[float], where: str) -> float:
+    """One step past the lowest or highest of a grid's numbers: by the ratio to the next value where the numbers
+    are positive (lr 0.003 after 0.001: 0.009; λ 0.5 below 1: 0.25), else by the difference; whole numbers stay
+    whole."""
+    ordered = sorted(numbers)
+    edge, inner = (ordered[0], ordered[1]) if where == "lowest" else (ordered[-1], ordered[-2])
+    beyond = edge * edge / inner if edge > 0 and inner > 0 else 2 * edge - inner
+    return round(beyond) if all(isinstance(n, int) for n in numbers) else float(f"{beyond:.6g}")
+
+
+def extended_candidate(
+    recipe: Recipe, method: str, values: dict[str, Any], field: str, value: Any
+) -> tuple[dict[str, Any], RetrainSettings]:
+    """The candidate with `values` but `field` at `value` (one step past its grid), validated like the others."""
+    override = _named_method(recipe.methods, method)
+    fixed = {key: item for key, item in override.items() if key not in METHOD_KEYS}
+    moved = {**values, field: value}
+    return moved, _candidate(recipe.retrain, method, fixed, moved)
 
 
 def method_base(recipe: Recipe, method: str) -> str | None:

@@ -565,3 +565,36 @@ def test_an_augmenter_kept_to_the_tail_has_the_stg_fitted_and_as_its_parent(tiny
     (stg,) = store.list("stg")
     parents = {r.method: store.get(r.report.parents[0]).parents for r in runs}
     assert parents["noise (tail)"][1:] == [stg.id] and len(parents["cRT"]) == 1
+
+
+def test_one_step_past_an_edge_follows_the_grid():
+    from ltstg.recipe import step_past
+
+    assert step_past([3.0e-4, 1.0e-3, 3.0e-3], "highest") == pytest.approx(9.0e-3)  # lr × 3 past 0.003
+    assert step_past([0.5, 1.0, 1.5], "lowest") == 0.25
+    assert step_past([10, 20], "highest") == 40 and isinstance(step_past([10, 20], "highest"), int)
+    assert step_past([-1.0, 0.0], "lowest") == -2.0  # not positive: by the difference
+
+
+def test_extend_tries_one_step_past_a_chosen_edge_and_counts_it(tiny_recipe_path, tmp_path):
+    """Issue 33: a two-value grid always chooses an edge; `extend: true` trains one more candidate past it, the
+    same rule for every method, said on stderr and kept in the row's candidates."""
+    tiny_recipe_path.write_text(tiny_recipe_path.read_text() + "methods:\n  noise: {augment: {name: noise}, "
+                                "select: {augment.std: [0.1, 0.2]}, extend: true}\n")
+    notes = []
+    runs, _ = run_recipe(Context(store=Store(tmp_path / "store"), note=notes.append), load_recipe(tiny_recipe_path),
+                         seeds=[0, 1], vary_from="retrain")
+    for run in runs:
+        extended = [record for record in run.candidates if record["extended"]]
+        assert len(run.candidates) == 3 and len(extended) == 1
+        assert extended[0]["values"]["augment.std"] in (0.05, 0.4)
+        assert run.chosen == next(r["values"] for r in run.candidates if r["chosen"])
+    assert sum("so it also tries augment.std=" in note and "(extend)" in note for note in notes) == 2
+
+
+def test_extend_on_a_method_that_does_not_select_is_refused(tiny_recipe_path):
+    from ltstg.stages.pipeline import check_run
+
+    tiny_recipe_path.write_text(tiny_recipe_path.read_text() + "methods:\n  noise: {augment: {name: noise}, extend: true}\n")
+    with pytest.raises(LtstgError, match=re.escape("methods.noise.extend: true or false, on a method that selects")):
+        check_run(load_recipe(tiny_recipe_path), "eval", None, "pretrain")

@@ -19,7 +19,18 @@ import torch
 from ltstg import ranks
 from ltstg.errors import LtstgError
 from ltstg.methods import uses_stg
-from ltstg.recipe import Recipe, RetrainSettings, id_settings, load_recipe, method_base, method_candidates, validate
+from ltstg.recipe import (
+    Recipe,
+    RetrainSettings,
+    extended_candidate,
+    id_settings,
+    load_recipe,
+    method_base,
+    method_candidates,
+    method_extends,
+    step_past,
+    validate,
+)
 from ltstg.stages import Context, Result
 from ltstg.stages import steps
 from ltstg.stages.evaluate import converged
@@ -82,6 +93,9 @@ def check_run(recipe: Recipe, until: str, methods: list[str] | None, vary_from: 
         ))
         if problems:
             raise LtstgError("\n".join(problems))
+    for name in chosen:
+        if name in recipe.methods:
+            method_extends(recipe, name)  # a bad `extend` is refused before anything runs
     check_bases(recipe, chosen)
     return chosen
 
@@ -213,8 +227,9 @@ def run_recipe(
     results: list[Result] = []
 
     def step(result: Result) -> Result:
-        nonlocal done
+        nonlocal done, total
         done += 1
+        total = max(total, done)  # a grid extended past an edge trains candidates no count foresaw
         results.append(result)
         ctx.progress("run", done, total)
         return result
@@ -239,11 +254,12 @@ def run_recipe(
             continue
         first = len(runs)
         made = SeedInputs(ctx, at("pretrain"), at("fit-stg"), step, {None: features}, {features.id: stg} if stg else {})
+        def train(settings: RetrainSettings) -> Artifact:
+            return step(steps.retrain_step(ctx, at("retrain"), settings, made.features(settings),
+                                           made.stg(settings))).artifact
+
         for method, candidates in chosen.items():
-            trained = [step(steps.retrain_step(ctx, at("retrain"), settings, made.features(settings),
-                                               made.stg(settings))).artifact for _, settings in candidates]
-            values, classifier, tried = select(method, candidates, trained)
-            edges = note_edges(ctx, f"{method}, seed {seed}", candidates, values)
+            values, classifier, tried, edges = choose(ctx, recipe, f"{method}, seed {seed}", method, candidates, train)
             if last >= 4:
                 on = next(f for f in made.variants.values() if f.id == classifier.parents[0])  # what it trained on
                 report = step(steps.eval_step(ctx, at("retrain"), classifier, on)).artifact
@@ -295,6 +311,34 @@ def select(
     tried = tuple({"values": values, SELECTED_BY: score, "classifier": c.id, "chosen": i == best}
                   for i, ((values, _), c, score) in enumerate(zip(candidates, trained, scores)))
     return candidates[best][0], trained[best], tried
+
+
+def choose(
+    ctx: Context, recipe: Recipe, who: str, method: str, candidates: Candidates, train: Callable[[RetrainSettings], Artifact]
+) -> tuple[dict[str, Any], Artifact, tuple[dict[str, Any], ...], dict[str, str]]:
+    """Train every candidate and keep the best on validation (`select`). With `extend: true`, a choice on the
+    edge of its grid gets one more candidate per such field, one step past it (`step_past`: the same rule for
+    every method), trained and compared with the rest; the extra ones are counted in `tried`, marked `extended`."""
+    trained = [train(settings) for _, settings in candidates]
+    values, classifier, tried = select(method, candidates, trained)
+    edges = grid_edges(candidates, values)
+    if edges and method in recipe.methods and method_extends(recipe, method):
+        extra, said = [], []
+        for field, where in edges.items():
+            beyond = step_past(sorted(grid_values(candidates, field)), where)
+            try:
+                extra.append(extended_candidate(recipe, method, values, field, beyond))
+                said.append(f"{field}={beyond}")
+            except LtstgError as error:  # past a bound of the field (dropout p >= 1): the grid stays
+                ctx.note(f"note: {who}: no step past {field}={values[field]} to {beyond} ({error})")
+        if extra:
+            ctx.note(f"note: {who}, chose on the edge of its grid, so it also tries {', '.join(said)} (extend)")
+            first_extra = len(candidates)
+            candidates = candidates + extra
+            trained += [train(settings) for _, settings in extra]
+            values, classifier, tried = select(method, candidates, trained)
+            tried = tuple({**record, "extended": i >= first_extra} for i, record in enumerate(tried))
+    return values, classifier, tried, note_edges(ctx, who, candidates, values)
 
 
 def grid_values(candidates: Candidates, field: str) -> set[Any]:

@@ -16,9 +16,20 @@ def test_there_are_recipes_for_every_data_set():
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_every_recipe_validates(path):
+    from ltstg.stages.pipeline import check_run
+
     recipe = load_recipe(path)
     for method in recipe.methods:
         method_settings(recipe, method)
+    check_run(recipe, "eval", None, "fit-stg")  # every base is the same stage 3 but its augmenter; extend is valid
+
+
+def test_the_verdict_recipe_builds_on_the_main_jobs_stage_1():
+    """Its table is only a verdict on the main job's backbones if it reuses them: the same data set and stage 1."""
+    root = Path(__file__).resolve().parents[1] / "recipes"
+    verdict, main = load_recipe(root / "synthetic-lt-verdict.yaml"), load_recipe(root / "synthetic-lt.yaml")
+    assert (verdict.seed, verdict.dataset, verdict.pretrain, verdict.stg) == (main.seed, main.dataset, main.pretrain,
+                                                                              main.stg)
 
 
 def test_paper_cifar_stage1_and_stage3_learning_rates():

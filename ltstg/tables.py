@@ -185,6 +185,25 @@ def wide_cells(rows: list[dict[str, Any]], field: str, swept: Sequence[str]) -> 
     )
 
 
+def candidates_cells(rows: list[dict[str, Any]], score_key: str, id_length: int) -> Cells:
+    """Every candidate a row tried on the validation split, seed by seed: its values, its validation score
+    (`score_key`, in percent), whether it was chosen or came from extending the grid, and its classifier's id
+    (its first `id_length` characters);
+    rows that selected nothing are left out."""
+    header = ["Method", "Seed", "Candidate", "Val", "", "classifier"]
+    body = []
+    for row in rows:
+        for seed, tried in zip(row.get("seeds") or [], row.get("candidates") or []):
+            for record in tried:
+                values = ", ".join(f"{field.rsplit('.', 1)[-1]}={value}" for field, value in record["values"].items())
+                marks = [mark for mark, on in (("chosen", record.get("chosen")), ("extended", record.get("extended")))
+                         if on]
+                body.append([row["method"], str(seed), values, f"{100 * record[score_key]:.1f}", ", ".join(marks),
+                             str(record["classifier"])[:id_length]])
+    return Cells(header=header, body=body, align=["left", "right", "left", "right", "left", "left"],
+                 code=[False] * 5 + [True], terminal=[True] * 5 + [False])
+
+
 def for_terminal(cells: Cells) -> Cells:
     """The columns the terminal shows: all but the ids (see the module docstring)."""
     keep = [index for index, shown in enumerate(cells.terminal) if shown]

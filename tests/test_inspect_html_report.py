@@ -1,6 +1,8 @@
 """`ltstg report` and `ltstg run --report`: one HTML file whose every section is there and every image decodes."""
 import base64
 import io
+import json
+import re
 from html.parser import HTMLParser
 
 import pytest
@@ -103,3 +105,28 @@ def test_a_section_that_cannot_be_drawn_is_said_not_dropped(recipe, tmp_path, mo
     assert "the KL section is left out: class truck has 1 training image" in result.stderr
     page = parse(out)
     assert "Left out" in page.headings and not any(h.startswith("What the STG learned") for h in page.headings)
+
+
+def test_the_run_report_lists_every_candidate_with_its_validation_score(tmp_path):
+    from tests.conftest import TINY
+
+    recipe = tmp_path / "select.yaml"
+    recipe.write_text(TINY + "methods:\n  cRT: {classifier: crt, select: {lr: [1.0e-3, 1.0e-2]}}\n"
+                      "  cRT+STG: {augment: {name: stg, lam: 1.5}}\n")
+    out = tmp_path / "run.html"
+    result = runner.invoke(app, ["--store", str(tmp_path / "s"), "--json", "run", str(recipe), "--seeds", "0",
+                                 "--seeds", "1", "--vary-from", "retrain", "--report", str(out)])
+    assert result.exit_code == 0, result.output
+    page = parse(out)
+    assert "Candidates on the validation split" in page.headings
+    section = out.read_text().split("<h2>Candidates on the validation split</h2>")[1].split("</section>")[0]
+    lines = [re.findall(r"<td[^>]*>(.*?)</td>", tr) for tr in section.split("<tr>")[2:]]  # past the header
+    listed = [cells[:5] for cells in lines]
+    assert [(method, seed, values) for method, seed, values, _, _ in listed] == [
+        ("cRT", "0", "lr=0.001"), ("cRT", "0", "lr=0.01"), ("cRT", "1", "lr=0.001"), ("cRT", "1", "lr=0.01")]
+    rows = {row["method"]: row for row in json.loads(result.stdout)["rows"]}
+    for seed, tried in zip(rows["cRT"]["seeds"], rows["cRT"]["candidates"]):
+        shown = [line for line in listed if line[1] == str(seed)]
+        assert [line[3] for line in shown] == [f"{100 * record['val_mean_class']:.1f}" for record in tried]
+        assert [line[4] for line in shown] == ["chosen" if record["chosen"] else "" for record in tried]
+    assert all(cells[5].startswith("<code>") for cells in lines)  # each candidate's classifier id

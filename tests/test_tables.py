@@ -8,7 +8,7 @@ import pytest
 from rich.console import Console
 
 from ltstg.errors import LtstgError
-from ltstg.tables import for_terminal, html, markdown, methods_cells, wide_cells
+from ltstg.tables import candidates_cells, for_terminal, html, markdown, methods_cells, wide_cells
 from ltstg.terminal import methods_table
 
 
@@ -171,3 +171,19 @@ def test_swept_values_keep_their_text_so_1_and_1_0_stay_apart():
     cells = for_terminal(methods_cells(rows, ["lam"]))
     assert [line[1] for line in cells.body] == ["1.0", "1", "0.123456"]
     assert [line[1] for line in read_terminal(comparison_table(rows, "t", ["lam"]))[1]] == ["1.0", "1", "0.123456"]
+
+
+def test_every_candidate_is_listed_with_its_score_and_how_it_came_in():
+    record = lambda lam, score, chosen=False, extended=False: {  # noqa: E731
+        "values": {"lr": 0.001, "augment.lam": lam}, "val_mean_class": score, "classifier": f"{lam}".ljust(64, "a"),
+        "chosen": chosen, "extended": extended}
+    rows = [{"method": "cRT+STG", "seeds": [0, 1],
+             "candidates": [[record(0.5, 0.801), record(0.25, 0.8125, chosen=True, extended=True)],
+                            [record(0.5, 0.79, chosen=True), record(0.25, 0.78)]]},
+            {"method": "CE", "seeds": [0, 1]}]  # selected nothing: not listed
+    cells = candidates_cells(rows, "val_mean_class", 6)
+    assert cells.body == [["cRT+STG", "0", "lr=0.001, lam=0.5", "80.1", "", "0.5aaa"],
+                          ["cRT+STG", "0", "lr=0.001, lam=0.25", "81.2", "chosen, extended", "0.25aa"],
+                          ["cRT+STG", "1", "lr=0.001, lam=0.5", "79.0", "chosen", "0.5aaa"],
+                          ["cRT+STG", "1", "lr=0.001, lam=0.25", "78.0", "", "0.25aa"]]
+    assert "<code>0.25aa</code>" in html(cells)

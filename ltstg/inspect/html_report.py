@@ -19,6 +19,9 @@ from ltstg import tables
 from ltstg.inspect import figures, plots
 from ltstg.store import SHORT, Artifact, atomic_write
 
+CANDIDATES_NOTE = ("<p>Each method that selects its settings chose, per seed, the candidate with the best "
+                   "class-balanced top-1 on the validation split (Val, %); the test split played no part. "
+                   "<em>extended</em>: tried because the first choice sat on the edge of its grid.</p>")
 MAX_WIDTH = 900  # pixels: embedded pictures are downscaled to this, so the file stays small
 
 
@@ -37,6 +40,7 @@ class RunReport:
     with_tsne: bool = True
     omitted: list[str] = field(default_factory=list)  # sections left out, each with the reason
     commands: dict[str, str] = field(default_factory=dict)  # section -> command that reproduces it
+    score_key: str | None = None  # the validation score in each row's candidate records; None: no candidates section
 
 
 def write_report(report: RunReport, out: str | Path) -> Path:
@@ -51,6 +55,10 @@ def write_report(report: RunReport, out: str | Path) -> Path:
             sections.append(_section("Training curves", ids, report.commands.get("curves"), png))
         sections.append(_section("Methods", _ids(*[c for _, c in report.classifiers]), report.commands.get("methods"),
                                  None, tables.html(tables.methods_cells(report.rows))))
+        candidates = tables.candidates_cells(report.rows, report.score_key, SHORT) if report.score_key else None
+        if candidates is not None and candidates.body:
+            sections.append(_section("Candidates on the validation split", "the classifiers listed", None, None,
+                                     CANDIDATES_NOTE + tables.html(candidates)))
         for name, title, draw in (
             ("per-class", "Per-class accuracy against training count", figures.per_class_figure),
             ("norms", "Classifier weight norms per class", figures.weight_norms_figure),

@@ -10,7 +10,7 @@ from ltstg.inspect.html_report import RunReport
 from ltstg.recipe import Recipe, flatten
 from ltstg.stages import Context, Result, steps
 from ltstg.stages.evaluate import converged
-from ltstg.stages.pipeline import MethodRun, aggregate
+from ltstg.stages.pipeline import SELECTED_BY, MethodRun, aggregate
 from ltstg.store import SHORT, Artifact, Store
 
 
@@ -23,7 +23,8 @@ def run_report(ctx: Context, rows: list[dict[str, Any]], results: list[Result], 
     stg = first.get("stg")
     kl, omitted = kl_of_rarest(ctx, stg, first["features"]) if stg is not None else (None, [])
     return RunReport(title, first["dataset"], first["features"], rows, classifiers, backbone=first.get("backbone"),
-                     stg=stg, kl=kl, omitted=omitted, commands={"methods": command} if command else {})
+                     stg=stg, kl=kl, omitted=omitted, commands={"methods": command} if command else {},
+                     score_key=SELECTED_BY)
 
 
 def store_report(

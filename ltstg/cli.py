@@ -16,6 +16,7 @@ import typer
 
 from ltstg import tables
 from ltstg.cli_inspect import inspect_app
+from ltstg.cli_model import export_command, predict_command
 from ltstg.errors import LtstgError
 from ltstg.flags import overrides, section_flags, with_flags
 from ltstg.methods import uses_stg
@@ -401,6 +402,10 @@ def report_command(
         report, rows = store_report(run_context(options, progress), settings, list(classifiers or []), with_tsne=tsne)
     note(f"wrote {write_report(report, out)}")
     emit(options, {"out": str(out), "rows": rows}, methods_table(f"report {out}", tables.methods_cells(rows)))
+
+
+app.command("export")(export_command)
+app.command("predict")(predict_command)
 
 
 def main() -> None:

@@ -84,9 +84,24 @@ def test_channels_last_and_bf16_autocast_on_cpu():
     assert (logits.float() - reference).abs().max() < 0.1 * reference.abs().max() + 0.1
 
 
-def test_pretrained_true_is_refused():
-    with pytest.raises(LtstgError, match="no pretrained weights"):
+def test_pretrained_true_is_refused_without_a_weights_file():
+    with pytest.raises(LtstgError, match="no hosted weights"):
         timm.create_model("resnet32_cifar", pretrained=True)
+
+
+def test_timm_loads_a_cifar_net_saved_for_the_hub_from_its_folder(tmp_path):
+    """The layout `ltstg export` writes (timm's save_for_hf): config.json and model.safetensors, read back by
+    timm.create_model("local-dir:DIR") with its input config, as any timm model."""
+    from timm.models import save_for_hf
+
+    model = timm.create_model("resnet20_cifar", num_classes=7).eval()
+    save_for_hf(model, tmp_path, model_config={"label_names": list("abcdefg")}, safe_serialization=True,
+                data_config={"input_size": (3, 16, 16), "mean": (0.5, 0.4, 0.3), "std": (0.2, 0.2, 0.2)})
+    loaded = timm.create_model(f"local-dir:{tmp_path}", pretrained=True).eval()
+    images = torch.randn(2, 3, 16, 16)
+    assert torch.equal(loaded(images), model(images))
+    assert loaded.pretrained_cfg["label_names"] == list("abcdefg")
+    assert list(loaded.pretrained_cfg["input_size"]) == [3, 16, 16]
 
 
 def test_unknown_name_lists_cifar_names():

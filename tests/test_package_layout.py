@@ -18,7 +18,7 @@ LAYERS = {
     "ltstg.inspect": 5,
     "ltstg.stages": 6,
     "ltstg.runtime": 7, "ltstg.api": 7,
-    "ltstg.terminal": 8, "ltstg.flags": 8, "ltstg.cli_inspect": 8, "ltstg.cli": 9, "ltstg.__main__": 9,
+    "ltstg.terminal": 8, "ltstg.flags": 8, "ltstg.cli_inspect": 8, "ltstg.cli_model": 8, "ltstg.cli": 9, "ltstg.__main__": 9,
     "ltstg": 10,  # the package root re-exports the API: nothing inside imports it
 }
 

@@ -122,7 +122,7 @@ def decode_images(
             if os.path.getsize(path) == 0:
                 reasons[index] = "empty file"
                 return
-            images[index] = _read(path, size)
+            images[index] = read_image(path, size)
         except UNREADABLE as error:
             reasons[index] = str(error).split("\n")[0] or type(error).__name__
             return
@@ -151,7 +151,7 @@ def _to_8_bit(image: Image.Image) -> Image.Image:
     return Image.fromarray((np.clip(values.astype(np.int64), 0, 65535) / 257.0).round().astype(np.uint8), mode="L")
 
 
-def _read(path: str, size: int) -> np.ndarray:
+def read_image(path: str, size: int) -> np.ndarray:
     """One file as (size, size, 3) uint8, whatever its mode; resized only when needed."""
     with Image.open(path) as image:
         image.draft("RGB", (size, size))  # JPEG only: let the decoder downscale by 2^k, much faster for big files

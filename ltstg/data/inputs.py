@@ -207,7 +207,7 @@ class FileInputs:
         self.std_t = torch.tensor(self.std, device=device).view(3, 1, 1)
         to_uint8 = v2.ToImage()
         files = _Files(root, splits, v2.Compose([v2.RandomResizedCrop(size), v2.RandomHorizontalFlip(), to_uint8]),
-                       v2.Compose([v2.Resize(math.ceil(size * 256 / 224)), v2.CenterCrop(size), to_uint8]))
+                       eval_transform(size))
         self._plan = _Plan()
         self._passes = 0  # a pass started after another one invalidates it (they share the loader)
         self._loader = DataLoader(
@@ -263,6 +263,15 @@ class FileInputs:
         keys = [("train", index, seed + position) for position, index in enumerate(order.cpu().tolist())]
         for images, _ in self._pass(_batched(keys, batch_size, drop_last=True)):
             yield images
+
+
+EVAL_CROP = 224 / 256  # the share of the resized image the centre crop keeps (timm's crop_pct)
+
+
+def eval_transform(size: int) -> v2.Transform:
+    """A decoded PIL image as the evaluation sees it when images stay files (ImageNet-LT, Places-LT, iNaturalist):
+    shorter side resized to size / EVAL_CROP, a centre crop of size × size, uint8 (3, size, size)."""
+    return v2.Compose([v2.Resize(math.ceil(size / EVAL_CROP)), v2.CenterCrop(size), v2.ToImage()])
 
 
 def _batched(keys: list[Key], size: int, drop_last: bool = False) -> list[list[Key]]:

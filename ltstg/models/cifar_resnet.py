@@ -4,15 +4,24 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.models import register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from ltstg.errors import LtstgError
 
 CIFAR_DEPTHS = (20, 32, 44, 56, 110)
 WIDTHS = (16, 32, 64)
 
-# create_model passes these to every entry point; a CIFAR net has no pretrained config to use them.
-_TIMM_CONFIG_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
+
+def _cfg() -> dict:
+    """timm's pretrained config of a CIFAR net: no hosted weights, so `pretrained=True` needs a file (an export's
+    `local-dir:` folder, or `pretrained_cfg_overlay=dict(file=...)`); an export records its own data's
+    statistics, these are the usual CIFAR-10 ones."""
+    return {"num_classes": 10, "input_size": (3, 32, 32), "pool_size": None, "crop_pct": 1.0, "interpolation": "bicubic",
+            "mean": (0.4914, 0.4822, 0.4465), "std": (0.2470, 0.2435, 0.2616), "first_conv": "conv1", "classifier": "fc"}
+
+
+# read by timm's register_model below, so it must come first
+default_cfgs = generate_default_cfgs({f"resnet{depth}_cifar": _cfg() for depth in CIFAR_DEPTHS})
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -103,14 +112,23 @@ class CifarResNet(nn.Module):
 
 
 def _create_cifar_resnet(depth: int, pretrained: bool, **kwargs) -> CifarResNet:
-    """Shared body of the entry points: refuse hub weights and drop timm's pretrained-config arguments."""
-    if pretrained:
+    """Shared body of the entry points, through timm's builder (so `pretrained_cfg` and local weights work as for
+    any timm model); pretrained weights only from a file, since none are hosted."""
+    if pretrained and not _weights_file(kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay")):
         raise LtstgError(
-            f"resnet{depth}_cifar has no pretrained weights; use pretrained=False and init_weights for a local file."
+            f"resnet{depth}_cifar has no hosted weights; use pretrained=False and init_weights for a local file, or "
+            "an exported folder (local-dir:DIR)."
         )
-    for key in _TIMM_CONFIG_KWARGS:
-        kwargs.pop(key, None)
-    return CifarResNet(depth, **kwargs)
+    return build_model_with_cfg(CifarResNet, f"resnet{depth}_cifar", pretrained, depth=depth, **kwargs)
+
+
+def _weights_file(*configs: object) -> bool:
+    """Whether a pretrained config (a dict or timm's PretrainedCfg) names a local weights file."""
+    for config in configs:
+        found = config.get("file") if isinstance(config, dict) else getattr(config, "file", None)
+        if found:
+            return True
+    return False
 
 
 @register_model

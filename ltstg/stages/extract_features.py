@@ -86,6 +86,7 @@ def extract_features(
     }
     if shift is not None:
         info["bn_shift"] = shift
+        tensors.update(shifted_statistics(model))  # what `ltstg export` puts back into the backbone
     metrics = {
         "train": float(len(tensors["train_labels"])),
         "test": float(len(tensors["test_labels"])),
@@ -111,6 +112,17 @@ def fill_rows(out: torch.Tensor, batches: Any, model: nn.Module, *, device: torc
         raise RuntimeError(f"the image batches held {start} images, not {len(out)}")
     if buffer is not out:
         out.copy_(buffer)
+
+
+SHIFTED = "bn_shift."  # prefix of the shifted BatchNorm statistics kept in a features artifact
+
+
+def shifted_statistics(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every BatchNorm layer's running mean and variance after the shift, keyed `bn_shift.<layer>.<buffer>`: the
+    features were extracted with them, so a model taken out of the store needs them too."""
+    return {f"{SHIFTED}{name}.{buffer}": getattr(module, buffer).detach().float().cpu().clone()
+            for name, module in model.named_modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)
+            for buffer in ("running_mean", "running_var")}
 
 
 @torch.no_grad()

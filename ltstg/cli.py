@@ -31,7 +31,7 @@ app = typer.Typer(
     "whole), Markdown with --markdown where a command has it, or JSON with --json. Progress and notes go to stderr.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion, --show-completion (typer)
 )
 app.add_typer(inspect_app, name="inspect")
 

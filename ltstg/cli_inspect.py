@@ -342,3 +342,32 @@ def torch_bincount(labels: Any, size: int) -> list[int]:
     import torch
 
     return torch.bincount(labels, minlength=size).tolist()
+
+
+# -- inspect: a recipe -----------------------------------------------------------------------------
+@inspect_app.command("recipe")
+@guarded
+def inspect_recipe(
+    ctx: typer.Context,
+    recipe: Annotated[Optional[Path], typer.Argument(help="YAML recipe (default: the built-in defaults).")] = None,
+    assignments: Annotated[
+        Optional[list[str]], typer.Option("--set", help="Override a recipe field: --set stg.memory=600 (repeatable).")
+    ] = None,
+) -> None:
+    """The recipe as a run would use it: validated, every default filled in, --set applied (YAML; JSON with --json)."""
+    import sys
+
+    import yaml
+
+    from ltstg.recipe import METHOD_KEYS, load_recipe, method_settings, parse_assignments
+
+    options: Options = ctx.obj
+    settings = load_recipe(recipe, parse_assignments(list(assignments or [])))
+    effective = settings.model_dump(mode="json")
+    for name, override in (effective.get("methods") or {}).items():  # each method as the stage-3 settings it runs
+        kept = {key: value for key, value in override.items() if key in METHOD_KEYS}  # select, base, extend
+        effective["methods"][name] = {**method_settings(settings, name).model_dump(mode="json"), **kept}
+    if options.json:
+        emit(options, effective, None)
+    else:
+        sys.stdout.write(yaml.safe_dump(effective, sort_keys=False, allow_unicode=True))

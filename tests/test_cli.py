@@ -267,3 +267,24 @@ def test_retrain_with_bn_shift_makes_the_shifted_features_and_trains_on_them(tin
     assert "bn_shift" not in Store(store).get(Store(store).find(None, "classifier").parents[0]).info
     named = invoke("retrain", "--recipe", str(tiny_recipe_path), "--features", features.id[:12], store=store)
     assert named.exit_code == 2 and "were extracted after a BatchNorm shift" in named.stderr  # taken as given: refused
+
+
+def test_inspect_recipe_prints_the_effective_recipe_with_defaults_and_overrides(tmp_path):
+    import yaml
+
+    from tests.conftest import TINY
+
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(TINY + "methods:\n  cRT+STG: {augment: {name: stg}, select: {augment.lam: [0.5, 1.0]}}\n")
+    result = runner.invoke(app, ["--json", "inspect", "recipe", str(recipe), "--set", "stg.memory=8"])
+    assert result.exit_code == 0, result.output
+    effective = json.loads(result.stdout)
+    assert effective["stg"]["memory"] == 8 and effective["pretrain"]["epochs"] == 2  # the override; the file
+    assert effective["pretrain"]["momentum"] == 0.9  # a default the file never names
+    method = effective["methods"]["cRT+STG"]
+    assert method["augment"]["name"] == "stg" and method["lr"] == effective["retrain"]["lr"]  # filled from retrain
+    assert method["select"] == {"augment.lam": [0.5, 1.0]}
+    as_yaml = runner.invoke(app, ["inspect", "recipe", str(recipe), "--set", "stg.memory=8"])
+    assert yaml.safe_load(as_yaml.stdout) == effective  # the same recipe, as YAML
+    bad = runner.invoke(app, ["inspect", "recipe", str(recipe), "--set", "stg.memry=8"])
+    assert bad.exit_code == 2 and "stg.memry" in bad.stderr

@@ -119,7 +119,9 @@ class DatasetSettings(Settings):
 
 class PretrainSettings(Settings):
     model: str = Field("resnet32_cifar", description="any timm model name, or resnet20/32/44/56/110_cifar")
-    init_weights: str | None = run_option(None, description="local weights file to start from (its sha256 joins the id)")
+    init_weights: str | None = run_option(
+        None, description="weights to start from: a local .safetensors/.pth file, or hf-hub:ORG/NAME[@REVISION] through "
+        "huggingface_hub's cache (the file's sha256 joins the id)")
     epochs: int = Field(200, ge=1, description="stage-1 epochs")
     batch_size: int = Field(128, ge=2, description="global mini-batch size (split across torchrun processes)")
     lr: float = Field(0.1, gt=0, description="SGD learning rate after warm-up")

@@ -1,4 +1,6 @@
 """build_model: seeded and side-effect free construction, local init weights with a new classifier size."""
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -85,3 +87,38 @@ def test_feature_dim_and_extract_pooled_for_cifar_and_timm_models():
             pooled = extract_pooled(model, images)
             assert pooled.shape == (2, dim)
             torch.testing.assert_close(model.get_classifier()(pooled), model(images))
+
+
+def _hub_cache(root, repo, files):
+    """A huggingface_hub cache holding one snapshot of `repo` (ORG/NAME), as a download leaves it."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    folder = root / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(commit)
+    snapshot = folder / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for name, write in files.items():
+        write(snapshot / name)
+    return snapshot
+
+
+def test_hub_weights_come_from_huggingface_hubs_cache_offline(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+
+    from ltstg.errors import LtstgError
+    from ltstg.models.backbones import load_weights, weights_file
+
+    trained = build_model("resnet20_cifar", 4, seed=1)
+    state = {key: value.contiguous() for key, value in trained.state_dict().items()}
+    snapshot = _hub_cache(tmp_path, "acme/tiny", {"model.safetensors": lambda path: save_file(state, str(path))})
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert weights_file("hf-hub:acme/tiny") == snapshot / "model.safetensors"
+    assert weights_file("relative/file.pth") == Path("relative/file.pth")  # a local path is taken as it is
+    model = build_model("resnet20_cifar", 4, seed=2)
+    assert load_weights(model, "hf-hub:acme/tiny") == []
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), trained.state_dict().values()))
+    with pytest.raises(LtstgError, match="HF_HUB_OFFLINE is set") as refused:
+        weights_file("hf-hub:acme/absent")
+    assert str(tmp_path) in str(refused.value)  # it names the cache it looked in

@@ -52,3 +52,26 @@ def test_init_weights_enter_the_id_by_content_not_by_path(tmp_path, tiny_run, ti
     assert captured[-2]["file_inputs"] == FILE_INPUTS_REVISION and "file_inputs" not in captured[-1]
     with pytest.raises(LtstgError, match="cannot read weights file"):
         steps.pretrain_step(tiny_run["ctx"], load_recipe(tiny_recipe_path, {"pretrain.init_weights": str(tmp_path / "no")}), tiny_run["dataset"])
+
+
+def test_hub_init_weights_enter_the_id_as_the_same_local_file_would(tmp_path, tiny_run, tiny_recipe_path, monkeypatch):
+    from huggingface_hub import constants
+
+    captured = []
+    monkeypatch.setattr(steps, "run_stage", lambda ctx, kind, defining, *a, **k: captured.append(defining))
+    weights = {k[len("model."):]: v.clone() for k, v in tiny_run["backbone"].tensors.items() if k.startswith("model.")}
+    local = tmp_path / "local.safetensors"
+    save_file(weights, str(local))
+    snapshot = tmp_path / "hub" / "models--acme--tiny" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    save_file(weights, str(snapshot / "model.safetensors"))
+    (tmp_path / "hub" / "models--acme--tiny" / "refs").mkdir()
+    (tmp_path / "hub" / "models--acme--tiny" / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    for spec in (str(local), "hf-hub:acme/tiny"):
+        steps.pretrain_step(tiny_run["ctx"], load_recipe(tiny_recipe_path, {"pretrain.init_weights": spec}), tiny_run["dataset"])
+    assert captured[0] == captured[1] and "init_weights_sha256" in captured[0]
+    with pytest.raises(LtstgError, match="HF_HUB_OFFLINE"):
+        steps.pretrain_step(tiny_run["ctx"], load_recipe(tiny_recipe_path, {"pretrain.init_weights": "hf-hub:acme/none"}),
+                            tiny_run["dataset"])

@@ -28,6 +28,35 @@ def build_model(name: str, num_classes: int, *, seed: int) -> nn.Module:
     return model
 
 
+HUB = "hf-hub:"  # init_weights: hf-hub:ORG/NAME[@REVISION] takes the weights of a Hugging Face Hub model repository
+HUB_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm's Hub exports hold, in the order tried
+
+
+def weights_file(spec: str | Path) -> Path:
+    """The local file behind `init_weights`: the path itself, or a Hub repository's weights file fetched into (or,
+    offline, found in) huggingface_hub's cache, whose sha256 then joins the backbone id as a local file's does."""
+    spec = str(spec)
+    if not spec.startswith(HUB):
+        return Path(spec)
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+
+    repo, _, revision = spec[len(HUB):].partition("@")
+    missing = []
+    for filename in HUB_FILES:
+        try:
+            return Path(hf_hub_download(repo, filename, revision=revision or None))
+        except (EntryNotFoundError, LocalEntryNotFoundError) as error:
+            missing.append(f"{filename} ({type(error).__name__})")
+        except (HfHubHTTPError, OSError, ValueError) as error:
+            raise LtstgError(f"init_weights {spec}: {str(error).splitlines()[0][:200]}") from None
+    where = f"the cache {constants.HF_HUB_CACHE}"
+    if constants.HF_HUB_OFFLINE:
+        raise LtstgError(f"init_weights {spec}: HF_HUB_OFFLINE is set and {where} holds none of {', '.join(HUB_FILES)}; "
+                         "download it once online (or copy the cache here), or give a local file.")
+    raise LtstgError(f"init_weights {spec}: no weights file in the repository or {where} ({'; '.join(missing)}).")
+
+
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Read a raw state dict, or one wrapped under "state_dict" / "model" as training scripts save it."""
     if not path.is_file():
@@ -52,7 +81,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def check_weights_file(path: str | Path) -> None:
     """Read the file once before any training, so a junk weights file fails in seconds, not after an epoch."""
-    _read_state_dict(Path(path))
+    _read_state_dict(weights_file(path))
 
 
 def load_weights(model: nn.Module, path: str | Path) -> list[str]:
@@ -60,7 +89,7 @@ def load_weights(model: nn.Module, path: str | Path) -> list[str]:
 
     Returns the dropped keys (sorted), so the caller can say that the classifier starts fresh.
     """
-    path = Path(path)
+    path = weights_file(path)
     state = _read_state_dict(path)
     own = model.state_dict()
     classifier = model.get_classifier()

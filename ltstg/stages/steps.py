@@ -7,7 +7,7 @@ from ltstg.data.inputs import FILE_INPUTS_REVISION
 from ltstg import ranks
 from ltstg.errors import LtstgError
 from ltstg.methods import uses_stg
-from ltstg.models.backbones import check_weights_file
+from ltstg.models.backbones import check_weights_file, weights_file
 from ltstg.recipe import Recipe, RetrainSettings, chosen_settings, id_settings
 from ltstg.stages import Context, Result, run_stage, stage_id
 from ltstg.stages.retrain_checks import features_shift, wanted_shift
@@ -48,7 +48,7 @@ def pretrain_step(ctx: Context, recipe: Recipe, dataset: Artifact, *, name: str 
     if dataset.info.get("storage") == "paths":  # how FileInputs draws crops and counts steps changed once
         defining["file_inputs"] = FILE_INPUTS_REVISION
     if settings.init_weights is not None:  # the file's content defines the result, not where it sits
-        defining["init_weights_sha256"] = file_sha256(settings.init_weights)
+        defining["init_weights_sha256"] = file_sha256(str(weights_file(settings.init_weights)))
         if not ctx.store.exists(stage_id("backbone", defining, recipe.seed, [dataset])) or ctx.force:
             check_weights_file(settings.init_weights)
     if not ctx.force:  # decided by the first rank, so that every rank stops alike

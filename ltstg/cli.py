@@ -6,6 +6,7 @@ set-up in ltstg/runtime.py, which the Python API shares.
 """
 from __future__ import annotations
 
+import importlib.util
 import shlex
 import sys
 import time
@@ -43,10 +44,23 @@ def main_options(
     json_output: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda (auto = cuda when available).")] = "auto",
     seed: Annotated[Optional[int], typer.Option(help="Override the recipe's seed.")] = None,
+    log_dir: Annotated[
+        Optional[Path], typer.Option(help="Write each artifact's training scalars to DIR/<kind>-<id>.csv.")
+    ] = None,
+    tensorboard: Annotated[
+        Optional[Path],
+        typer.Option(help="Write each artifact's training scalars as TensorBoard runs in DIR (ltstg[tensorboard]).")
+    ] = None,
 ) -> None:
     if device not in {"auto", "cpu", "cuda"} and not device.startswith("cuda:"):
         raise typer.BadParameter(f"{device!r} is not one of auto, cpu, cuda", param_hint="--device")
-    ctx.obj = Options(store=store, json=json_output, device=device, seed=seed)
+    if tensorboard is not None and importlib.util.find_spec("tensorboard") is None:
+        raise typer.BadParameter("needs the tensorboard package: pip install 'ltstg[tensorboard]'",
+                                 param_hint="--tensorboard")
+    for folder, flag in ((log_dir, "--log-dir"), (tensorboard, "--tensorboard")):
+        if folder is not None and folder.exists() and not folder.is_dir():
+            raise typer.BadParameter(f"{folder} is a file, not a folder", param_hint=flag)
+    ctx.obj = Options(store=store, json=json_output, device=device, seed=seed, log_dir=log_dir, tensorboard=tensorboard)
 
 
 RecipeOption = Annotated[Optional[Path], typer.Option("--recipe", "-r", help="YAML recipe (see recipes/).")]
@@ -189,6 +203,9 @@ def eval_command(
     plot_reliability: Annotated[
         Optional[Path], typer.Option(help="Draw a reliability diagram per classifier (PNG).")
     ] = None,
+    csv_path: Annotated[
+        Optional[Path], typer.Option("--csv", help="Also write per-class rows (accuracy, training count, group) as CSV.")
+    ] = None,
     recipe: RecipeOption = None,
     name: NameOption = None,
     force: ForceOption = False,
@@ -200,6 +217,7 @@ def eval_command(
     options: Options = ctx.obj
     for path, flag in ((plot, "--plot"), (plot_norms, "--plot-norms"), (plot_reliability, "--plot-reliability")):
         output_file(path, PICTURES, flag)
+    output_file(csv_path, (".csv",), "--csv")
     one_output(options, markdown)
     settings = load(options, recipe, {})
     refs = list(classifiers or []) + list(compare or []) or [None]
@@ -218,6 +236,10 @@ def eval_command(
     if plot or plot_norms or plot_reliability:
         _eval_pictures(chosen, [row["method"] for row in rows], plot, plot_norms, plot_reliability, run,
                        settings.eval.ece_bins)
+    if csv_path is not None:
+        csv_path.write_text(per_class_csv([r.artifact for r in results], [row["method"] for row in rows], run.store),
+                            encoding="utf-8")
+        note(f"wrote {csv_path}")
     if markdown:
         sys.stdout.write(tables.markdown(tables.methods_cells(rows)) + "\n")
     elif len(results) == 1 and not compare:
@@ -226,6 +248,24 @@ def eval_command(
         show_results(options, results, "eval")
     else:
         emit(options, {"rows": rows}, methods_table("comparison", tables.methods_cells(rows)))
+
+
+def per_class_csv(reports: list[Any], labels: list[str], store: Any) -> str:
+    """One line per evaluated classifier and class: its test accuracy, the class's training count and group."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["method", "report", "class", "name", "train_count", "group", "accuracy"])
+    for report, label in zip(reports, labels):
+        features = store.get(report.parents[1], "features")
+        counts = features["class_counts"].tolist()
+        names = features.info.get("class_names") or [str(c) for c in range(len(counts))]
+        groups = features.info.get("groups") or [""] * len(counts)
+        for index, accuracy in enumerate(report["per_class_accuracy"].tolist()):
+            writer.writerow([label, report.id, index, names[index], counts[index], groups[index], repr(accuracy)])
+    return buffer.getvalue()
 
 
 def _eval_pictures(classifiers: list[Any], labels: list[str], per_class: Optional[Path], norms: Optional[Path],

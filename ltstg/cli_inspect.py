@@ -218,17 +218,26 @@ def inspect_curves(
     backbone: Annotated[Optional[str], typer.Argument(help="Backbone artifact (default newest).")] = None,
     stg: Annotated[Optional[str], typer.Option(help="Also the loss curve of this STG artifact.")] = None,
     out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("curves.png"),
+    csv_path: Annotated[
+        Optional[Path], typer.Option("--csv", help="Also write the scalars drawn (kind, id, tag, step, value) as CSV.")
+    ] = None,
 ) -> None:
     """Stage-1 loss and test top-1 per epoch (and the STG's loss), from what the artifacts store."""
     from ltstg.inspect.figures import curves_figure
+    from ltstg.inspect.scalars import scalars, to_csv
     from ltstg.store import Store
 
     options: Options = ctx.obj
     output_file(out, PICTURES, "--out")
+    output_file(csv_path, (".csv",), "--csv")
     store = Store(options.store)
     artifact = store.find(backbone, "backbone")
     stg_artifact = store.find(stg, "stg") if stg is not None else None
     note(f"wrote {curves_figure(artifact, stg_artifact, out)}")
+    if csv_path is not None:
+        parts = [to_csv(a, scalars(a)) for a in (artifact, stg_artifact) if a is not None]
+        csv_path.write_text(parts[0] + "".join(part.split("\n", 1)[1] for part in parts[1:]), encoding="utf-8")
+        note(f"wrote {csv_path}")
     emit(options, {"backbone": artifact.id, "out": str(out)}, None)
 
 

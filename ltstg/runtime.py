@@ -16,7 +16,7 @@ import torch
 from ltstg import launcher, ranks
 from ltstg.errors import LtstgError
 from ltstg.progress import Progress, silent
-from ltstg.stages import Context
+from ltstg.stages import Context, Result
 from ltstg.store import Store
 
 DEVICES = "auto, cpu, cuda or cuda:N"
@@ -58,6 +58,7 @@ def make_context(
     force: bool = False,
     progress: Progress = silent,
     note: Callable[[str], None] = lambda message: None,
+    logged: Callable[[Result], None] = lambda result: None,
 ) -> Context:
     """The stage context of one invocation: device (joined to torchrun's process group when there is one),
     store, and how to talk; only the main rank reports progress and notes."""
@@ -88,6 +89,7 @@ def make_context(
         progress=progress if main else silent,
         note=note if main else (lambda message: None),
         is_main=main,
+        logged=logged,
         # CPU numbers depend on the intra-op thread count (reductions split differently), so it is recorded
         run_options={"device": str(resolved), "world_size": world_size, "threads": torch.get_num_threads(),
                      "argv": sys.argv[1:]},

@@ -39,6 +39,8 @@ class Options:
     json: bool
     device: str
     seed: Optional[int]
+    log_dir: Optional[Path] = None  # every artifact's scalars as <kind>-<id>.csv here
+    tensorboard: Optional[Path] = None  # and as TensorBoard event files here
 
 
 def guarded(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -273,7 +275,31 @@ def run_context(options: Options, progress: RichProgress, force: bool = False) -
     """The stages' context for this invocation: device and process group set up once, in ltstg.runtime."""
     from ltstg.runtime import make_context
 
-    return make_context(options.store, options.device, force=force, progress=progress, note=progress.note)
+    return make_context(options.store, options.device, force=force, progress=progress, note=progress.note,
+                        logged=scalar_logger(options))
+
+
+def scalar_logger(options: Options) -> Callable[[Any], None]:
+    """What `--log-dir` and `--tensorboard` ask for, done for every artifact a command makes or reuses: its
+    training scalars as `<kind>-<id>.csv` and as a TensorBoard run `<kind>-<id>` (an artifact's scalars never
+    change, so a run already there is left as it is)."""
+    if options.log_dir is None and options.tensorboard is None:
+        return lambda result: None
+    from ltstg.inspect.scalars import scalars, to_csv, write_tensorboard
+
+    def log(result: Any) -> None:
+        artifact = result.artifact
+        rows = scalars(artifact)
+        if not rows:
+            return
+        name = f"{artifact.kind}-{artifact.id[:12]}"
+        if options.log_dir is not None:
+            options.log_dir.mkdir(parents=True, exist_ok=True)
+            (options.log_dir / f"{name}.csv").write_text(to_csv(artifact, rows), encoding="utf-8")
+        if options.tensorboard is not None and not (options.tensorboard / name).exists():
+            write_tensorboard(artifact, rows, options.tensorboard)
+
+    return log
 
 
 def pick_on_every_rank(run: Any, ref: Optional[str], kind: str) -> Any:

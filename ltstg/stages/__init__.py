@@ -141,6 +141,7 @@ class Context:
     is_main: bool = True
     run_options: dict[str, Any] = field(default_factory=dict)
     recalled: set[str] = field(default_factory=set)  # reused ids whose notes were said again in this invocation
+    logged: Callable[["Result"], None] = lambda result: None  # hears every artifact made or reused (main rank)
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,8 @@ def run_stage(
         moved_from = store.set_name(name, pending)
         if moved_from is not None:
             ctx.note(f"name {name!r} moved from {moved_from[:SHORT]} to {pending[:SHORT]}")
+    if ctx.is_main:
+        ctx.logged(result)
     return result
 
 

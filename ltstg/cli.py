@@ -44,24 +44,25 @@ def main_options(
     json_output: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda (auto = cuda when available).")] = "auto",
     seed: Annotated[Optional[int], typer.Option(help="Override the recipe's seed.")] = None,
-    log_dir: Annotated[
-        Optional[Path], typer.Option(help="Write each artifact's training scalars to DIR/<kind>-<id>.csv.")
-    ] = None,
-    tensorboard: Annotated[
-        Optional[Path],
-        typer.Option(help="Write each artifact's training scalars as TensorBoard runs in DIR (ltstg[tensorboard]).")
+    log: Annotated[
+        Optional[tuple[str, Path]],
+        typer.Option(metavar="FORMAT DIR", help="Write each artifact's training scalars: csv DIR (<kind>-<id>.csv), or "
+                     "tensorboard DIR (TensorBoard runs <kind>-<id>, the CSV beside them; ltstg[tensorboard])."),
     ] = None,
 ) -> None:
     if device not in {"auto", "cpu", "cuda"} and not device.startswith("cuda:"):
         raise typer.BadParameter(f"{device!r} is not one of auto, cpu, cuda", param_hint="--device")
-    if tensorboard is not None and importlib.util.find_spec("tensorboard") is None:
-        raise typer.BadParameter("needs the tensorboard package: pip install 'ltstg[tensorboard]'",
-                                 param_hint="--tensorboard")
-    for folder, flag in ((log_dir, "--log-dir"), (tensorboard, "--tensorboard")):
-        if folder is not None and folder.exists() and not folder.is_dir():
-            raise typer.BadParameter(f"{folder} is a file, not a folder", param_hint=flag)
-    ctx.obj = Options(store=store, json=json_output, device=device, seed=seed, log_dir=log_dir, tensorboard=tensorboard)
+    if log is not None:
+        if log[0] not in LOG_FORMATS:
+            raise typer.BadParameter(f"{log[0]!r} is not one of {', '.join(LOG_FORMATS)}", param_hint="--log")
+        if log[0] == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+            raise typer.BadParameter("tensorboard needs its package: pip install 'ltstg[tensorboard]'", param_hint="--log")
+        if log[1].exists() and not log[1].is_dir():
+            raise typer.BadParameter(f"{log[1]} is a file, not a folder", param_hint="--log")
+    ctx.obj = Options(store=store, json=json_output, device=device, seed=seed, log=log)
 
+
+LOG_FORMATS = ("csv", "tensorboard")
 
 RecipeOption = Annotated[Optional[Path], typer.Option("--recipe", "-r", help="YAML recipe (see recipes/).")]
 NameOption = Annotated[Optional[str], typer.Option(help="Also store the result under this name.")]

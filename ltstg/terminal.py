@@ -39,8 +39,7 @@ class Options:
     json: bool
     device: str
     seed: Optional[int]
-    log_dir: Optional[Path] = None  # every artifact's scalars as <kind>-<id>.csv here
-    tensorboard: Optional[Path] = None  # and as TensorBoard event files here
+    log: Optional[tuple[str, Path]] = None  # (csv | tensorboard, DIR): where every artifact's scalars go
 
 
 def guarded(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -280,12 +279,14 @@ def run_context(options: Options, progress: RichProgress, force: bool = False) -
 
 
 def scalar_logger(options: Options) -> Callable[[Any], None]:
-    """What `--log-dir` and `--tensorboard` ask for, done for every artifact a command makes or reuses: its
-    training scalars as `<kind>-<id>.csv` and as a TensorBoard run `<kind>-<id>` (an artifact's scalars never
-    change, so a run already there is left as it is)."""
-    if options.log_dir is None and options.tensorboard is None:
+    """What `--log FORMAT DIR` asks for, done for every artifact a command makes or reuses: its training scalars
+    as `DIR/<kind>-<id>.csv`, and with tensorboard also as the TensorBoard run `DIR/<kind>-<id>` (an artifact's
+    scalars never change, so a run already there is left as it is)."""
+    if options.log is None:
         return lambda result: None
     from ltstg.inspect.scalars import scalars, to_csv, write_tensorboard
+
+    kind, folder = options.log
 
     def log(result: Any) -> None:
         artifact = result.artifact
@@ -293,11 +294,10 @@ def scalar_logger(options: Options) -> Callable[[Any], None]:
         if not rows:
             return
         name = f"{artifact.kind}-{artifact.id[:12]}"
-        if options.log_dir is not None:
-            options.log_dir.mkdir(parents=True, exist_ok=True)
-            (options.log_dir / f"{name}.csv").write_text(to_csv(artifact, rows), encoding="utf-8")
-        if options.tensorboard is not None and not (options.tensorboard / name).exists():
-            write_tensorboard(artifact, rows, options.tensorboard)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{name}.csv").write_text(to_csv(artifact, rows), encoding="utf-8")
+        if kind == "tensorboard" and not (folder / name).exists():
+            write_tensorboard(artifact, rows, folder)
 
     return log
 

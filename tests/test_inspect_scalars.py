@@ -24,10 +24,9 @@ def test_a_run_logs_every_stages_scalars_as_csv_and_tensorboard(tiny_recipe_path
     from tests.conftest import TINY_METHODS
 
     tiny_recipe_path.write_text(tiny_recipe_path.read_text() + TINY_METHODS)
-    logs, board = tmp_path / "logs", tmp_path / "board"
+    board = logs = tmp_path / "board"  # the CSV files beside the TensorBoard runs
     store = tmp_path / "s"
-    result = runner.invoke(app, ["--store", str(store), "--log-dir", str(logs), "--tensorboard", str(board),
-                                 "run", str(tiny_recipe_path)])
+    result = runner.invoke(app, ["--store", str(store), "--log", "tensorboard", str(board), "run", str(tiny_recipe_path)])
     assert result.exit_code == 0, result.output
     opened = Store(store)
     backbone = opened.find(None, "backbone")
@@ -38,14 +37,19 @@ def test_a_run_logs_every_stages_scalars_as_csv_and_tensorboard(tiny_recipe_path
     stg = opened.find(None, "stg")
     assert [float(r["value"]) for r in _read(logs / f"stg-{stg.id[:12]}.csv") if r["tag"] == "fit_stg/loss"] == \
         stg["curve.loss"].tolist()
-    kinds = sorted({path.name.split("-")[0] for path in logs.iterdir()})
+    kinds = sorted({path.name.split("-")[0] for path in logs.glob("*.csv")})
     assert kinds == ["backbone", "classifier", "report", "stg"]  # datasets and features keep no scalars
     events = EventAccumulator(str(board / f"backbone-{backbone.id[:12]}"))
     events.Reload()
     assert [event.value for event in events.Scalars("pretrain/loss")] == pytest.approx(losses, rel=1e-6)  # float32 in TB
-    again = runner.invoke(app, ["--store", str(store), "--tensorboard", str(board), "run", str(tiny_recipe_path)])
+    again = runner.invoke(app, ["--store", str(store), "--log", "tensorboard", str(board), "run", str(tiny_recipe_path)])
     assert again.exit_code == 0  # everything reused: the runs already there are not written twice
     assert len(list((board / f"backbone-{backbone.id[:12]}").iterdir())) == 1
+    csv_only = tmp_path / "csv"
+    assert runner.invoke(app, ["--store", str(store), "--log", "csv", str(csv_only), "run", str(tiny_recipe_path)]).exit_code == 0
+    assert sorted(p.suffix for p in csv_only.iterdir()) == [".csv"] * len(list(logs.glob("*.csv")))  # no runs
+    bad = runner.invoke(app, ["--store", str(store), "--log", "wandb", str(csv_only), "run", str(tiny_recipe_path)])
+    assert bad.exit_code == 2 and "csv, tensorboard" in bad.output
 
 
 def test_inspect_curves_and_eval_write_csv(tiny_recipe_path, tmp_path):

@@ -15,7 +15,8 @@ from ltstg.terminal import Options, RichProgress, emit, guarded, note, output_fi
 @guarded
 def export_command(
     ctx: typer.Context,
-    classifier: Annotated[Optional[str], typer.Argument(help="Classifier artifact (id prefix or name; default newest).")] = None,
+    classifier: Annotated[Optional[str], typer.Argument(
+        help="Classifier, or a report of one (a run's id column): id prefix or name; default the newest classifier.")] = None,
     out: Annotated[Path, typer.Option(help="Folder to write (new or empty): model.safetensors, config.json.")] = Path("model"),
     format: Annotated[str, typer.Option("--format", help="safetensors, or onnx to add model.onnx (the onnx extra).")] = "safetensors",
 ) -> None:
@@ -29,7 +30,7 @@ def export_command(
         raise LtstgError(f"--format {format!r}: use safetensors or onnx.")
     with RichProgress(not options.json) as progress:
         store = run_context(options, progress).store
-        lineage = Lineage.of(store, store.find(classifier, "classifier"))
+        lineage = Lineage.named(store, classifier)
         written = export(lineage, out, onnx=format == "onnx")
     if written["temperature"] is None:
         note(f"note: classifier {lineage.classifier.id[:12]} has no temperature (its features have no validation "
@@ -43,7 +44,7 @@ def export_command(
 @guarded
 def predict_command(
     ctx: typer.Context,
-    model: Annotated[str, typer.Argument(help="An exported folder, or a classifier artifact (id prefix or name).")],
+    model: Annotated[str, typer.Argument(help="An exported folder, or a classifier or its report (id prefix or name).")],
     images: Annotated[list[str], typer.Argument(help="Image files, folders (every image under them), or .txt lists of paths.")],
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Labels per image.")] = 5,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 256,
@@ -63,7 +64,7 @@ def predict_command(
             predictor = Predictor.from_folder(model)
         else:
             store = run_context(options, progress).store
-            predictor = Predictor.from_config(*folded_model(Lineage.of(store, store.find(model, "classifier"))))
+            predictor = Predictor.from_config(*folded_model(Lineage.named(store, model)))
         rows = predict(predictor, paths, device=resolve_device(options.device), top_k=top_k, batch_size=batch_size,
                        progress=progress)
     skipped = [row for row in rows if "skipped" in row]

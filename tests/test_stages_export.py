@@ -221,3 +221,13 @@ def test_a_file_backed_data_set_is_predicted_through_the_same_resize_and_crop(tm
     rows = json.loads(predicted.stdout)["rows"]
     assert [row["label"] for row in rows] == expected.tolist()
     _assert_eval_probabilities(rows, classifier, features)
+
+
+def test_export_takes_the_report_id_a_run_shows_and_refuses_other_kinds(run, tmp_path):
+    _, report, classifier, features = _artifacts(run["store"], run["rows"]["cRT"]["reports"][0])
+    out = tmp_path / "model"
+    result = runner.invoke(app, ["--store", str(run["store"]), "--json", "export", report.id[:12], "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["lineage"]["classifier"] == classifier.id
+    wrong = runner.invoke(app, ["--store", str(run["store"]), "export", features.id[:12], "--out", str(tmp_path / "x")])
+    assert wrong.exit_code == 2 and "is a features artifact" in wrong.stderr and not (tmp_path / "x").exists()

@@ -46,6 +46,20 @@ class Lineage:
         return cls(classifier, features, store.get(features.parents[0], "backbone"),
                    store.get(features.parents[1], "dataset"))
 
+    @classmethod
+    def named(cls, store: Store, ref: str | None) -> Lineage:
+        """From a classifier, or from a report of one (the id a run's table shows), by id prefix or name; without
+        a reference, the newest classifier."""
+        if ref is None:
+            return cls.of(store, store.find(None, "classifier"))
+        found = store.resolve(ref)
+        kind = store.info(found).kind
+        if kind == "report":
+            return cls.of(store, store.get(store.get(found, "report").parents[0], "classifier"))
+        if kind != "classifier":
+            raise LtstgError(f"{ref!r} is a {kind} artifact; give a classifier, or a report of one (a run's id column).")
+        return cls.of(store, store.get(found, "classifier"))
+
     def ids(self) -> dict[str, str]:
         return {kind: getattr(self, kind).id for kind in ("dataset", "backbone", "features", "classifier")}
 

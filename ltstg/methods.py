@@ -34,7 +34,7 @@ Builder = TypeVar("Builder", bound=Callable[..., Any])
 class Settings(BaseModel):
     """Base of every settings model (recipe.py's and the methods'): a misspelt key is an error, values are frozen."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # inf and NaN are no setting
 
     @model_validator(mode="before")
     @classmethod

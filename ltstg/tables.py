@@ -31,6 +31,7 @@ Nothing here knows rich, torch or the store.
 from __future__ import annotations
 
 import html as html_module
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -196,10 +197,12 @@ def candidates_cells(rows: list[dict[str, Any]], score_key: str, id_length: int)
         for seed, tried in zip(row.get("seeds") or [], row.get("candidates") or []):
             for record in tried:
                 values = ", ".join(f"{field.rsplit('.', 1)[-1]}={value}" for field, value in record["values"].items())
-                marks = [mark for mark, on in (("chosen", record.get("chosen")), ("extended", record.get("extended")))
-                         if on]
-                body.append([row["method"], str(seed), values, f"{100 * record[score_key]:.1f}", ", ".join(marks),
-                             str(record["classifier"])[:id_length]])
+                marks = [mark for mark, on in (("chosen", record.get("chosen")), ("extended", record.get("extended")),
+                                               ("diverged", record.get("diverged"))) if on]
+                score = record.get(score_key)
+                shown = f"{100 * score:.1f}" if isinstance(score, (int, float)) and math.isfinite(score) else MISSING
+                body.append([row["method"], str(seed), values, shown, ", ".join(marks),
+                             str(record["classifier"] or MISSING)[:id_length]])
     return Cells(header=header, body=body, align=["left", "right", "left", "right", "left", "left"],
                  code=[False] * 5 + [True], terminal=[True] * 5 + [False])
 

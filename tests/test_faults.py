@@ -630,3 +630,104 @@ def test_r20_01_report_rows_never_average_classifiers_of_different_ancestors(tin
     assert all(row["seeds"] == [0] for row in rows)
     assert {row["method"]: row["all"] for row in rows} == {f"cRT+STG (↑stg.lr {lr})": top1 for lr, top1 in by_sweep.items()}
     assert "the report's STG sections show stg" in result.stderr
+
+
+# -- issue 34: finite or nothing ---------------------------------------------------------------------------
+
+
+def _scaled_features(tiny_run, scale, poison=False):
+    """The tiny run's features times `scale` (one NaN row with `poison`), as a features artifact of its own."""
+    from ltstg.store import Artifact
+
+    features = tiny_run["features"]
+    tensors = dict(features.tensors)
+    for name in ("train_features", "val_features", "test_features"):
+        tensors[name] = features[name].float() * scale
+    if poison:
+        tensors["train_features"][0] = float("nan")
+    if "train_views" in tensors:
+        tensors["train_views"] = features["train_views"].float() * scale
+    fake_id = ("f" * 8) + features.id[8:]
+    return Artifact(fake_id, features.meta, tensors)
+
+
+def _kinds(store):
+    return sorted(info.kind for info in Store(store).list(None))
+
+
+def test_34_02_an_stg_whose_float16_targets_overflow_is_never_committed(tiny_run, tiny_recipe_path, tmp_path):
+    recipe = load_recipe(tiny_recipe_path, {"stg.target_storage": "float16"})
+    ctx = Context(store=Store(tmp_path / "s"))
+    with pytest.raises(LtstgError, match="diverged|not committed") as stopped:
+        steps.fit_stg_step(ctx, recipe, _scaled_features(tiny_run, 1e5))  # squared shifts of 1e5 pass 65504
+    assert "float16" in str(stopped.value) or "non-finite" in str(stopped.value)
+    assert _kinds(tmp_path / "s") == []  # nothing committed
+    steps.fit_stg_step(ctx, load_recipe(tiny_recipe_path), _scaled_features(tiny_run, 1.0))  # the same, finite: kept
+    assert _kinds(tmp_path / "s") == ["stg"]
+
+
+def test_34_03_a_classifier_whose_training_diverges_is_never_committed(tiny_run, tiny_recipe_path, tmp_path):
+    """SGD at an absurd lr overflows the weights: the loss is NaN in the first epoch, and retrain stops there
+    instead of committing a NaN classifier that would score as "always class 0" and pass as converged."""
+    ctx = Context(store=Store(tmp_path / "s"))
+    recipe = load_recipe(tiny_recipe_path, {"retrain.optimizer": "sgd", "retrain.lr": 1e36})
+    with pytest.raises(LtstgError, match="retrain: the training loss of epoch 1 is nan: it diverged"):
+        steps.retrain_step(ctx, recipe, recipe.retrain, tiny_run["features"], None)
+    assert _kinds(tmp_path / "s") == []
+
+
+def test_34_03_a_non_finite_output_is_never_committed_whatever_its_stage(tiny_run, tmp_path):
+    """The last guard, before the store: any non-finite weight or training score stops the stage in one line."""
+    from ltstg.stages import Output, run_stage
+
+    ctx = Context(store=Store(tmp_path / "s"))
+    weight = torch.ones(4, 64)
+    weight[1, 2] = float("inf")
+    with pytest.raises(LtstgError, match="classifier .*: not committed, the training diverged: weight holds 1 non-finite"):
+        run_stage(ctx, "classifier", {"probe": 1}, [tiny_run["features"]],
+                  lambda generator, checkpoint: Output("classifier", {"weight": weight}, {"train_loss": 0.1}), seed=0)
+    with pytest.raises(LtstgError, match="its train_loss is nan"):
+        run_stage(ctx, "classifier", {"probe": 2}, [tiny_run["features"]],
+                  lambda generator, checkpoint: Output("classifier", {"weight": torch.ones(4, 64)},
+                                                       {"train_loss": float("nan")}), seed=0)
+    assert _kinds(tmp_path / "s") == []
+
+
+def test_34_05_inf_is_refused_like_nan_in_every_setting(tiny_recipe_path, tmp_path):
+    for flags in (["--augmenter", "noise", "--std", "inf"], ["--lr", "nan"], ["--augmenter", "stg", "--lam", "-inf"]):
+        result = invoke(tmp_path / "s", "retrain", "--recipe", str(tiny_recipe_path), *flags)
+        one_error_line(result, "finite")
+    tiny_recipe_path.write_text(tiny_recipe_path.read_text()
+                                + "methods:\n  cRT+STG: {augment: {name: stg}, select: {augment.lam: [.inf, 1.5]}}\n")
+    one_error_line(invoke(tmp_path / "s", "run", str(tiny_recipe_path)), "augment.lam", "finite")
+    assert not (tmp_path / "s" / "objects").exists() or _kinds(tmp_path / "s") == []
+
+
+def test_34_05_a_candidate_with_a_non_finite_score_is_never_chosen():
+    from ltstg.stages.pipeline import SELECTED_BY, select
+    from ltstg.store import Artifact
+
+    def classifier(index, score):
+        return Artifact(f"{index:064d}", {"kind": "classifier", "metrics": {SELECTED_BY: score}}, {})
+
+    candidates = [({"lr": lr}, None) for lr in (0.1, 0.01, 0.001)]
+    values, chosen, tried = select("cRT", candidates, [classifier(0, float("nan")), classifier(1, 0.5), classifier(2, 0.7)])
+    assert values == {"lr": 0.001} and [record["chosen"] for record in tried] == [False, False, True]
+    with pytest.raises(LtstgError, match="no candidate has a finite validation score"):
+        select("cRT", candidates[:2], [classifier(0, float("nan")), classifier(1, float("inf"))])
+
+
+def test_34_05_a_candidate_that_diverges_is_said_recorded_and_not_chosen(tiny_recipe_path, tmp_path):
+    tiny_recipe_path.write_text(tiny_recipe_path.read_text()
+                                + "methods:\n  cRT (SGD): {optimizer: sgd, select: {lr: [1.0e+36, 0.01]}}\n")
+    result = invoke(tmp_path / "s", "--json", "run", str(tiny_recipe_path))
+    assert result.exit_code == 0, result.output
+    assert "candidate lr=1e+36 diverged, so it is not chosen" in result.stderr
+    (row,) = json.loads(result.stdout)["rows"]
+    assert row["chosen"] == [{"lr": 0.01}]
+    diverged, kept = row["candidates"][0]
+    assert diverged["diverged"] and diverged["classifier"] is None and diverged["val_mean_class"] is None  # JSON: null
+    assert kept["chosen"] and "diverged" not in kept
+    alone = tiny_recipe_path.read_text().replace("select: {lr: [1.0e+36, 0.01]}", "lr: 1.0e+36")
+    tiny_recipe_path.write_text(alone)
+    one_error_line(invoke(tmp_path / "s", "run", str(tiny_recipe_path)), "diverged")  # its only candidate: an error

@@ -191,25 +191,34 @@ def test_seeds_keep_one_data_set_and_vary_from_retrain_shares_the_backbone(recip
 
 
 def test_synthetic_100_recipe_short_version_end_to_end(tmp_path):
-    """The many-class path in CI: 100 classes, 66 tail classes, every recipe method, one short epoch each."""
+    """The many-class path in CI: 100 classes, 66 tail classes, one short epoch each, for every row with fixed
+    settings and one selecting pair on shifted features (MiSLAS's stage 2 with and without the STG fitted on
+    them); the other selecting rows repeat these paths with more candidates (their grids: test_recipes)."""
     recipe_file = Path(__file__).resolve().parents[1] / "recipes" / "synthetic-100-lt.yaml"
     short = {
         "dataset.size": 16, "pretrain.model": "resnet20_cifar", "pretrain.epochs": 1, "pretrain.warmup_epochs": 0,
         "dataset.synthetic.test_per_class": 10, "stg.epochs": 1, "retrain.epochs": 2,
-        # the authors' rows set 10 epochs of their own: 2 here too (8 trainings with the candidates on val)
-        **{f"methods.{name}.epochs": 2 for name in ("cRT (Kang)", "MiSLAS", "cRT (Kang, lr on val)", "MiSLAS (lr on val)")},
+        # the authors' rows set 10 epochs of their own: 2 here too
+        **{f"methods.{name}.epochs": 2 for name in ("cRT (Kang)", "MiSLAS", "MiSLAS (lr on val)", "MiSLAS+STG (on val)")},
+        "methods.MiSLAS (lr on val).select": {"lr": [0.03, 0.1]},
+        "methods.MiSLAS+STG (on val).select": {"lr": [0.03, 0.1], "augment.lam": [0.25, 0.5]},
     }
     recipe = load_recipe(recipe_file, short)
-    runs, results = run_recipe(Context(store=Store(tmp_path / "store")), recipe, seeds=[0])
+    fixed = [name for name in recipe.methods if "select" not in recipe.methods[name]]
+    chosen = fixed + ["MiSLAS (lr on val)", "MiSLAS+STG (on val)"]
+    runs, results = run_recipe(Context(store=Store(tmp_path / "store")), recipe, seeds=[0], methods=chosen)
     dataset = results[0].artifact
     assert dataset.metrics["classes"] == 100 and dataset.metrics["train"] == 10847
     assert (dataset.metrics["many"], dataset.metrics["medium"], dataset.metrics["few"]) == (35, 35, 30)
-    stg = next(r.artifact for r in results if r.artifact.kind == "stg")
-    assert (stg.metrics["num_head_classes"], stg.metrics["num_tail_classes"]) == (34, 66)  # 80% of the images
+    stgs = [r.artifact for r in results if r.artifact.kind == "stg"]
+    assert len(stgs) == 2  # one on the plain features, one on MiSLAS's shifted ones
+    for stg in stgs:
+        assert (stg.metrics["num_head_classes"], stg.metrics["num_tail_classes"]) == (34, 66)  # 80% of the images
     rows = {row["method"]: row for row in aggregate(runs)}
-    assert set(rows) == set(recipe.methods)
+    assert set(rows) == set(chosen) and len(fixed) >= 14
     for row in rows.values():
         assert row["few"] is not None and 0.0 <= row["all"] <= 1.0
+    assert rows["MiSLAS+STG (on val)"]["base"] == "MiSLAS (lr on val)"
 
 
 def test_sweep_is_a_grid_that_reuses_shared_artifacts(recipe_path, tmp_path):

@@ -291,6 +291,13 @@ def _compute(
     output = call(generator, checkpoint)
     if output.kind != kind:
         raise RuntimeError(f"stage returned a {output.kind} output for a {kind} artifact")
+    from ltstg.stages.finite import Diverged, nonfinite_problems
+
+    problems = nonfinite_problems(kind, output.tensors, output.metrics)
+    if problems:  # before the store sees it: a checkpoint stays, nothing is committed
+        raise Diverged(f"{kind} {pending[:SHORT]}: not committed, the training diverged: {'; '.join(problems[:3])}"
+                         f"{f' (and {len(problems) - 3} more)' if len(problems) > 3 else ''}; lower the lr, or use "
+                         "float32 storage where float16 overflows.")
     wall_clock = checkpoint.earlier_seconds + time.perf_counter() - started  # summed over interrupted attempts
     for line in output.notes:
         ctx.note(f"{label}: {line}")

@@ -18,6 +18,7 @@ import torch
 
 from ltstg.data.balanced import class_balanced_indices
 from ltstg.errors import LtstgError
+from ltstg.stages.finite import Diverged, diverged
 from ltstg.models.memory_bank import MemoryBank
 from ltstg.models.prototypes import class_means
 from ltstg.models.stg import SemanticTransformationGenerator, build_stg
@@ -113,6 +114,10 @@ def fit_stg(
     pace = _CheckpointPace()
     for epoch in range(start_epoch, settings.epochs):
         loss, anchor_share = fit_one_epoch(fit, epoch)
+        stop = diverged("fit-stg", epoch, loss, "lower stg.lr, or keep the targets in float32 (stg.target_storage), "
+                        "since float16 overflows above 65504.")
+        if stop:
+            raise Diverged(stop)
         curve.append(loss)
         anchor_shares.append(anchor_share)  # the share of training samples that trained as anchors
         if epoch + 1 < settings.epochs and pace.due():  # the last epoch's state is the artifact itself

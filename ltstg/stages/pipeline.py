@@ -34,6 +34,7 @@ from ltstg.recipe import (
 from ltstg.stages import Context, Result
 from ltstg.stages import steps
 from ltstg.stages.evaluate import converged
+from ltstg.stages.finite import Diverged
 from ltstg.stages.retrain_checks import method_problems, wanted_shift
 from ltstg.store import SHORT, Artifact
 
@@ -293,24 +294,30 @@ def stage1_on_every_rank(ctx: Context, runs: list[tuple[Recipe, list[int]]], unt
 
 
 def select(
-    method: str, candidates: Candidates, trained: list[Artifact]
+    method: str, candidates: Candidates, trained: list[Artifact | None]
 ) -> tuple[dict[str, Any], Artifact, tuple[dict[str, Any], ...]]:
     """The candidate with the best class-balanced validation accuracy (the first of equals), read from the
-    classifiers' validation metrics alone: the test split plays no part. Returns its values, its classifier
-    and every candidate's record."""
-    if len(trained) == 1:
+    classifiers' validation metrics alone: the test split plays no part; a candidate that diverged (None) or
+    scored non-finite is never chosen. Returns its values, its classifier and every candidate's record."""
+    if len(trained) == 1 and trained[0] is not None:
         return candidates[0][0], trained[0], ()
-    missing = [c for c in trained if SELECTED_BY not in c.metrics]
+    missing = [c for c in trained if c is not None and SELECTED_BY not in c.metrics]
     if missing:
         raise LtstgError(
             f"method {method!r} selects on the validation split, but classifier {missing[0].id[:SHORT]} has no "
             "validation score (its features were made without a validation split); re-run make-dataset and pretrain."
         )
-    scores = [c.metrics[SELECTED_BY] for c in trained]
-    best = max(range(len(trained)), key=lambda i: (scores[i], -i))
-    tried = tuple({"values": values, SELECTED_BY: score, "classifier": c.id, "chosen": i == best}
+    scores = [c.metrics[SELECTED_BY] if c is not None else math.nan for c in trained]
+    finite = [i for i, score in enumerate(scores) if math.isfinite(score)]  # a diverged candidate is never chosen
+    if not finite:
+        raise LtstgError(f"method {method!r}: no candidate has a finite validation score; every one diverged.")
+    best = max(finite, key=lambda i: (scores[i], -i))
+    tried = tuple({"values": values, SELECTED_BY: score, "classifier": c.id if c is not None else None,
+                   "chosen": i == best, **({"diverged": True} if c is None else {})}
                   for i, ((values, _), c, score) in enumerate(zip(candidates, trained, scores)))
-    return candidates[best][0], trained[best], tried
+    chosen = trained[best]
+    assert chosen is not None  # a finite score has a classifier
+    return candidates[best][0], chosen, tried
 
 
 def choose(
@@ -319,7 +326,7 @@ def choose(
     """Train every candidate and keep the best on validation (`select`). With `extend: true`, a choice on the
     edge of its grid gets one more candidate per such field, one step past it (`step_past`: the same rule for
     every method), trained and compared with the rest; the extra ones are counted in `tried`, marked `extended`."""
-    trained = [train(settings) for _, settings in candidates]
+    trained = train_candidates(ctx, who, candidates, train)
     values, classifier, tried = select(method, candidates, trained)
     edges = grid_edges(candidates, values)
     if edges and method in recipe.methods and method_extends(recipe, method):
@@ -335,10 +342,27 @@ def choose(
             ctx.note(f"note: {who}, chose on the edge of its grid, so it also tries {', '.join(said)} (extend)")
             first_extra = len(candidates)
             candidates = candidates + extra
-            trained += [train(settings) for _, settings in extra]
+            trained += train_candidates(ctx, who, extra, train, alone=False)
             values, classifier, tried = select(method, candidates, trained)
             tried = tuple({**record, "extended": i >= first_extra} for i, record in enumerate(tried))
     return values, classifier, tried, note_edges(ctx, who, candidates, values)
+
+
+def train_candidates(ctx: Context, who: str, candidates: Candidates, train: Callable[[RetrainSettings], Artifact],
+                     alone: bool | None = None) -> list[Artifact | None]:
+    """Each candidate's classifier; one whose training diverged is None, said on stderr and never chosen
+    (`select`), unless it is a method's only candidate, whose divergence stops the run."""
+    trained: list[Artifact | None] = []
+    for values, settings in candidates:
+        try:
+            trained.append(train(settings))
+        except Diverged as error:
+            if alone if alone is not None else len(candidates) == 1:
+                raise
+            shown = ", ".join(f"{field}={value}" for field, value in values.items())
+            ctx.note(f"warning: {who}: candidate {shown} diverged, so it is not chosen ({error})")
+            trained.append(None)
+    return trained
 
 
 def grid_values(candidates: Candidates, field: str) -> set[Any]:

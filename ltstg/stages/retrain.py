@@ -20,6 +20,7 @@ from ltstg.calibration import fit_temperature
 from ltstg.data.balanced import ClassAwareSampler, class_balanced_indices
 from ltstg.data.features import TrainingFeatures, training_features
 from ltstg.errors import LtstgError
+from ltstg.stages.finite import Diverged, diverged
 from ltstg.methods import PLAIN, ClassifierEntry, get_augmenter, get_classifier
 from ltstg.progress import Progress, silent
 from ltstg.recipe import EvalSettings, RetrainSettings
@@ -284,6 +285,9 @@ def train(
     model.train()
     for epoch in range(start_epoch, settings.epochs):
         loss, count = train_epoch(settings, model, augmenter, inputs, optimizer, scheduler, epsilon, generator, sampler)
+        stop = diverged("retrain", epoch, loss, "lower retrain.lr or the augmenter's strength.")
+        if stop:
+            raise Diverged(stop)
         curve.append(loss)
         changed.append(count)
         if count == 0 and settings.augment.name != PLAIN:

@@ -491,6 +491,13 @@ def _candidates(
         except LtstgError as error:
             where = f" ({', '.join(f'{k}={v}' for k, v in values.items())})" if values else ""
             problems += [f"{line}{where}" for line in str(error).splitlines() if f"{line}{where}" not in problems]
+    seen: dict[str, dict[str, Any]] = {}
+    for values, settings in out:  # [1, 1.0] or [0.01, "0.01"]: one classifier counted as two candidates
+        key = json.dumps(settings.model_dump(mode="json"), sort_keys=True)
+        if key in seen:
+            problems.append(f"methods.{method}.{SELECT}: candidates {seen[key]} and {values} are the same settings "
+                            "once validated; give each value once.")
+        seen.setdefault(key, values)
     if problems:
         raise LtstgError("\n".join(problems))
     return out

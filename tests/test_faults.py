@@ -731,3 +731,20 @@ def test_34_05_a_candidate_that_diverges_is_said_recorded_and_not_chosen(tiny_re
     alone = tiny_recipe_path.read_text().replace("select: {lr: [1.0e+36, 0.01]}", "lr: 1.0e+36")
     tiny_recipe_path.write_text(alone)
     one_error_line(invoke(tmp_path / "s", "run", str(tiny_recipe_path)), "diverged")  # its only candidate: an error
+
+
+def test_34_13_candidates_that_validate_to_the_same_settings_are_refused(tiny_recipe_path, tmp_path):
+    for grid in ("{lr: [1, 1.0]}", "{lr: [0.01, '0.01']}"):
+        tiny_recipe_path.write_text(tiny_recipe_path.read_text().split("methods:")[0]
+                                    + f"methods:\n  cRT: {{classifier: crt, select: {grid}}}\n")
+        one_error_line(invoke(tmp_path / "s", "run", str(tiny_recipe_path)), "methods.cRT.select: candidates",
+                       "the same settings once validated")
+    assert not (tmp_path / "s").exists() or _kinds(tmp_path / "s") == []
+
+
+def test_34_14_a_field_is_either_swept_or_selected(tiny_recipe_path, tmp_path):
+    tiny_recipe_path.write_text(tiny_recipe_path.read_text()
+                                + "methods:\n  cRT+noise: {augment: {name: noise}, select: {augment.std: [0.1, 0.5]}}\n")
+    result = invoke(tmp_path / "s", "run", str(tiny_recipe_path), "--sweep", "methods.cRT+noise.augment.std=0.1,3.0")
+    one_error_line(result, "selects augment.std on the validation split", "sweep it or select it, not both")
+    assert not (tmp_path / "s").exists() or _kinds(tmp_path / "s") == []

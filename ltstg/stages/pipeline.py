@@ -21,6 +21,7 @@ from ltstg.errors import LtstgError
 from ltstg.methods import uses_stg
 from ltstg.recipe import (
     Recipe,
+    SELECT,
     RetrainSettings,
     extended_candidate,
     id_settings,
@@ -143,10 +144,17 @@ def check_seeds(recipe: Recipe, seeds: list[int]) -> None:
 
 
 def check_swept_methods(recipe: Recipe, sweeps: dict[str, list[Any]]) -> None:
-    """A sweep over `methods.X.…` varies a method the recipe has: a misspelt X would quietly add a new one."""
+    """A sweep over `methods.X.…` varies a method the recipe has: a misspelt X would quietly add a new one; and
+    not a field X selects on validation, since the selection overrides it (two rows, one report)."""
     for field in sweeps:
         parts = field.split(".")
-        if parts[0] != "methods" or len(parts) < 3 or parts[1] in recipe.methods:
+        if parts[0] != "methods" or len(parts) < 3:
+            continue
+        if parts[1] in recipe.methods:
+            grid = recipe.methods[parts[1]].get(SELECT) if isinstance(recipe.methods[parts[1]], dict) else None
+            if isinstance(grid, dict) and ".".join(parts[2:]) in grid:
+                raise LtstgError(f"--sweep {field}: method {parts[1]!r} selects {'.'.join(parts[2:])} on the "
+                                 "validation split, which overrides a sweep; sweep it or select it, not both.")
             continue
         near = difflib.get_close_matches(parts[1], list(recipe.methods), n=1)
         hint = f"did you mean {near[0]!r}?" if near else f"the recipe lists: {', '.join(recipe.methods) or 'none'}."

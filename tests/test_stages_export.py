@@ -231,3 +231,29 @@ def test_export_takes_the_report_id_a_run_shows_and_refuses_other_kinds(run, tmp
     assert json.loads(result.stdout)["lineage"]["classifier"] == classifier.id
     wrong = runner.invoke(app, ["--store", str(run["store"]), "export", features.id[:12], "--out", str(tmp_path / "x")])
     assert wrong.exit_code == 2 and "is a features artifact" in wrong.stderr and not (tmp_path / "x").exists()
+
+
+def test_an_export_the_file_system_refuses_is_one_line_and_leaves_nothing(run, tmp_path, monkeypatch):
+    import errno
+
+    import timm.models
+
+    from ltstg.stages import export
+
+    _, _, classifier, _ = _artifacts(run["store"], run["rows"]["cRT"]["reports"][0])
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(export.tempfile, "mkdtemp", refuse)
+    result = runner.invoke(app, ["--store", str(run["store"]), "export", classifier.id, "--out", str(tmp_path / "a")])
+    assert result.exit_code == 2 and "cannot write there (Permission denied)" in result.stderr
+    monkeypatch.undo()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(timm.models, "save_for_hf", full)
+    result = runner.invoke(app, ["--store", str(run["store"]), "export", classifier.id, "--out", str(tmp_path / "b")])
+    assert result.exit_code == 2 and "could not be written (No space left on device)" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no half export, no staging folder

@@ -136,8 +136,11 @@ def export(lineage: Lineage, out: str | Path, *, onnx: bool = False) -> dict[str
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise LtstgError(f"--out {out}: exists and is not an empty folder; name a new one.")
     model, config = folded_model(lineage)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as error:
+        raise LtstgError(f"--out {out}: cannot write there ({error.strerror or error}).") from None
     try:
         save_for_hf(model, str(staging), model_config={"label_names": config["label_names"], "ltstg": config["ltstg"]},
                     safe_serialization=True, data_config=config["data_config"])
@@ -147,8 +150,10 @@ def export(lineage: Lineage, out: str | Path, *, onnx: bool = False) -> dict[str
         if out.exists():
             out.rmdir()
         staging.rename(out)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, OSError):  # a full disk, a folder made read-only meanwhile: nothing is left behind
+            raise LtstgError(f"--out {out}: the export could not be written ({error.strerror or error}).") from None
         raise
     files = sorted(p.name for p in out.iterdir())
     return {"out": str(out), "files": files, "architecture": json.loads((out / "config.json").read_text())["architecture"],

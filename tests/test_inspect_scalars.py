@@ -34,7 +34,10 @@ def test_a_run_logs_every_stages_scalars_as_csv_and_tensorboard(tiny_recipe_path
     losses = [float(r["value"]) for r in rows if r["tag"] == "pretrain/loss"]
     assert losses == backbone["history.loss"].tolist()  # one per epoch, exactly as stored
     assert [int(r["step"]) for r in rows if r["tag"] == "pretrain/test_top1"] == backbone.info["history"]["eval_epoch"]
+    assert len([r for r in rows if r["tag"] == "pretrain/img_s"]) == len(losses)
     stg = opened.find(None, "stg")
+    assert [float(r["value"]) for r in _read(logs / f"stg-{stg.id[:12]}.csv") if r["tag"] == "fit_stg/anchor_share"] == \
+        stg["curve.anchor_share"].tolist()
     assert [float(r["value"]) for r in _read(logs / f"stg-{stg.id[:12]}.csv") if r["tag"] == "fit_stg/loss"] == \
         stg["curve.loss"].tolist()
     kinds = sorted({path.name.split("-")[0] for path in logs.glob("*.csv")})

@@ -1,7 +1,7 @@
 """An artifact's training scalars as (tag, step, value) rows: what a CSV file or a TensorBoard writer takes.
 
-Stage 1: loss, lr per epoch; test top-1 and class-balanced validation accuracy at its evaluation epochs.
-Stage 2: the STG's loss per epoch. Stage 3: the final training loss and the validation scores (one point, at the
+Stage 1: loss, lr and images/s per epoch; test top-1 and class-balanced validation accuracy at its evaluation
+epochs. Stage 2: the STG's loss and the share of samples that trained as anchors, per epoch. Stage 3: the final training loss and the validation scores (one point, at the
 last epoch: the classifier keeps no per-epoch history). Stage 4: every score of the report (step 0).
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ def scalars(artifact: Artifact) -> list[Scalar]:
         return []
     rows: list[Scalar] = []
     if artifact.kind == "backbone":
-        for name in ("loss", "lr"):
+        for name in ("loss", "lr", "img_s"):
             if f"history.{name}" in artifact.tensors:
                 rows += _series(f"{prefix}/{name}", artifact[f"history.{name}"].tolist())
         history = artifact.info.get("history", {})

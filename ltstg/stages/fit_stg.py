@@ -267,6 +267,8 @@ def _stg_output(
     tensors["head_classes"] = data.head.clone()
     tensors["head_prototypes"] = prototypes.cpu()
     tensors["curve.loss"] = torch.tensor(curve, dtype=torch.float32)  # (epochs,)
+    if anchor_shares:
+        tensors["curve.anchor_share"] = torch.tensor(anchor_shares, dtype=torch.float32)  # (epochs,)
     tail = data.tail
     metrics = {
         "train_loss": curve[-1], "num_head_classes": float(data.num_tokens), "num_tail_classes": float(len(tail)),

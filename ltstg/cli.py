@@ -57,8 +57,10 @@ def main_options(
             raise typer.BadParameter(f"{log[0]!r} is not one of {', '.join(LOG_FORMATS)}", param_hint="--log")
         if log[0] == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
             raise typer.BadParameter("tensorboard needs its package: pip install 'ltstg[tensorboard]'", param_hint="--log")
-        if log[1].exists() and not log[1].is_dir():
-            raise typer.BadParameter(f"{log[1]} is a file, not a folder", param_hint="--log")
+        try:
+            output_file(log[1] / "probe.csv", (".csv",), "--log")  # the folder can be made and written
+        except LtstgError as error:
+            raise typer.BadParameter(str(error).replace(" probe.csv", "").replace("/probe.csv", ""), param_hint="--log")
     ctx.obj = Options(store=store, json=json_output, device=device, seed=seed, log=log)
 
 
@@ -238,8 +240,10 @@ def eval_command(
         _eval_pictures(chosen, [row["method"] for row in rows], plot, plot_norms, plot_reliability, run,
                        settings.eval.ece_bins)
     if csv_path is not None:
-        csv_path.write_text(per_class_csv([r.artifact for r in results], [row["method"] for row in rows], run.store),
-                            encoding="utf-8")
+        from ltstg.store import atomic_write
+
+        atomic_write(csv_path, [per_class_csv([r.artifact for r in results], [row["method"] for row in rows],
+                                              run.store).encode("utf-8")])
         note(f"wrote {csv_path}")
     if markdown:
         sys.stdout.write(tables.markdown(tables.methods_cells(rows)) + "\n")

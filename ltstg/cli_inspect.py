@@ -225,7 +225,7 @@ def inspect_curves(
     """Stage-1 loss and test top-1 per epoch (and the STG's loss), from what the artifacts store."""
     from ltstg.inspect.figures import curves_figure
     from ltstg.inspect.scalars import scalars, to_csv
-    from ltstg.store import Store
+    from ltstg.store import Store, atomic_write
 
     options: Options = ctx.obj
     output_file(out, PICTURES, "--out")
@@ -236,7 +236,7 @@ def inspect_curves(
     note(f"wrote {curves_figure(artifact, stg_artifact, out)}")
     if csv_path is not None:
         parts = [to_csv(a, scalars(a)) for a in (artifact, stg_artifact) if a is not None]
-        csv_path.write_text(parts[0] + "".join(part.split("\n", 1)[1] for part in parts[1:]), encoding="utf-8")
+        atomic_write(csv_path, [(parts[0] + "".join(part.split("\n", 1)[1] for part in parts[1:])).encode("utf-8")])
         note(f"wrote {csv_path}")
     emit(options, {"backbone": artifact.id, "out": str(out)}, None)
 
@@ -371,7 +371,8 @@ def inspect_recipe(
     from ltstg.recipe import METHOD_KEYS, load_recipe, method_settings, parse_assignments
 
     options: Options = ctx.obj
-    settings = load_recipe(recipe, parse_assignments(list(assignments or [])))
+    given = parse_assignments(list(assignments or []))
+    settings = load_recipe(recipe, {**given, **({"seed": options.seed} if options.seed is not None else {})})
     effective = settings.model_dump(mode="json")
     for name, override in (effective.get("methods") or {}).items():  # each method as the stage-3 settings it runs
         kept = {key: value for key, value in override.items() if key in METHOD_KEYS}  # select, base, extend

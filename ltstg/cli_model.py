@@ -55,6 +55,7 @@ def predict_command(
     from ltstg.runtime import resolve_device
     from ltstg.stages.export import Lineage, folded_model
     from ltstg.stages.predict import Predictor, image_paths, predict
+    from ltstg.store import atomic_write
 
     options: Options = ctx.obj
     output_file(csv_path, (".csv",), "--csv")
@@ -72,10 +73,13 @@ def predict_command(
         note(f"skipped {row['path']}: {row['skipped']}")
     if skipped:
         note(f"warning: {len(skipped)} of {len(rows)} images could not be read (rows marked skipped)")
+    if (predictor.features_precision, predictor.features_storage) != ("fp32", "float32"):
+        note(f"note: eval scored this classifier on features made in {predictor.features_precision} and kept in "
+             f"{predictor.features_storage}; predict runs float32, so near-ties may fall otherwise than in eval")
     if predictor.temperature is None:
         note("note: this model has no temperature fitted on validation: the probabilities are uncalibrated")
     if csv_path is not None:
-        csv_path.write_text(_csv(rows, top_k), encoding="utf-8")
+        atomic_write(csv_path, [_csv(rows, top_k).encode("utf-8")])
         note(f"wrote {csv_path}")
     table_rows = [[row["path"], "skipped: " + row["skipped"]] if "skipped" in row else
                   [row["path"], ", ".join(f"{top['name']} {top['probability']:.3f}" for top in row["top"])]

@@ -285,6 +285,7 @@ def scalar_logger(options: Options) -> Callable[[Any], None]:
     if options.log is None:
         return lambda result: None
     from ltstg.inspect.scalars import scalars, to_csv, write_tensorboard
+    from ltstg.store import atomic_write
 
     kind, folder = options.log
 
@@ -294,8 +295,7 @@ def scalar_logger(options: Options) -> Callable[[Any], None]:
         if not rows:
             return
         name = f"{artifact.kind}-{artifact.id[:12]}"
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{name}.csv").write_text(to_csv(artifact, rows), encoding="utf-8")
+        atomic_write(folder / f"{name}.csv", [to_csv(artifact, rows).encode("utf-8")])  # an OS error: one line
         if kind == "tensorboard" and not (folder / name).exists():
             write_tensorboard(artifact, rows, folder)
 

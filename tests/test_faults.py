@@ -748,3 +748,9 @@ def test_34_14_a_field_is_either_swept_or_selected(tiny_recipe_path, tmp_path):
     result = invoke(tmp_path / "s", "run", str(tiny_recipe_path), "--sweep", "methods.cRT+noise.augment.std=0.1,3.0")
     one_error_line(result, "selects augment.std on the validation split", "sweep it or select it, not both")
     assert not (tmp_path / "s").exists() or _kinds(tmp_path / "s") == []
+
+
+def test_34_14_a_retrain_field_a_method_selects_is_not_swept_either(tiny_recipe_path, tmp_path):
+    tiny_recipe_path.write_text(tiny_recipe_path.read_text() + "methods:\n  cRT: {classifier: crt, select: {lr: [0.001, 0.01]}}\n")
+    result = invoke(tmp_path / "s", "run", str(tiny_recipe_path), "--sweep", "retrain.lr=0.001,0.1")
+    one_error_line(result, "method 'cRT' selects lr on the validation split", "not both")

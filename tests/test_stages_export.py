@@ -257,3 +257,25 @@ def test_an_export_the_file_system_refuses_is_one_line_and_leaves_nothing(run, t
     result = runner.invoke(app, ["--store", str(run["store"]), "export", classifier.id, "--out", str(tmp_path / "b")])
     assert result.exit_code == 2 and "could not be written (No space left on device)" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no half export, no staging folder
+
+
+def test_predict_says_what_it_could_not_read_even_when_nothing_could_be(run, tmp_path):
+    _, _, classifier, _ = _artifacts(run["store"], run["rows"]["cRT"]["reports"][0])
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    result = runner.invoke(app, ["--store", str(run["store"]), "--json", "predict", classifier.id, str(broken)])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)["rows"]
+    assert row["path"] == str(broken) and row["skipped"] and "1 of 1 images could not be read" in result.stderr
+    into = tmp_path / "new" / "folder" / "out.csv"  # folders that do not exist yet are made
+    result = runner.invoke(app, ["--store", str(run["store"]), "predict", classifier.id, str(broken), "--csv", str(into)])
+    assert result.exit_code == 0 and into.read_text().splitlines()[1].startswith(str(broken))
+
+
+def test_the_onnx_export_keeps_stdout_for_the_json(run, tmp_path):
+    pytest.importorskip("onnxscript")
+    _, _, classifier, _ = _artifacts(run["store"], run["rows"]["cRT"]["reports"][0])
+    result = runner.invoke(app, ["--store", str(run["store"]), "--json", "export", classifier.id, "--out",
+                                 str(tmp_path / "m"), "--format", "onnx"])
+    assert result.exit_code == 0, result.output
+    assert "model.onnx" in json.loads(result.stdout)["files"]  # stdout is the JSON alone

@@ -123,11 +123,13 @@ def _create_cifar_resnet(depth: int, pretrained: bool, **kwargs) -> CifarResNet:
 
 
 def _weights_file(*configs: object) -> bool:
-    """Whether a pretrained config (a dict or timm's PretrainedCfg) names a local weights file."""
+    """Whether a pretrained config (a dict or timm's PretrainedCfg) names weights: a local file, or a Hub repository
+    (an export pushed there: `hf-hub:ORG/NAME`)."""
     for config in configs:
-        found = config.get("file") if isinstance(config, dict) else getattr(config, "file", None)
-        if found:
-            return True
+        for key in ("file", "hf_hub_id"):
+            found = config.get(key) if isinstance(config, dict) else getattr(config, key, None)
+            if found:
+                return True
     return False
 
 

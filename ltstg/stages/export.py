@@ -110,7 +110,8 @@ def _config(lineage: Lineage) -> dict[str, Any]:
     temperature = classifier.tensors.get("temperature")
     return {
         "data_config": {"input_size": (3, size, size), "mean": tuple(mean), "std": tuple(std),
-                        "interpolation": "bilinear" if preprocess == "files" else "bicubic", "crop_pct": crop},
+                        "interpolation": "bilinear" if preprocess == "files" else "bicubic", "crop_pct": crop,
+                        "crop_mode": "center" if preprocess == "files" else "squash"},
         "label_names": list(lineage.features.info["class_names"]),
         "ltstg": {
             "format": FORMAT,
@@ -122,6 +123,9 @@ def _config(lineage: Lineage) -> dict[str, Any]:
             "size": size,
             "classifier": classifier.settings.get("classifier"),
             "bn_shift": bool(lineage.features.info.get("bn_shift")),
+            # eval scored features extracted at this precision and kept at this storage; predict runs float32
+            "features_precision": lineage.features.info.get("precision", "fp32"),
+            "features_storage": lineage.features.info.get("storage", "float32"),
             "lineage": lineage.ids(),
         },
     }
@@ -135,6 +139,8 @@ def export(lineage: Lineage, out: str | Path, *, onnx: bool = False) -> dict[str
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise LtstgError(f"--out {out}: exists and is not an empty folder; name a new one.")
+    if onnx:
+        _require_onnx()
     model, config = folded_model(lineage)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -170,15 +176,19 @@ def _readable(folder: Path) -> None:
         path.chmod(0o666 & ~umask)
 
 
-def _write_onnx(model: nn.Module, config: dict[str, Any], path: Path) -> None:
-    """The same logits as an ONNX graph with a free batch size (onnx and onnxscript: pip install 'ltstg[onnx]')."""
+def _require_onnx() -> None:
+    """Before any work: the onnx extra (onnx and onnxscript: pip install 'ltstg[onnx]')."""
     try:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
     except ImportError as error:
         raise LtstgError(f"--format onnx needs the onnx extra ({error.name} is missing): pip install 'ltstg[onnx]'.") from None
+
+
+def _write_onnx(model: nn.Module, config: dict[str, Any], path: Path) -> None:
+    """The same logits as an ONNX graph with a free batch size; torch's exporter says nothing on stdout."""
     example = torch.zeros(2, *config["data_config"]["input_size"])
     batch = torch.export.Dim("batch")
-    program = torch.onnx.export(model, (example,), dynamo=True, input_names=["images"], output_names=["logits"],
+    program = torch.onnx.export(model, (example,), dynamo=True, verbose=False, input_names=["images"], output_names=["logits"],
                                 dynamic_shapes=({0: batch},))
     program.save(str(path))

@@ -20,6 +20,8 @@ class Diverged(LtstgError):
 
 CHECKED_KINDS = ("backbone", "features", "stg", "classifier")  # what later stages train or predict with
 MAY_BE_NAN = {"backbone": {"test_top1", "val_mean_class"}}  # metrics whose NaN means "not measured"
+# training scores; the rest (diagnostics such as an STG's held-out baselines) may be NaN where nothing was measured
+SCORES = ("train_loss", "temperature", "val_")
 TENSORS_MAY_BE_NAN = {"classifier": {"borrowed_cosine"}}  # NaN: a sample that borrowed nothing (not in the tail)
 CHUNK = 1 << 24  # elements checked at a time: a bool mask of a 5 GB features matrix would cost 1.25 GB
 
@@ -35,7 +37,9 @@ def nonfinite_problems(kind: str, tensors: dict[str, torch.Tensor], metrics: dic
             if bad:
                 problems.append(f"{name} holds {bad} non-finite of {tensor.numel()} values")
     for name, value in metrics.items():
-        if name not in MAY_BE_NAN.get(kind, set()) and isinstance(value, (int, float)) and not math.isfinite(float(value)):
+        if not name.startswith(SCORES) or name in MAY_BE_NAN.get(kind, set()):
+            continue
+        if isinstance(value, (int, float)) and not math.isfinite(float(value)):
             problems.append(f"its {name} is {value}")
     return problems
 

@@ -148,6 +148,13 @@ def check_swept_methods(recipe: Recipe, sweeps: dict[str, list[Any]]) -> None:
     not a field X selects on validation, since the selection overrides it (two rows, one report)."""
     for field in sweeps:
         parts = field.split(".")
+        if parts[0] == "retrain" and len(parts) > 1:  # the section every method starts from
+            inner = ".".join(parts[1:])
+            selecting = [name for name, override in recipe.methods.items()
+                         if isinstance(override, dict) and isinstance(override.get(SELECT), dict) and inner in override[SELECT]]
+            if selecting:
+                raise LtstgError(f"--sweep {field}: method {selecting[0]!r} selects {inner} on the validation split, "
+                                 "which overrides a sweep; sweep it or select it, not both.")
         if parts[0] != "methods" or len(parts) < 3:
             continue
         if parts[1] in recipe.methods:

@@ -2,7 +2,8 @@
 
 The model is an exported folder (`ltstg export`) or a classifier artifact folded on the fly (`export.folded_model`);
 either way an image reaches it as the evaluation saw the data set's images (`preprocess` in config.json), so
-predicting the test split's files gives `ltstg eval`'s predictions.
+predicting the test split's files gives `ltstg eval`'s predictions where eval's features were float32 (features
+made in bf16 or kept in float16 round differently: near-ties may then fall the other way, and predict says so).
 """
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ class Predictor:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     temperature: float | None
+    features_precision: str = "fp32"  # how the features eval scored were made; predict runs float32 end to end
+    features_storage: str = "float32"
 
     @classmethod
     def from_config(cls, model: nn.Module, config: dict[str, Any]) -> Predictor:
@@ -44,7 +47,8 @@ class Predictor:
         data = config.get("data_config") or config["pretrained_cfg"]
         own = config["ltstg"]
         return cls(model.eval(), [str(name) for name in config["label_names"]], int(own["size"]), own["preprocess"],
-                   tuple(data["mean"]), tuple(data["std"]), own.get("temperature"))
+                   tuple(data["mean"]), tuple(data["std"]), own.get("temperature"),
+                   own.get("features_precision", "fp32"), own.get("features_storage", "float32"))
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> Predictor:
@@ -95,7 +99,7 @@ def predict(predictor: Predictor, paths: Sequence[str], *, device: torch.device,
     rows: list[dict[str, Any]] = []
     done = 0
     for batch_paths, images, reasons in _batches(predictor, paths, batch_size):
-        logits = torch.empty(0)
+        logits = torch.empty(0, len(predictor.label_names))  # (0, C): a batch of unreadable files only
         if images is not None:
             with torch.no_grad():
                 logits = model(images.to(device)).float().cpu()  # (B, C)

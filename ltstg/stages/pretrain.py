@@ -23,6 +23,7 @@ from ltstg.models.backbones import build_model, feature_dim, load_weights
 from ltstg.recipe import PretrainSettings
 from ltstg.progress import Progress, silent
 from ltstg.stages import Checkpoint, Output, Stateful, keep, resume
+from ltstg.stages.finite import Diverged, diverged
 from ltstg.store import Artifact
 from ltstg.training import make_scheduler, mixup, soft_cross_entropy
 
@@ -109,6 +110,9 @@ def pretrain(
 
     for epoch in range(start_epoch, settings.epochs):
         loss, img_s = train_one_epoch(run, training, epoch)
+        stop = diverged("pretrain", epoch, loss, "lower pretrain.lr, or use --precision fp32.")
+        if stop and run.world_size == 1:  # under DDP each rank sees its own loss: the check before the store stops all
+            raise Diverged(stop)
         history["loss"].append(loss)
         history["lr"].append(optimizer.param_groups[0]["lr"])
         history["img_s"].append(img_s)

@@ -29,10 +29,11 @@ def scalars(artifact: Artifact) -> list[Scalar]:
         return []
     rows: list[Scalar] = []
     if artifact.kind == "backbone":
-        for name in ("loss", "lr", "img_s"):
+        for name in ("loss", "lr"):
             if f"history.{name}" in artifact.tensors:
                 rows += _series(f"{prefix}/{name}", artifact[f"history.{name}"].tolist())
         history = artifact.info.get("history", {})
+        rows += _series(f"{prefix}/img_s", history.get("img_s", []))
         for name, tag in (("eval_top1", "test_top1"), ("val_mean_class", "val_mean_class")):
             rows += [Scalar(f"{prefix}/{tag}", int(epoch), float(value))
                      for epoch, value in zip(history.get("eval_epoch", []), history.get(name, []))]

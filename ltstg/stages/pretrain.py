@@ -244,7 +244,6 @@ def _backbone_output(run: _Run, model: nn.Module, history: dict[str, list[float]
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors["history.loss"] = torch.tensor(history["loss"], dtype=torch.float32)
     tensors["history.lr"] = torch.tensor(history["lr"], dtype=torch.float32)
-    tensors["history.img_s"] = torch.tensor(history["img_s"], dtype=torch.float32)  # (epochs,): for --log
     timed = history["img_s"][1:] or history["img_s"]  # the first epoch pays for warm-up of kernels and caches
     metrics = {
         "test_top1": history["eval_top1"][-1] if history["eval_top1"] else float("nan"),
@@ -262,7 +261,8 @@ def _backbone_output(run: _Run, model: nn.Module, history: dict[str, list[float]
         "std": list(run.inputs.std),
         "precision": run.precision,
         "world_size": run.world_size,
-        "history": {key: history[key] for key in ("eval_epoch", "eval_top1", "val_mean_class") if key in history},
+        # img_s is timing: metadata, so the tensors of a rerun stay bit for bit the same
+        "history": {key: history[key] for key in ("eval_epoch", "eval_top1", "val_mean_class", "img_s") if key in history},
     }
     return Output("backbone", tensors, metrics, info, key_metric="test_top1", notes=notes)
 

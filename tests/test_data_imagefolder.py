@@ -17,8 +17,8 @@ def solid(mode, size, colour):
 
 @pytest.fixture
 def tree(tmp_path):
-    """train/{cat,dog}, test/{cat,dog}, val/cat with every awkward kind of file in train/dog."""
-    for folder in ("train/cat", "train/dog", "test/cat", "test/dog", "val/cat"):
+    """train/{cat,dog}, test/{cat,dog}, val/{cat,dog} with every awkward kind of file in train/dog."""
+    for folder in ("train/cat", "train/dog", "test/cat", "test/dog", "val/cat", "val/dog"):
         (tmp_path / folder).mkdir(parents=True)
     solid("RGB", (32, 32), RED).save(tmp_path / "train/cat/b_red.png")
     solid("L", (32, 32), GRAY).save(tmp_path / "train/cat/a_gray.png")
@@ -38,6 +38,7 @@ def tree(tmp_path):
     solid("RGB", (32, 32), RED).save(tmp_path / "test/cat/x.png")
     solid("RGB", (32, 32), RED).save(tmp_path / "test/dog/y.png")
     solid("RGB", (32, 32), RED).save(tmp_path / "val/cat/z.png")
+    solid("RGB", (32, 32), RED).save(tmp_path / "val/dog/y.png")
     return tmp_path
 
 
@@ -54,7 +55,7 @@ def test_listing_is_sorted_and_labelled(tree):
     )
     assert train.labels.dtype == torch.int64 and train.labels.tolist() == [0, 0] + [1] * 8
     assert train.images is None
-    assert source.splits["val"].labels.tolist() == [0]
+    assert source.splits["val"].labels.tolist() == [0, 1]
     assert list_imagefolder(str(tree)).fingerprint == source.fingerprint
     reordered = list_imagefolder(str(tree), classes=["dog", "cat"])
     assert reordered.class_names == ("dog", "cat")

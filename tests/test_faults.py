@@ -754,3 +754,17 @@ def test_34_14_a_retrain_field_a_method_selects_is_not_swept_either(tiny_recipe_
     tiny_recipe_path.write_text(tiny_recipe_path.read_text() + "methods:\n  cRT: {classifier: crt, select: {lr: [0.001, 0.01]}}\n")
     result = invoke(tmp_path / "s", "run", str(tiny_recipe_path), "--sweep", "retrain.lr=0.001,0.1")
     one_error_line(result, "method 'cRT' selects lr on the validation split", "not both")
+
+
+def test_34_06_07_a_val_folder_without_images_of_every_class_is_refused_at_make_dataset(tmp_path):
+    root = image_folder(tmp_path / "images", [6, 4, 3])
+    (root / "val").mkdir()
+    one_error_line(invoke(tmp_path / "s", "make-dataset", "imagefolder", "--root", str(root)),
+                   "val holds no images", "remove val/")
+    write_image(root / "val" / "class0" / "0.png")
+    write_image(root / "val" / "class2" / "0.png")
+    one_error_line(invoke(tmp_path / "s", "make-dataset", "imagefolder", "--root", str(root)),
+                   "has no images of 1 of 3 classes (class1)")
+    assert not (tmp_path / "s" / "objects").exists() or _kinds(tmp_path / "s") == []
+    write_image(root / "val" / "class1" / "0.png")
+    assert invoke(tmp_path / "s", "make-dataset", "imagefolder", "--root", str(root), "--imb", "2").exit_code == 0

@@ -68,6 +68,8 @@ def list_imagefolder(root: str, classes: Sequence[str] | None = None) -> Source:
             paths += [path for path, _ in files]
             labels += [label] * len(files)
             listing += [f"{split} {label} {path} {size}" for path, size in files]
+        if split == "val":
+            _check_val(root, split_folders[split], class_names, labels)
         splits[split] = Split(labels=torch.tensor(labels, dtype=torch.int64), paths=tuple(paths))
     return Source(
         name="imagefolder",
@@ -76,6 +78,19 @@ def list_imagefolder(root: str, classes: Sequence[str] | None = None) -> Source:
         root=root,
         fingerprint=fingerprint(["imagefolder", *class_names, *listing]),
     )
+
+
+def _check_val(root: str, folder: str, class_names: Sequence[str], labels: list[int]) -> None:
+    """A val/ folder must hold images of every class: selection and the temperature score every class alike, and an
+    empty one would fail only after three stages had run."""
+    missing = [name for label, name in enumerate(class_names) if label not in set(labels)]
+    if len(missing) == len(class_names):
+        raise LtstgError(f"{os.path.join(root, folder)} holds no images; put each class's validation images in "
+                         f"{folder}/<class>/, or remove {folder}/ to hold out a share of train/ instead.")
+    if missing:
+        listing = ", ".join(missing[:5]) + (", …" if len(missing) > 5 else "")
+        raise LtstgError(f"{os.path.join(root, folder)} has no images of {len(missing)} of {len(class_names)} classes "
+                         f"({listing}); add them, or remove {folder}/ to hold out a share of train/ instead.")
 
 
 def _val_folder(root: str) -> dict[str, str]:

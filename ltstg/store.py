@@ -147,7 +147,8 @@ class Artifact:
 
 
 def _corrupt(label: str, what: str) -> LtstgError:
-    return LtstgError(f"artifact {label} is corrupt: {what}; delete it or rerun with --force.")
+    return LtstgError(f"artifact {label} is corrupt: {what}; delete its file (`ltstg inspect verify` lists it) and "
+                      "rerun what made it; a stage command's --force also replaces it.")
 
 
 def _read_header(handle: io.BufferedReader, label: str) -> tuple[dict[str, Any], int]:

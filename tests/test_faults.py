@@ -768,3 +768,18 @@ def test_34_06_07_a_val_folder_without_images_of_every_class_is_refused_at_make_
     assert not (tmp_path / "s" / "objects").exists() or _kinds(tmp_path / "s") == []
     write_image(root / "val" / "class1" / "0.png")
     assert invoke(tmp_path / "s", "make-dataset", "imagefolder", "--root", str(root), "--imb", "2").exit_code == 0
+
+
+def test_34_15_the_hint_for_a_corrupt_artifact_works_for_the_command_that_met_it(tiny_recipe_path, tmp_path):
+    """`report` and `inspect` have no --force: the hint names what works for them (delete, rerun what made it)."""
+    store = tmp_path / "store"
+    assert invoke(store, "run", str(tiny_recipe_path)).exit_code == 0
+    classifier = Store(store).list("classifier")[0]
+    data = bytearray(classifier.path.read_bytes())
+    data[-1] ^= 0xFF  # a flipped byte in the tensors: the digest no longer matches
+    classifier.path.write_bytes(bytes(data))
+    for args in (("report", "--out", str(tmp_path / "r.html"), "--no-tsne"), ("inspect", "confusion", classifier.id[:12])):
+        result = invoke(store, *args)
+        one_error_line(result, "is corrupt", "delete its file (`ltstg inspect verify` lists it) and rerun what made it")
+    verify = invoke(store, "inspect", "verify")
+    assert classifier.id[:12] in verify.output  # the listing the hint points to

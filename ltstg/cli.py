@@ -23,7 +23,7 @@ from ltstg.flags import overrides, section_flags, with_flags
 from ltstg.methods import uses_stg
 from ltstg.terminal import (
     PICTURES, Options, RichProgress, artifact_summary, emit, guarded, methods_table, note, output_file, pick,
-    pick_on_every_rank, run_context, show_results,
+    pick_on_every_rank, run_context, show_results, writable_folder,
 )
 
 app = typer.Typer(
@@ -58,9 +58,9 @@ def main_options(
         if log[0] == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
             raise typer.BadParameter("tensorboard needs its package: pip install 'ltstg[tensorboard]'", param_hint="--log")
         try:
-            output_file(log[1] / "probe.csv", (".csv",), "--log")  # the folder can be made and written
+            writable_folder(log[1], f"--log {log[0]} {log[1]}")
         except LtstgError as error:
-            raise typer.BadParameter(str(error).replace(" probe.csv", "").replace("/probe.csv", ""), param_hint="--log")
+            raise typer.BadParameter(str(error), param_hint="--log") from None
     ctx.obj = Options(store=store, json=json_output, device=device, seed=seed, log=log)
 
 

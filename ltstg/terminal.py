@@ -164,14 +164,21 @@ def output_file(path: Optional[Path], suffixes: Sequence[str], flag: str) -> Opt
         raise LtstgError(f"{flag} {path} is a folder; give a file name, e.g. {path / ('out' + suffixes[0])}.")
     if path.suffix.lower() not in suffixes:
         raise LtstgError(f"{flag} {path}: give a file name ending in {' or '.join(suffixes)}.")
-    folder = path.absolute().parent
-    while not folder.exists():  # the missing folders are made when the file is written
-        folder = folder.parent
-    if not folder.is_dir():
-        raise LtstgError(f"{flag} {path}: {folder} is a file, so no folder can be made there.")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise LtstgError(f"{flag} {path}: the folder {folder} is not writable.")
+    writable_folder(path.absolute().parent, f"{flag} {path}")
     return path
+
+
+def writable_folder(folder: Path, said: str) -> Path:
+    """A folder files will be written into, checked before any work: it exists or can be made, and is writable
+    (`said`: how the error names what was asked, e.g. the flag and its value)."""
+    found = folder.absolute()
+    while not found.exists():  # the missing folders are made when the first file is written
+        found = found.parent
+    if not found.is_dir():
+        raise LtstgError(f"{said}: {found} is a file, so no folder can be made there.")
+    if not os.access(found, os.W_OK | os.X_OK):
+        raise LtstgError(f"{said}: the folder {found} is not writable.")
+    return folder
 
 
 def note(message: str) -> None:

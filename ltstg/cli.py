@@ -7,6 +7,7 @@ set-up in ltstg/runtime.py, which the Python API shares.
 from __future__ import annotations
 
 import importlib.util
+import re
 import shlex
 import sys
 import time
@@ -49,6 +50,11 @@ def main_options(
         typer.Option(metavar="FORMAT DIR", help="Write each artifact's training scalars: csv DIR (<kind>-<id>.csv), or "
                      "tensorboard DIR (TensorBoard runs <kind>-<id>, the CSV beside them; ltstg[tensorboard])."),
     ] = None,
+    time_limit: Annotated[
+        Optional[str],
+        typer.Option(metavar="DURATION", help="Stop a stage still training once this much time has passed (90m, 2h30m, "
+                     "45s), at its next epoch checkpoint, with exit code 3: rerunning the same command continues."),
+    ] = None,
 ) -> None:
     if device not in {"auto", "cpu", "cuda"} and not device.startswith("cuda:"):
         raise typer.BadParameter(f"{device!r} is not one of auto, cpu, cuda", param_hint="--device")
@@ -61,7 +67,20 @@ def main_options(
             writable_folder(log[1], f"--log {log[0]} {log[1]}")
         except LtstgError as error:
             raise typer.BadParameter(str(error), param_hint="--log") from None
-    ctx.obj = Options(store=store, json=json_output, device=device, seed=seed, log=log)
+    limit = None if time_limit is None else duration_seconds(time_limit)
+    ctx.obj = Options(store=store, json=json_output, device=device, seed=seed, log=log, time_limit=limit)
+
+
+_DURATION = re.compile(r"(?:\d+(?:\.\d+)?[dhms])+|\d+(?:\.\d+)?")
+_UNIT_SECONDS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "": 1.0}
+
+
+def duration_seconds(text: str) -> float:
+    """`2h30m`, `90m`, `1.5h`, `45s` or plain seconds -> seconds."""
+    if not _DURATION.fullmatch(text.strip()):
+        raise typer.BadParameter(f"{text!r} is not a duration such as 90m, 2h30m, 45s", param_hint="--time-limit")
+    parts = re.findall(r"(\d+(?:\.\d+)?)([dhms]?)", text.strip())
+    return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
 
 
 LOG_FORMATS = ("csv", "tensorboard")

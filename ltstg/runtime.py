@@ -8,6 +8,7 @@ from __future__ import annotations
 import atexit
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -59,9 +60,11 @@ def make_context(
     progress: Progress = silent,
     note: Callable[[str], None] = lambda message: None,
     logged: Callable[[Result], None] = lambda result: None,
+    time_limit: float | None = None,
 ) -> Context:
     """The stage context of one invocation: device (joined to torchrun's process group when there is one),
-    store, and how to talk; only the main rank reports progress and notes."""
+    store, and how to talk; only the main rank reports progress and notes. `time_limit` (seconds from now):
+    a stage still training then stops at its next epoch checkpoint (`TimeLimitReached`)."""
     rank, world_size, local_rank = torchrun_env()
     resolved = resolve_device(device)
     if world_size > 1 and resolved.type == "cuda":
@@ -90,6 +93,7 @@ def make_context(
         note=note if main else (lambda message: None),
         is_main=main,
         logged=logged,
+        deadline=None if time_limit is None else time.perf_counter() + time_limit,
         # CPU numbers depend on the intra-op thread count (reductions split differently), so it is recorded
         run_options={"device": str(resolved), "world_size": world_size, "threads": torch.get_num_threads(),
                      "argv": sys.argv[1:]},

@@ -40,10 +40,11 @@ class Options:
     device: str
     seed: Optional[int]
     log: Optional[tuple[str, Path]] = None  # (csv | tensorboard, DIR): where every artifact's scalars go
+    time_limit: Optional[float] = None  # seconds: --time-limit
 
 
 def guarded(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn LtstgError into red lines on stderr and exit code 2, Ctrl-C into one line and 130, torchrun's stop
+    """Turn LtstgError into red lines on stderr and exit code 2 (a `--time-limit` stop: 3), Ctrl-C into one line and 130, torchrun's stop
     into one line and 143; everything else keeps its traceback."""
 
     @functools.wraps(command)
@@ -52,9 +53,12 @@ def guarded(command: Callable[..., Any]) -> Callable[..., Any]:
             return command(*args, **kwargs)
         except LtstgError as error:
             launcher.leaving()
-            for line in str(error).splitlines() or ["error"]:
-                stderr.print(Text.assemble(("error:", "red"), " ", line), highlight=False)
-            raise typer.Exit(2) from None
+            code = getattr(error, "exit_code", 2)
+            label = ("error:", "red") if code == 2 else ("stopped:", "yellow")
+            if code == 2 or os.environ.get("RANK", "0") == "0":  # every rank stops at once: the first one says it
+                for line in str(error).splitlines() or ["error"]:
+                    stderr.print(Text.assemble(label, " ", line), highlight=False)
+            raise typer.Exit(code) from None
         except KeyboardInterrupt:
             _interrupted()
         except launcher.Stopped:
@@ -282,7 +286,7 @@ def run_context(options: Options, progress: RichProgress, force: bool = False) -
     from ltstg.runtime import make_context
 
     return make_context(options.store, options.device, force=force, progress=progress, note=progress.note,
-                        logged=scalar_logger(options))
+                        logged=scalar_logger(options), time_limit=options.time_limit)
 
 
 def scalar_logger(options: Options) -> Callable[[Any], None]:

@@ -146,6 +146,43 @@ def test_interrupted_run_resumes_to_the_same_result(recipe_path, tmp_path):
     assert all(torch.equal(killed_weights[k], whole_weights[k]) for k in killed_weights)
 
 
+def test_a_run_stopped_at_every_checkpoint_by_time_limit_ends_as_one_uninterrupted_run(recipe_path, tmp_path):
+    """`--time-limit 0` stops each stage at its first epoch checkpoint (exit 3, one line, nothing committed by
+    the stage in progress); rerunning the same command until it exits 0 gives the uninterrupted run's ids and
+    numbers: stages 1, 2 and 3 each resumed from their checkpoint."""
+    runner = CliRunner()
+    command = ["run", str(recipe_path), "--methods", "cRT+STG"]
+    whole = runner.invoke(app, ["--store", str(tmp_path / "whole"), "--json", *command])
+    assert whole.exit_code == 0, whole.output
+    store = tmp_path / "stopped"
+    stops = []
+    for _ in range(10):
+        stopped = runner.invoke(app, ["--store", str(store), "--json", "--time-limit", "0", *command])
+        if stopped.exit_code == 0:
+            break
+        assert stopped.exit_code == 3, stopped.output
+        said = [line for line in stopped.stderr.splitlines() if line.startswith("stopped:")]
+        assert len(said) == 1 and "--time-limit reached after epoch 1" in said[0] and stopped.stdout == ""
+        stops.append(said[0].split()[1])  # the kind of the stage that stopped
+        assert len(list((store / "checkpoints").glob("*.pt"))) == 1
+    assert stops == ["backbone", "stg", "classifier"]  # each stage of the tiny recipe has two epochs
+    rows, whole_rows = json.loads(stopped.stdout)["rows"], json.loads(whole.stdout)["rows"]
+    assert rows == whole_rows, (rows, whole_rows)
+    assert sorted(Store(store).ids()) == sorted(Store(tmp_path / "whole").ids())
+    resumed = [a.kind for a in Store(store).list() if any("resuming from the checkpoint" in n for n in a.meta["notes"])]
+    assert sorted(resumed) == ["backbone", "classifier", "stg"]
+
+
+def test_time_limit_takes_durations_and_refuses_anything_else(tmp_path):
+    from ltstg.cli import duration_seconds
+
+    assert [duration_seconds(t) for t in ("0", "90", "45s", "90m", "1.5h", "2h30m", "1d")] == \
+        [0, 90, 45, 5400, 5400, 9000, 86400]
+    for bad in ("", "-1", "2x", "5h3", "1 h"):
+        result = CliRunner().invoke(app, ["--store", str(tmp_path), "--time-limit", bad, "pretrain"])
+        assert result.exit_code == 2 and "is not a duration" in result.output
+
+
 def test_seeds_aggregate_through_the_cli(recipe_path, tmp_path):
     runner = CliRunner()
     result = runner.invoke(

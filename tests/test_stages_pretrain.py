@@ -321,8 +321,9 @@ def test_a_silent_stage1_epoch_reads_the_device_once_at_its_end(tiny_run, monkey
 
 def test_the_prepared_gpu_check_runs_on_the_cpu(tmp_path):
     """`benchmarks/gpu_check.py` is the one command for a GPU (issue 23); its --cpu toy run keeps it working
-    here: the CLI, a killed and resumed stage 1, 2-process DDP (`torchrun … pretrain`: one backbone and its
-    features, printed by the first rank alone, no checkpoint left), the loop-against-bare ratio, the loader."""
+    here: the CLI, a stage 1 stopped by --time-limit and resumed, 2-process DDP (`torchrun … pretrain`: one
+    backbone and its features, printed by the first rank alone, no checkpoint left), the loop-against-bare ratio,
+    the loader."""
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
     done = subprocess.run([sys.executable, str(script), "--cpu", "--json", str(tmp_path / "figures.json")],
                           capture_output=True, text=True, timeout=400, cwd=tmp_path)

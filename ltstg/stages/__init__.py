@@ -14,7 +14,7 @@ import torch
 from pydantic import BaseModel
 
 from ltstg import ranks
-from ltstg.errors import LtstgError
+from ltstg.errors import LtstgError, TimeLimitReached
 from ltstg.recipe import id_settings
 from ltstg.progress import Progress, silent
 from ltstg.store import (  # noqa: F401 (Output and require_kind are re-exported)
@@ -40,8 +40,12 @@ class Checkpoint:
         note: Callable[[str], None] = lambda message: None,
         device: torch.device = torch.device("cpu"),
         shared: bool = False,
+        deadline: float | None = None,
+        label: str = "",
     ) -> None:
         self.store = store
+        self.deadline = deadline  # time.perf_counter() past which the stage stops at its next epoch checkpoint
+        self.label = label
         self.pending_id = pending_id
         self.writable = writable
         self.note = note
@@ -99,6 +103,20 @@ class Checkpoint:
             seconds = self.earlier_seconds + time.perf_counter() - self.started
             self.store.save_checkpoint(self.pending_id, {**state, "_seconds": seconds, "_device": self.device.type})
 
+    def stop_at_deadline(self, epoch: int) -> None:
+        """Past `--time-limit`, stop now that the checkpoint of `epoch` is written. Under torchrun the first
+        rank's clock decides for all, so every rank stops after the same epoch."""
+        if self.deadline is None:
+            return
+        past = time.perf_counter() >= self.deadline
+        if self.shared:
+            past = ranks.share(past if self.writable else None)
+        if past:
+            raise TimeLimitReached(
+                f"{self.label}: --time-limit reached after epoch {epoch + 1}; its checkpoint keeps the progress, "
+                "rerun the same command to continue."
+            )
+
 
 Stateful = dict[str, Any]  # name in the checkpoint -> an object with state_dict() / load_state_dict()
 
@@ -127,6 +145,7 @@ def keep(
         return
     state = {name: thing.state_dict() for name, thing in stateful.items()}
     checkpoint.save({**state, "generator": generator.get_state(), "epoch": epoch, **extra})
+    checkpoint.stop_at_deadline(epoch)
 
 
 @dataclass(frozen=True)
@@ -142,6 +161,7 @@ class Context:
     run_options: dict[str, Any] = field(default_factory=dict)
     recalled: set[str] = field(default_factory=set)  # reused ids whose notes were said again in this invocation
     logged: Callable[["Result"], None] = lambda result: None  # hears every artifact made or reused (main rank)
+    deadline: float | None = None  # from --time-limit: time.perf_counter() past which a stage stops at a checkpoint
 
 
 @dataclass(frozen=True)
@@ -287,7 +307,7 @@ def _compute(
     started = time.perf_counter()
     label = f"{kind} {pending[:SHORT]}"  # names the artifact: in `ltstg run` one kind is made for many methods
     checkpoint = Checkpoint(ctx.store, pending, writable=ctx.is_main, note=lambda message: ctx.note(f"{label}: {message}"),
-                            device=ctx.device, shared=shared_checkpoint)
+                            device=ctx.device, shared=shared_checkpoint, deadline=ctx.deadline, label=label)
     output = call(generator, checkpoint)
     if output.kind != kind:
         raise RuntimeError(f"stage returned a {output.kind} output for a {kind} artifact")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -36,6 +37,17 @@ class SyntheticSettings(Settings):
     num_classes: int = Field(10, ge=2, le=100, description="the generator draws 100 kinds of images")
     train_per_class: int = Field(500, ge=1, description="generated training images per class before the profile")
     test_per_class: int = Field(100, ge=1, description="generated test images per class")
+
+
+MEMORY_ENTRY_MIN_BYTES = 4 * 1 + 16  # an STG memory entry: D float32 values, a label and a sample id (int64)
+
+
+def machine_memory_bytes() -> int:
+    """This machine's physical memory (POSIX); unbounded where the OS does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return 1 << 62
 
 
 MAX_VIEWS = 16  # the paper recipes use 4; each view is one more copy of the training features in memory and on disk
@@ -192,6 +204,18 @@ class StgSettings(Settings):
         if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
             return value
         raise ValueError("expected a size >= 0, or auto")
+
+    @field_validator("memory")
+    @classmethod
+    def _fits_this_machine(cls, value: int | str) -> int | str:
+        """Whatever the feature width D, an entry takes 4 x D + 16 >= 20 bytes: a memory whose entries alone pass
+        this machine's memory is refused here, not by the allocator after stage 1 (fit-stg checks it with D)."""
+        if isinstance(value, int) and value * MEMORY_ENTRY_MIN_BYTES > machine_memory_bytes():
+            raise ValueError(
+                f"{value} entries need at least {value * MEMORY_ENTRY_MIN_BYTES / 1e9:.1f} GB (4 x feature width + 16 "
+                f"bytes each); this machine has {machine_memory_bytes() / 1e9:.1f} GB"
+            )
+        return value
 
 
 def augment_union() -> Any:

@@ -308,6 +308,25 @@ def atomic_file(path: Path) -> Iterator[io.BufferedRandom]:
             tmp.unlink(missing_ok=True)
 
 
+def _os_error_behind(error: BaseException) -> OSError | None:
+    """The OSError an exception was raised while handling, if any."""
+    seen = error.__context__ or error.__cause__
+    while seen is not None and not isinstance(seen, OSError):
+        seen = seen.__context__ or seen.__cause__
+    return seen
+
+
+def _state_bytes(state: Any) -> int:
+    """The tensor bytes in a (nested) checkpoint state: what its file needs, give or take the pickle."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(_state_bytes(value) for value in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(_state_bytes(value) for value in state)
+    return 0
+
+
 def atomic_write(path: Path, chunks: list[bytes | memoryview]) -> None:
     """`atomic_file` for content already in memory."""
     with atomic_file(path) as handle:
@@ -639,11 +658,25 @@ class Store:
         """Resumable state (tensors, numbers, strings, dicts of them), loadable with weights_only, behind a digest.
 
         torch.save writes straight into the file after a placeholder digest, which is filled in from the
-        payload read back block by block: no copy of the state is held (fit-stg's running targets are N x D)."""
-        with atomic_file(self.checkpoint_path(artifact_id)) as handle:
+        payload read back block by block: no copy of the state is held (fit-stg's running targets are N x D).
+        A write the file system refuses is one line with the size the checkpoint needs."""
+        try:
+            self._write_checkpoint(self.checkpoint_path(artifact_id), state)
+        except LtstgError as error:
+            raise LtstgError(f"{error} The checkpoint needs about {_state_bytes(state) / 1e6:.1f} MB.") from None
+
+    @staticmethod
+    def _write_checkpoint(path: Path, state: dict[str, Any]) -> None:
+        with atomic_file(path) as handle:
             handle.write(_CHECKPOINT_MAGIC + b"0" * 64 + b"\n")
             start = handle.tell()
-            torch.save(state, handle)
+            try:
+                torch.save(state, handle)
+            except RuntimeError as error:  # the zip writer's "unexpected pos" hides the write's OSError
+                refused = _os_error_behind(error)
+                if refused is None:
+                    raise
+                raise refused from None  # atomic_file turns it into one line and removes the partial file
             handle.flush()
             handle.seek(start)
             hasher = hashlib.sha256()

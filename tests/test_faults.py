@@ -4,6 +4,7 @@ One test per row of the matrix (issue 13). Files are built in a temp folder; the
 """
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -783,3 +784,41 @@ def test_34_15_the_hint_for_a_corrupt_artifact_works_for_the_command_that_met_it
         one_error_line(result, "is corrupt", "delete its file (`ltstg inspect verify` lists it) and rerun what made it")
     verify = invoke(store, "inspect", "verify")
     assert classifier.id[:12] in verify.output  # the listing the hint points to
+
+
+def test_34_01_a_checkpoint_that_does_not_fit_is_one_line_naming_its_size(tiny_recipe_path, tmp_path):
+    """torch.save's zip writer hides the OSError behind its own RuntimeError ("unexpected pos"); the store
+    finds it and says it in one line with the space the checkpoint needs, and leaves no partial file."""
+    store = tmp_path / "store"
+    assert invoke(store, "make-dataset", "--recipe", str(tiny_recipe_path)).exit_code == 0  # a few kB
+    script = textwrap.dedent(f"""
+        import resource, sys
+        resource.setrlimit(resource.RLIMIT_FSIZE, (300000, 300000))  # the checkpoint holds ~2 MB of weights and momenta
+        from ltstg.cli import main
+        sys.argv = ["ltstg", "--store", {str(store)!r}, "pretrain", "--recipe", {str(tiny_recipe_path)!r}]
+        main()
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and "unexpected pos" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "File too large" in errors[0] and "checkpoints" in errors[0], done.stderr
+    assert re.search(r"needs about [\d.]+ MB", errors[0]), errors[0]
+    assert not (store / "checkpoints").exists() or list((store / "checkpoints").iterdir()) == []
+    assert _kinds(store) == ["dataset"]
+
+
+def test_34_04_a_memory_larger_than_the_machine_is_refused_when_the_recipe_is_loaded(tiny_run, tiny_recipe_path,
+                                                                                     tmp_path):
+    from ltstg.recipe import machine_memory_bytes
+
+    result = invoke(tmp_path / "s", "fit-stg", "--recipe", str(tiny_recipe_path), "--memory", "100000000000")
+    one_error_line(result, "stg.memory", "100000000000 entries need at least 2000.0 GB",
+                   f"this machine has {machine_memory_bytes() / 1e9:.1f} GB")
+    assert not (tmp_path / "s").exists()  # before any stage
+    # past the machine only with the features' width (64 here): fit-stg says so before it allocates
+    entries = machine_memory_bytes() // (4 * 64 + 16) + 1
+    recipe = load_recipe(tiny_recipe_path, {"stg.memory": entries})
+    with pytest.raises(LtstgError, match=rf"stg.memory {entries} needs [\d.]+ GB for its entries \(64 features each\)"):
+        steps.fit_stg_step(Context(store=Store(tmp_path / "s")), recipe, tiny_run["features"])
+    assert _kinds(tmp_path / "s") == []

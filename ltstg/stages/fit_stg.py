@@ -23,7 +23,7 @@ from ltstg.models.memory_bank import MemoryBank
 from ltstg.models.prototypes import class_means
 from ltstg.models.stg import SemanticTransformationGenerator, build_stg
 from ltstg.models.stg_targets import SmoothedTargets, class_sums, stg_loss, targets_from_sums, transformation_targets
-from ltstg.recipe import StgSettings
+from ltstg.recipe import StgSettings, machine_memory_bytes
 from ltstg.progress import Progress, silent
 from ltstg.stages import Checkpoint, Output, Stateful, keep, require_kind, resume
 from ltstg.store import SHORT, Artifact
@@ -181,11 +181,23 @@ def _setup(
         var_activation=settings.var_activation, seed=seed,
     ).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    _check_memory_fits(settings.memory, num_features, device)
     memory = MemoryBank(settings.memory, num_features, num_classes=data.num_tokens, num_samples=num_train).to(device)
     smoothed = SmoothedTargets(num_train, num_features, settings.smoothing, device,
                                dtype=getattr(torch, settings.target_storage))
     return _Fit(settings, data.features, data.train_rows, data.train_t, device, model, optimizer, memory, smoothed,
                 generator, progress)
+
+
+def _check_memory_fits(size: int, num_features: int, device: torch.device) -> None:
+    """The memory's entries against what `device` holds, before the allocator fails on them with a traceback."""
+    needs = size * (4 * num_features + 16)  # float32 features, int64 label and sample id
+    has = torch.cuda.mem_get_info(device)[1] if device.type == "cuda" else machine_memory_bytes()
+    if needs > has:
+        raise LtstgError(
+            f"stg.memory {size} needs {needs / 1e9:.1f} GB for its entries ({num_features} features each), more than "
+            f"the {has / 1e9:.1f} GB of {device}; lower stg.memory (auto sizes it from the class counts)."
+        )
 
 
 def fit_one_epoch(fit: _Fit, epoch: int) -> tuple[float, float]:

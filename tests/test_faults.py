@@ -822,3 +822,31 @@ def test_34_04_a_memory_larger_than_the_machine_is_refused_when_the_recipe_is_lo
     with pytest.raises(LtstgError, match=rf"stg.memory {entries} needs [\d.]+ GB for its entries \(64 features each\)"):
         steps.fit_stg_step(Context(store=Store(tmp_path / "s")), recipe, tiny_run["features"])
     assert _kinds(tmp_path / "s") == []
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_34_08_a_data_set_kept_as_paths_opens_every_file_before_epoch_1(tmp_path, monkeypatch, workers):
+    """Paths mode skips and counts what images mode skips (a corrupt file, one past PIL's pixel limit) at
+    make-dataset; a file that breaks after it is one line from the loader, from a worker process too."""
+    from PIL import Image as PILImage
+
+    root = image_folder(tmp_path / "images", [6, 6], test_count=3)
+    (root / "train" / "class0" / "0.png").write_bytes(b"not an image")
+    write_image(root / "train" / "class1" / "big.png", size=12)  # 144 pixels: a bomb once the limit is 50
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 50)  # PIL refuses more than twice the limit
+    make = ["make-dataset", "imagefolder", "--root", str(root), "--storage", "paths", "--imb", "1", "--size", "8"]
+    one_error_line(invoke(tmp_path / "s", *make, "--strict"), "2 unreadable image file(s)", "class0/0.png",
+                   "class1/big.png")
+    made = invoke(tmp_path / "s", "--json", *make)
+    assert made.exit_code == 0, made.output
+    assert "skipped 2 unreadable image file(s)" in made.stderr
+    dataset = Store(tmp_path / "s").get(json.loads(made.stdout)["id"])
+    labels = dataset["train_labels"].tolist() + dataset["val_labels"].tolist()
+    assert dataset.info["skipped_count"] == 2 and (labels.count(0), labels.count(1)) == (5, 6)  # of 6 and 7 files
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 89478485)
+    (root / "test" / "class1" / "2.png").unlink()  # gone after make-dataset
+    result = invoke(tmp_path / "s", "pretrain", "--model", "resnet20_cifar", "--epochs", "1", "--batch-size", "4",
+                    "--workers", str(workers), "--warmup-epochs", "0", "--milestones", "1")
+    one_error_line(result, "cannot read image", "class1/2.png", "rerun make-dataset to skip it")
+    assert len([line for line in result.stderr.splitlines() if line.startswith("error:")]) == 1
+    assert "worker" not in result.stderr and "No such file or directory" in result.stderr

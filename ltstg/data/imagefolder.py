@@ -153,6 +153,35 @@ def decode_images(
     return torch.from_numpy(images), torch.from_numpy(keep), unreadable
 
 
+def check_images(
+    root: str, paths: Sequence[str], *, progress: Progress = silent
+) -> tuple[torch.Tensor, list[tuple[str, str]]]:
+    """Which files open as images (header read, size known, PIL's pixel limit kept) and (path, reason) of the
+    others: what a data set that keeps paths checks before any epoch, so a bad file is skipped and counted at
+    make-dataset as decoded images are, not met by a loader worker mid-epoch."""
+    keep = np.zeros(len(paths), dtype=bool)  # (N,)
+    reasons: dict[int, str] = {}
+
+    def check(index: int) -> None:
+        path = os.path.join(root, paths[index])
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+            if width < 1 or height < 1:
+                reasons[index] = f"{width}x{height} pixels"
+                return
+        except UNREADABLE as error:
+            reasons[index] = str(error).split("\n")[0] or type(error).__name__
+            return
+        keep[index] = True
+
+    with ThreadPoolExecutor(max_workers=max(4, os.cpu_count() or 1)) as pool:  # opening is I/O-bound
+        for done, _ in enumerate(pool.map(check, range(len(paths))), start=1):
+            if done % REPORT_EVERY == 0 or done == len(paths):
+                progress("check images", done, len(paths))
+    return torch.from_numpy(keep), [(paths[i], reasons[i]) for i in sorted(reasons)]
+
+
 def _to_8_bit(image: Image.Image) -> Image.Image:
     """16-bit, 32-bit integer and float grey images scaled to 8 bits; PIL's convert would clip them to 255.
 

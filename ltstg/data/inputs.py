@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 from ltstg.data.batch_augment import augment_batch, to_model_input
+from ltstg.data.imagefolder import UNREADABLE
 from ltstg import ranks
 from ltstg.errors import LtstgError
 
@@ -166,13 +167,23 @@ class _Files(Dataset):
         try:
             with Image.open(path) as image:
                 rgb = image.convert("RGB")
-        except OSError as error:
-            raise LtstgError(f"cannot read image {path} ({error}).") from None
+        except UNREADABLE as error:  # make-dataset opened every file: this one changed since
+            reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
+            raise LtstgError(f"cannot read image {path} ({reason}); it was readable when the data "
+                             "set was made: restore it, or rerun make-dataset to skip it.") from None
         if seed is None:
             return self.evaluate(rgb), int(labels[index])
         with torch.random.fork_rng(devices=[]):  # torchvision's transforms draw from the global RNG
             torch.default_generator.manual_seed(seed % 2**63)
             return self.train(rgb), int(labels[index])
+
+
+def _worker_message(text: str) -> str:
+    """The LtstgError line of a DataLoader worker's re-raised error ("Caught LtstgError in DataLoader worker
+    process 0. Original Traceback … ltstg.errors.LtstgError: <message>"): the message alone."""
+    marker = f"{LtstgError.__module__}.{LtstgError.__qualname__}: "
+    lines = [line.split(marker, 1)[1] for line in text.splitlines() if marker in line]
+    return lines[-1] if lines else text
 
 
 class _Plan(Sampler):
@@ -228,6 +239,8 @@ class FileInputs:
                 images, labels = next(loaded)
             except StopIteration:
                 return
+            except LtstgError as error:  # from a worker, its message wrapped in the worker's traceback
+                raise LtstgError(_worker_message(str(error))) from None
             images = images.to(self.device, non_blocking=True)
             normalised = images.float().mul_(1.0 / 255).sub_(self.mean_t).div_(self.std_t)  # as v2.ToDtype + Normalize
             if self.channels_last:

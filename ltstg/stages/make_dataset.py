@@ -9,7 +9,7 @@ import torch
 
 from ltstg.data import Source, Split
 from ltstg.data.cifar import load_cifar
-from ltstg.data.imagefolder import decode_images, list_imagefolder
+from ltstg.data.imagefolder import check_images, decode_images, list_imagefolder
 from ltstg.data.inaturalist import read_inaturalist
 from ltstg.data.longtail import assign_groups, make_profile, select_long_tail, split_off_share, split_off_validation
 from ltstg.data.split_list import read_split_lists
@@ -201,6 +201,11 @@ def _split_tensors(
             images, keep, bad = decode_images(source.root or "", split.paths or (), settings.size, progress=progress)
             skipped += bad
             split = Split(labels=split.labels[keep], images=images)
+        elif split.images is None:  # paths: every file opened now, so a bad one is skipped here, not met mid-epoch
+            keep, bad = check_images(source.root or "", split.paths or (), progress=progress)
+            skipped += bad
+            if bad:
+                split = Split(labels=split.labels[keep], paths=tuple(p for p, k in zip(split.paths, keep.tolist()) if k))
         tensors[f"{split_name}_labels"] = split.labels.to(torch.int64)
         if split.images is not None:
             tensors[f"{split_name}_images"] = split.images

@@ -70,7 +70,7 @@ def test_wrong_counts_missing_files_and_missing_annotations_are_clear(tmp_path, 
         read_inaturalist(str(tmp_path))
     assert len(read_inaturalist(str(tmp_path), expected=None).splits["train"].paths) == 46
     (tmp_path / "train_val2018/Aves/0/val1.jpg").unlink()
-    with pytest.raises(LtstgError, match="1 images listed .* are missing .*val1.jpg"):
+    with pytest.raises(LtstgError, match=r"1 images listed .* cannot be read .*\(1 missing; first: .*val1.jpg"):
         read_inaturalist(str(tmp_path), expected=None)
     with pytest.raises(LtstgError, match="annotation file .*train2018.json not found; pass --split-dir"):
         read_inaturalist(str(tmp_path), str(tmp_path / "nowhere"), expected=None)
@@ -99,3 +99,36 @@ def test_make_dataset_keeps_paths_takes_validation_from_training_and_the_images_
     inputs = image_inputs(dataset, torch.device("cpu"), workers=0)
     images, labels = next(iter(inputs.eval_batches("test", 4)))
     assert images.shape == (4, 3, 16, 16) and labels.tolist() == [0, 0, 1, 1]
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda split, data: data["annotations"][0].update(category_id=1.7), "category_id 1.7 is not an integer"),
+    (lambda split, data: data["annotations"][0].update(category_id=True), "category_id True is not an integer"),
+    (lambda split, data: data["images"][0].update(id="0"), "image id '0' is not an integer"),
+    (lambda split, data: data["images"][1].update(id=data["images"][0]["id"]), "1 image ids appear more than once"),
+    (lambda split, data: data["images"][1].update(file_name=data["images"][0]["file_name"]),
+     "1 file names appear more than once"),
+])
+def test_34_ids_that_are_not_integers_or_repeat_are_refused(tmp_path, tiny, damage, message):
+    """Issue 34 (smaller ones): int() read `1.7` and `true` as category 1, and a repeated id or file name passed."""
+    write_inat(tmp_path, damage=lambda split, data: damage(split, data) if split == "train2018.json" else None)
+    with pytest.raises(LtstgError, match=message) as error:
+        read_inaturalist(str(tmp_path), expected=None)
+    assert "\n" not in str(error.value)
+
+
+def test_34_09_file_names_that_cannot_be_files_are_listed_in_one_error_with_their_count(tmp_path, tiny):
+    """A name through a file, one too long for the file system, one with a NUL byte: counted by reason, one line."""
+    bad = ["train_val2018/Aves/0/tra0.jpg/inside.jpg", "train_val2018/" + "x" * 300 + ".jpg", "train_val2018/a\0b.jpg"]
+
+    def damage(split, data):
+        if split == "train2018.json":
+            for image, name in zip(data["images"], bad):
+                image["file_name"] = name
+
+    write_inat(tmp_path, damage=damage)
+    with pytest.raises(LtstgError) as error:
+        read_inaturalist(str(tmp_path), expected=None)
+    message = str(error.value)
+    assert message.startswith("3 images listed in the iNaturalist 2018 split lists cannot be read") and "\n" not in message
+    assert "1 Not a directory" in message and "1 File name too long" in message and "embedded null" in message

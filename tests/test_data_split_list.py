@@ -109,7 +109,8 @@ def test_missing_image_files(tmp_path):
     with pytest.raises(LtstgError) as error:
         read_split_lists("imagenet-lt", root, list_dir, expected=None)
     message = str(error.value)
-    assert message.startswith("7 images listed in the ImageNet-LT split lists are missing under")
+    assert message.startswith("7 images listed in the ImageNet-LT split lists cannot be read under")
+    assert "(7 missing; first: val/missing0.JPEG" in message
     assert all(f"val/missing{i}.JPEG" in message for i in range(5)) and "missing5" not in message
     unchecked = read_split_lists("imagenet-lt", root, list_dir, expected=None, check_files=False)
     assert len(unchecked.splits["test"].paths) == 7

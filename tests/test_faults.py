@@ -850,3 +850,24 @@ def test_34_08_a_data_set_kept_as_paths_opens_every_file_before_epoch_1(tmp_path
     one_error_line(result, "cannot read image", "class1/2.png", "rerun make-dataset to skip it")
     assert len([line for line in result.stderr.splitlines() if line.startswith("error:")]) == 1
     assert "worker" not in result.stderr and "No such file or directory" in result.stderr
+
+
+def test_34_10_a_folder_the_walk_cannot_read_is_an_error_not_fewer_images(tmp_path, monkeypatch):
+    """Root reads any folder, so the refusal is the OS's, simulated: os.walk used to skip it without a word."""
+    root = image_folder(tmp_path / "images", [6, 4])
+    nested = root / "train" / "class0" / "more"
+    write_image(nested / "0.png")
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path) == str(nested):
+            raise PermissionError(13, "Permission denied", str(nested))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    one_error_line(invoke(tmp_path / "s", "make-dataset", "imagefolder", "--root", str(root)),
+                   "cannot read 1 folder(s) under", "class0/more: Permission denied", "fix their permissions")
+    monkeypatch.setattr(os, "scandir", real_scandir)
+    (root / "train" / "class1" / "gone.png").symlink_to(root / "nowhere.png")  # a broken link: skipped and counted
+    made = invoke(tmp_path / "s", "make-dataset", "imagefolder", "--root", str(root), "--imb", "1")
+    assert made.exit_code == 0 and "skipped 1 unreadable image file(s): train/class1/gone.png" in made.stderr

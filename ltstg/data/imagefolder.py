@@ -108,14 +108,25 @@ def _class_folders(root: str, split: str) -> list[str]:
 
 
 def _files(root: str, folder: str) -> list[tuple[str, int]]:
-    """(path relative to root, size) of every non-hidden file under folder, sorted by path."""
-    files = []
-    for directory, subfolders, names in os.walk(os.path.join(root, folder)):
+    """(path relative to root, size) of every non-hidden file under folder, sorted by path. A folder the walk
+    cannot read would drop its images without a word, so it is an error naming it (and how many there are)."""
+    files, unreadable = [], []
+    for directory, subfolders, names in os.walk(os.path.join(root, folder), onerror=unreadable.append):
         subfolders[:] = [name for name in subfolders if not name.startswith(".")]
         for name in names:
             if not name.startswith("."):
                 path = os.path.join(directory, name)
-                files.append((os.path.relpath(path, root).replace(os.sep, "/"), os.path.getsize(path)))
+                try:
+                    size = os.path.getsize(path)
+                except OSError:  # a broken link: listed, then skipped and counted as unreadable when opened
+                    size = -1
+                files.append((os.path.relpath(path, root).replace(os.sep, "/"), size))
+    if unreadable:
+        first = unreadable[0]
+        raise LtstgError(
+            f"cannot read {len(unreadable)} folder(s) under {os.path.join(root, folder)} (first: {first.filename}: "
+            f"{first.strerror or first}); their images would be left out: fix their permissions or move them away."
+        )
     return sorted(files)
 
 

@@ -7,6 +7,7 @@ toolkit's own validation split comes out of the training images (make-dataset sa
 """
 from __future__ import annotations
 
+import collections
 import json
 import os
 from collections.abc import Mapping
@@ -78,11 +79,19 @@ def _read_annotations(path: str, num_classes: int) -> tuple[list[str], list[int]
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise LtstgError(f"{name} is not a readable JSON annotation file ({error}); use the published {TITLE} files.") from None
     try:
-        files = {int(image["id"]): str(image["file_name"]).lstrip("/") for image in data["images"]}
-        labels = {int(note["image_id"]): int(note["category_id"]) for note in data["annotations"]}
-        categories = {int(c["id"]): str(c.get("name", "")) for c in data.get("categories", [])}
+        images = [(_whole(image["id"], "image id"), str(image["file_name"]).lstrip("/")) for image in data["images"]]
+        notes = [(_whole(note["image_id"], "image_id"), _whole(note["category_id"], "category_id"))
+                 for note in data["annotations"]]
+        categories = {_whole(c["id"], "category id"): str(c.get("name", "")) for c in data.get("categories", [])}
     except (KeyError, TypeError, ValueError) as error:
         raise LtstgError(f"{name} lacks {TITLE}'s images / annotations / categories layout ({_what(error)}).") from None
+    for what, values in (("image ids", [i for i, _ in images]), ("file names", [f for _, f in images]),
+                         ("annotated image ids", [i for i, _ in notes])):
+        repeated = [value for value, count in collections.Counter(values).items() if count > 1]
+        if repeated:
+            raise LtstgError(f"{name}: {len(repeated):,} {what} appear more than once (first: {repeated[0]!r}); "
+                             "each image is listed once, with one annotation.")
+    files, labels = dict(images), dict(notes)
     unlabelled = [i for i in files if i not in labels]
     if unlabelled or len(data["annotations"]) != len(files):
         raise LtstgError(
@@ -94,6 +103,13 @@ def _read_annotations(path: str, num_classes: int) -> tuple[list[str], list[int]
         raise LtstgError(f"{name}: category ids {out_of_range[:5]} lie outside 0..{num_classes - 1}.")
     order = sorted(files)  # by image id: the files' own order, made explicit
     return [files[i] for i in order], [labels[i] for i in order], categories
+
+
+def _whole(value: Any, what: str) -> int:
+    """A JSON integer: `1.7`, `true` or `"3"` are not ids (int() would read the first two as 1)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{what} {value!r} is not an integer")
+    return value
 
 
 def _what(error: Exception) -> Any:

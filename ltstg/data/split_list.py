@@ -1,6 +1,7 @@
 """ImageNet-LT and Places-LT from their standard split lists over an image root the user already has."""
 from __future__ import annotations
 
+import collections
 import os
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -130,25 +131,31 @@ def check_image_files(root: str, paths: list[str], title: str, progress: Progres
             f"image root {root} does not exist; pass --root with the folder the {title} paths are relative to."
         )
 
-    def size(path: str) -> int:
+    def size(path: str) -> int | str:
+        """The file's size, or why it has none: missing, a path through a file, a name too long, a NUL byte."""
         try:
             return os.stat(os.path.join(root, path)).st_size
         except FileNotFoundError:
-            return -1
+            return "missing"
+        except (OSError, ValueError) as error:
+            return getattr(error, "strerror", None) or str(error)
 
-    sizes = []
+    sizes: list[int | str] = []
     with ThreadPoolExecutor(max_workers=STAT_THREADS) as pool:
         for done, file_size in enumerate(pool.map(size, paths), start=1):
             sizes.append(file_size)
             if done % REPORT_EVERY == 0 or done == len(paths):
                 progress("check image files", done, len(paths))
-    missing = [path for path, file_size in zip(paths, sizes) if file_size < 0]
-    if missing:
+    bad = [(path, why) for path, why in zip(paths, sizes) if isinstance(why, str)]
+    if bad:
+        reasons = collections.Counter(why for _, why in bad)
+        counts = ", ".join(f"{count:,} {why}" for why, count in reasons.most_common())
+        first = ", ".join(path for path, _ in bad[:5])
         raise LtstgError(
-            f"{len(missing):,} images listed in the {title} split lists are missing under {root} "
-            f"(first: {', '.join(missing[:5])}); pass --root with the folder the list paths are relative to."
+            f"{len(bad):,} images listed in the {title} split lists cannot be read under {root} ({counts}; first: "
+            f"{first}); pass --root with the folder the list paths are relative to, or fix the listed names."
         )
-    return sizes
+    return [int(file_size) for file_size in sizes]
 
 
 def _class_names(train: list[tuple[str, int]], num_classes: int) -> tuple[str, ...]:

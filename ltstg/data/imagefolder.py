@@ -111,7 +111,10 @@ def _files(root: str, folder: str) -> list[tuple[str, int]]:
     """(path relative to root, size) of every non-hidden file under folder, sorted by path. A folder the walk
     cannot read would drop its images without a word, so it is an error naming it (and how many there are)."""
     files, unreadable = [], []
-    for directory, subfolders, names in os.walk(os.path.join(root, folder), onerror=unreadable.append):
+    top = os.path.join(root, folder)
+    if not os.path.isdir(top):  # a class without this split's folder: no images of it here
+        return []
+    for directory, subfolders, names in os.walk(top, onerror=unreadable.append):
         subfolders[:] = [name for name in subfolders if not name.startswith(".")]
         for name in names:
             if not name.startswith("."):
@@ -124,7 +127,7 @@ def _files(root: str, folder: str) -> list[tuple[str, int]]:
     if unreadable:
         first = unreadable[0]
         raise LtstgError(
-            f"cannot read {len(unreadable)} folder(s) under {os.path.join(root, folder)} (first: {first.filename}: "
+            f"cannot read {len(unreadable)} folder(s) under {top} (first: {first.filename}: "
             f"{first.strerror or first}); their images would be left out: fix their permissions or move them away."
         )
     return sorted(files)

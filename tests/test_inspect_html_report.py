@@ -130,3 +130,59 @@ def test_the_run_report_lists_every_candidate_with_its_validation_score(tmp_path
         assert [line[3] for line in shown] == [f"{100 * record['val_mean_class']:.1f}" for record in tried]
         assert [line[4] for line in shown] == ["chosen" if record["chosen"] else "" for record in tried]
     assert all(cells[5].startswith("<code>") for cells in lines)  # each candidate's classifier id
+
+
+SHIFTED = """
+methods:
+  cRT: {classifier: crt}
+  cRT (shifted): {classifier: crt, bn_shift: true, sampling: class_aware}
+"""
+
+
+def test_34_11_the_report_includes_rows_trained_on_batchnorm_shifted_features(tmp_path):
+    """Kang's and MiSLAS's rows train on a shifted variant of the features (an artifact of its own); `report`
+    takes the features and their variants as one, and evaluates each classifier on the features it trained on."""
+    from tests.conftest import TINY
+
+    recipe = tmp_path / "shifted.yaml"
+    recipe.write_text(TINY + SHIFTED)
+    store = tmp_path / "s"
+    ran = runner.invoke(app, ["--store", str(store), "--json", "run", str(recipe)])
+    assert ran.exit_code == 0, ran.output
+    by_run = {row["method"]: row["all"] for row in json.loads(ran.stdout)["rows"]}
+    reported = runner.invoke(app, ["--store", str(store), "--json", "report", "--out", str(tmp_path / "r.html"),
+                                   "--no-tsne"])
+    assert reported.exit_code == 0, reported.output
+    rows = {row["method"]: row["all"] for row in json.loads(reported.stdout)["rows"]}
+    shifted_label = next(label for label in rows if "bn_shift True" in label)  # labelled by what differs
+    assert rows[shifted_label] == by_run["cRT (shifted)"]  # scored on the shifted features, as the run scored it
+    assert sorted(rows.values()) == sorted(by_run.values()) and len(rows) == 2
+    from ltstg.store import Store
+
+    shifted = [c.id[:12] for c in Store(store).list("classifier") if c.meta["settings"].get("bn_shift")]
+    alone = runner.invoke(app, ["--store", str(store), "--json", "report", *shifted, "--out", str(tmp_path / "s.html"),
+                                "--no-tsne"])
+    assert alone.exit_code == 0, alone.output
+    assert [r["all"] for r in json.loads(alone.stdout)["rows"]] == [by_run["cRT (shifted)"]]
+
+
+def test_34_12_seeds_varied_from_different_stages_make_separate_rows(recipe, tmp_path):
+    """`--vary-from retrain` and `--vary-from fit-stg` in one store: the STG rows split by how their seeds were
+    varied; the classifier of seed 0 (every stage at seed 0) belongs to both, and no row counts a seed twice."""
+    store = tmp_path / "s"
+    for vary in ("retrain", "fit-stg"):
+        assert runner.invoke(app, ["--store", str(store), "run", str(recipe), "--seeds", "0", "--seeds", "1",
+                                   "--methods", "cRT+STG", "--vary-from", vary]).exit_code == 0
+    reported = runner.invoke(app, ["--store", str(store), "--json", "report", "--out", str(tmp_path / "r.html"),
+                                   "--no-tsne"])
+    assert reported.exit_code == 0, reported.output
+    rows = {row["method"]: row["seeds"] for row in json.loads(reported.stdout)["rows"]}
+    assert rows == {"cRT+STG (seeds from fit-stg)": [0, 1], "cRT+STG (seeds from retrain)": [0, 1]}, rows
+    one = runner.invoke(app, ["--store", str(store), "--json", "run", str(recipe), "--seeds", "0", "--seeds", "1",
+                              "--methods", "cRT+STG", "--vary-from", "retrain"])
+    by_run = json.loads(one.stdout)["rows"][0]
+    retrain = next(r for r in json.loads(reported.stdout)["rows"] if r["method"].endswith("(seeds from retrain)"))
+    from ltstg.store import Store
+
+    classifier_of = lambda report: Store(store).get(report).parents[0]  # noqa: E731
+    assert [classifier_of(r) for r in by_run["reports"]] == [classifier_of(r) for r in retrain["reports"]]

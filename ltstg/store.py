@@ -363,7 +363,7 @@ class Store:
         """
         if self.root.exists() and not self.root.is_dir():
             raise LtstgError(f"store path {self.root} is a file, not a folder; pass --store with a folder.")
-        for folder in (self.objects, self.root / "locks", self.refs):
+        for folder in (self.objects, self.root / "locks", self.refs, self.root / "checkpoints"):
             probe = _temp_path(folder / "probe")
             try:
                 folder.mkdir(parents=True, exist_ok=True)

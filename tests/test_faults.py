@@ -871,3 +871,28 @@ def test_34_10_a_folder_the_walk_cannot_read_is_an_error_not_fewer_images(tmp_pa
     (root / "train" / "class1" / "gone.png").symlink_to(root / "nowhere.png")  # a broken link: skipped and counted
     made = invoke(tmp_path / "s", "make-dataset", "imagefolder", "--root", str(root), "--imb", "1")
     assert made.exit_code == 0 and "skipped 1 unreadable image file(s): train/class1/gone.png" in made.stderr
+
+
+def test_34_a_checkpoints_path_that_is_a_file_is_refused_before_the_first_epoch(tiny_recipe_path, tmp_path):
+    store = tmp_path / "store"
+    assert invoke(store, "make-dataset", "--recipe", str(tiny_recipe_path)).exit_code == 0
+    (store / "checkpoints").rmdir()  # made empty by make-dataset's check
+    (store / "checkpoints").write_text("not a folder")
+    result = invoke(store, "pretrain", "--recipe", str(tiny_recipe_path))
+    one_error_line(result, "checkpoints")
+    assert "pretrain" not in result.stderr.replace("pretrain.", "")  # no epoch ran: no progress line
+    assert _kinds(store) == ["dataset"]
+
+
+def test_34_a_batchnorm_shift_larger_than_a_paths_data_set_is_refused_before_stage_1(tmp_path):
+    root = image_folder(tmp_path / "images", [12, 6, 4], test_count=3)
+    recipe = tmp_path / "bn.yaml"
+    recipe.write_text(
+        f"dataset: {{source: imagefolder, root: {root}, imbalance: 1, size: 16, val_per_class: 1, storage: paths}}\n"
+        "pretrain: {model: resnet20_cifar, epochs: 1, batch_size: 4, warmup_epochs: 0, milestones: [1]}\n"
+        "retrain: {epochs: 1, batch_size: 64}\n"
+        "methods:\n  Kang: {classifier: crt, bn_shift: true, sampling: class_aware}\n"
+    )
+    one_error_line(invoke(tmp_path / "s", "run", str(recipe)), "method 'Kang' shifts BatchNorm statistics on "
+                   "batches of 64, more than the 19 training images", "lower its batch_size")
+    assert _kinds(tmp_path / "s") == ["dataset"]  # no backbone trained for nothing

@@ -259,6 +259,7 @@ def run_recipe(
 
         early = dataclasses.replace(ctx, force=False) if stage1_made else ctx
         dataset = step(steps.dataset_step(early, seeded)).artifact
+        _check_shift_batches(chosen, dataset)
         if last < 1:
             continue
         backbone = step(steps.pretrain_step(early, at("pretrain"), dataset)).artifact
@@ -286,6 +287,20 @@ def run_recipe(
         split = made.head_classes()  # the rows before the first STG of a shifted-only seed get its split too
         runs[first:] = [dataclasses.replace(run, head_classes=split) for run in runs[first:]]
     return runs, results
+
+
+def _check_shift_batches(chosen: dict[str, Candidates], dataset: Artifact) -> None:
+    """A data set that keeps paths drops the last partial batch, so a BatchNorm shift at a batch larger than its
+    training set would have no batch: refused here, before stage 1, not after it."""
+    if dataset.info.get("storage") != "paths":
+        return
+    images = int(dataset["class_counts"].sum())
+    too_large = sorted({(method, settings.batch_size) for method, candidates in chosen.items()
+                        for _, settings in candidates if settings.bn_shift and settings.batch_size > images})
+    if too_large:
+        method, batch = too_large[0]
+        raise LtstgError(f"method {method!r} shifts BatchNorm statistics on batches of {batch}, more than the "
+                         f"{images} training images of this data set; lower its batch_size.")
 
 
 def stage1_on_every_rank(ctx: Context, runs: list[tuple[Recipe, list[int]]], until: str, vary_from: str) -> bool:

@@ -91,7 +91,8 @@ ForceOption = Annotated[bool, typer.Option(help="Recompute even if the artifact 
 
 
 def load(options: Options, path: Optional[Path], given: dict[str, Any], *, method: Optional[str] = None):
-    """The recipe file, then its named method, then the flags and the global --seed: one validation."""
+    """The recipe file, then its named method, then the flags and the global --seed: one validation. Commands
+    call it before they import the stages (and torch), so a bad field is answered at once."""
     from ltstg.recipe import load_recipe
 
     if options.seed is not None:
@@ -119,10 +120,10 @@ def make_dataset_command(
     **flags: Any,
 ) -> None:
     """Build a long-tailed data set artifact (images or paths, labels, class counts and groups)."""
-    from ltstg.stages import steps
-
     options: Options = ctx.obj
     settings = load(options, recipe, {"dataset.source": source, **overrides("dataset", flags)})
+    from ltstg.stages import steps
+
     with RichProgress(not options.json) as progress:
         result = steps.dataset_step(run_context(options, progress, force), settings, name=name)
     show_results(options, [result], "make-dataset")
@@ -140,12 +141,12 @@ def pretrain_command(
     **flags: Any,
 ) -> None:
     """Stage 1: train the backbone with mixup, then cache its features (two artifacts)."""
+    options: Options = ctx.obj
+    settings = load(options, recipe, overrides("pretrain", flags))
     from ltstg import ranks
     from ltstg.runtime import is_main_process
     from ltstg.stages import steps
 
-    options: Options = ctx.obj
-    settings = load(options, recipe, overrides("pretrain", flags))
     with RichProgress(not options.json and is_main_process()) as progress:
         run = run_context(options, progress, force)
         data = pick_on_every_rank(run, dataset, "dataset")
@@ -169,10 +170,10 @@ def fit_stg_command(
     **flags: Any,
 ) -> None:
     """Stage 2: learn the Semantic Transformation Generator on head-class features."""
-    from ltstg.stages import steps
-
     options: Options = ctx.obj
     settings = load(options, recipe, overrides("stg", flags))
+    from ltstg.stages import steps
+
     with RichProgress(not options.json) as progress:
         run = run_context(options, progress, force)
         result = steps.fit_stg_step(run, settings, pick(run, features, "features"), name=name)
@@ -193,10 +194,10 @@ def retrain_command(
     **flags: Any,
 ) -> None:
     """Stage 3: re-train the classifier on frozen features, with a feature augmenter."""
-    from ltstg.stages import steps
-
     options: Options = ctx.obj
     settings = load(options, recipe, overrides("retrain", flags), method=method)
+    from ltstg.stages import steps
+
     with RichProgress(not options.json) as progress:
         run = run_context(options, progress, force)
         parent = pick(run, features, "features")
@@ -233,15 +234,15 @@ def eval_command(
     force: ForceOption = False,
 ) -> None:
     """Stage 4: top-1, many/medium/few, ECE and NLL on the test split; --compare for a table of methods."""
-    from ltstg.stages import steps
-    from ltstg.stages.evaluate import compare_rows
-
     options: Options = ctx.obj
     for path, flag in ((plot, "--plot"), (plot_norms, "--plot-norms"), (plot_reliability, "--plot-reliability")):
         output_file(path, PICTURES, flag)
     output_file(csv_path, (".csv",), "--csv")
     one_output(options, markdown)
     settings = load(options, recipe, {})
+    from ltstg.stages import steps  # after the recipe: a bad field is answered before torch is imported
+    from ltstg.stages.evaluate import compare_rows
+
     refs = list(classifiers or []) + list(compare or []) or [None]
     with RichProgress(not options.json) as progress:
         run = run_context(options, progress, force)
@@ -353,11 +354,11 @@ def run_command(
 ) -> None:
     """Whole recipes: make-dataset → pretrain → fit-stg → retrain (each method) → eval, then one table."""
     from ltstg.recipe import parse_assignments, parse_sweeps
-    from ltstg.stages.pipeline import run_sweep
 
     options: Options = ctx.obj
     given = parse_assignments(assignments or [])
     settings = [load(options, path, given) for path in recipes]
+    from ltstg.stages.pipeline import run_sweep  # after the recipes: a bad field is answered before torch is imported
     grid = parse_sweeps(sweeps or [])
     swept = (["recipe"] if len(recipes) > 1 else []) + list(grid)
     _check_run_output(columns, swept, until, report_path)
@@ -456,12 +457,11 @@ def report_command(
     recipe: RecipeOption = None,
 ) -> None:
     """One self-contained HTML file: data set, curves, methods table (± std over seeds) and every picture."""
-    from ltstg.inspect.html_report import write_report
-    from ltstg.stages.run_report import store_report
-
     options: Options = ctx.obj
     output_file(out, (".html",), "--out")
     settings = load(options, recipe, {})
+    from ltstg.inspect.html_report import write_report
+    from ltstg.stages.run_report import store_report
     with RichProgress(not options.json) as progress:
         report, rows = store_report(run_context(options, progress), settings, list(classifiers or []), with_tsne=tsne)
     note(f"wrote {write_report(report, out)}")

@@ -4,7 +4,9 @@ under its name with its settings model, its builder and its checks.
 A method is one module in `ltstg/augment/` or `ltstg/classifiers/`; the recipe's settings models, the
 retrain loop and its input checks all read these registries, so adding a method touches that module
 (and its test) only. No torch here: recipe.py imports this module, and torch types appear in
-annotations only.
+annotations only. A method module imports torch inside the functions that compute (its builder, its
+augmenter's methods), never at its top: every method module is imported to load a recipe, and the CLI
+answers `--help` and a bad recipe field without torch (tests/test_cli.py holds it).
 """
 from __future__ import annotations
 

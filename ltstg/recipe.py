@@ -5,7 +5,7 @@ artifact id; everything else defines the result. A field added after ids were pu
 joins an id only when it is set to something else than its default, so the stores made before it keep
 their ids. Stage 3's settings come from the method registries
 (`ltstg.methods`): the augment union from the augmenters, the classifier choice and its fields from the
-classifiers. No torch here (the method modules bring it).
+classifiers. No torch here, nor in the method modules' settings half: loading a recipe never imports it.
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 import torch
 
-from ltstg.classifiers.crt import LinearClassifier, build
+from ltstg.classifiers.crt import build
+from ltstg.models.heads import LinearClassifier
 from ltstg.data.features import TrainingFeatures
 from ltstg.methods import get_classifier
 

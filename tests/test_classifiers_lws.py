@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from ltstg.classifiers.lws import LwsClassifier, build
+from ltstg.classifiers.lws import build
+from ltstg.models.heads import LwsClassifier
 from ltstg.data.features import TrainingFeatures
 from ltstg.errors import LtstgError
 from ltstg.methods import get_classifier

@@ -3,7 +3,8 @@ from typing import get_args
 import pytest
 import torch
 
-from ltstg.classifiers.mislas import MislasSettings, ScaledLinearClassifier, build, parameter_groups, smoothing
+from ltstg.classifiers.mislas import MislasSettings, build, parameter_groups, smoothing
+from ltstg.models.heads import ScaledLinearClassifier
 from ltstg.data.features import TrainingFeatures
 from ltstg.errors import LtstgError
 from ltstg.methods import get_classifier

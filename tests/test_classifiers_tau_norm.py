@@ -1,6 +1,6 @@
 import torch
 
-from ltstg.classifiers.crt import LinearClassifier
+from ltstg.models.heads import LinearClassifier
 from ltstg.classifiers.tau_norm import tau_norm, tau_normalize
 from ltstg.data.features import TrainingFeatures
 from ltstg.methods import get_classifier

@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -288,3 +289,35 @@ def test_inspect_recipe_prints_the_effective_recipe_with_defaults_and_overrides(
     assert yaml.safe_load(as_yaml.stdout) == effective  # the same recipe, as YAML
     bad = runner.invoke(app, ["inspect", "recipe", str(recipe), "--set", "stg.memry=8"])
     assert bad.exit_code == 2 and "stg.memry" in bad.stderr
+
+
+BLOCK_TORCH = """
+import importlib.abc, sys
+
+class NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("torch", "timm", "numpy", "safetensors", "PIL"):
+            raise ImportError(f"{name} imported before a command ran")
+
+sys.meta_path.insert(0, NoTorch())
+sys.argv = ["ltstg", *sys.argv[1:]]
+from ltstg.cli import main
+main()
+"""
+
+
+@pytest.mark.parametrize("args, code, said", [
+    (["--help"], 0, "Long-tailed image classification"),
+    (["run", "--help"], 0, "Whole recipes"),
+    (["pretrain", "--bogus"], 2, "No such option"),
+    (["pretrain", "--epochs", "-3"], 2, "pretrain.epochs: Input should be greater than or equal to 1"),
+    (["run", "recipes/synthetic-lt.yaml", "--set", "stg.lr=-1"], 2, "stg.lr: Input should be greater than 0"),
+    (["retrain", "--augmenter", "stg", "--lam", "-1"], 2, "lam"),
+])
+def test_help_a_bad_flag_and_a_bad_recipe_field_are_answered_without_importing_torch(args, code, said):
+    """Issue 36: torch's import alone takes seconds; a typo is answered before it (benchmarks/startup.py times it)."""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", BLOCK_TORCH, *args], capture_output=True, text=True, cwd=root,
+                          timeout=120)
+    assert done.returncode == code, done.stdout[-2000:] + done.stderr[-2000:]
+    assert said in done.stdout + done.stderr and "imported before a command ran" not in done.stderr

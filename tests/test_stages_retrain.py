@@ -9,7 +9,7 @@ from ltstg.augment.isda import IsdaAugmenter
 from ltstg.augment.noise import NoiseAugmenter
 from ltstg.augment.none import NoAugmenter
 from ltstg.augment.stg import StgAugmenter
-from ltstg.classifiers.crt import LinearClassifier
+from ltstg.models.heads import LinearClassifier
 from ltstg.data.features import TrainingFeatures
 from ltstg.errors import LtstgError
 from ltstg.methods import augmenters, classifiers, get_augmenter

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field
 
 from ltstg.errors import LtstgError
 from ltstg.methods import Settings, register_augmenter, scope_field
 
 if TYPE_CHECKING:
+    import torch
+
     from ltstg.data.features import TrainingFeatures
     from ltstg.store import Artifact
 
@@ -30,6 +31,8 @@ class DropoutAugmenter:
 
     def augment(self, features: torch.Tensor, labels: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
         """Zero each entry with probability p and rescale survivors so the expected feature is unchanged."""
+        import torch
+
         draw = torch.rand(features.shape, generator=generator, device=features.device)  # (B, D)
         keep = draw >= self.p
         return torch.where(keep, features / (1.0 - self.p), torch.zeros((), dtype=features.dtype, device=features.device))

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field
 
 from ltstg.errors import LtstgError
 from ltstg.methods import Settings, register_augmenter, scope_field
 
 if TYPE_CHECKING:
+    import torch
+
     from ltstg.data.features import TrainingFeatures
     from ltstg.store import Artifact
 
@@ -29,6 +30,8 @@ class IsdaAugmenter:
     """
 
     def __init__(self, num_classes: int, dim: int, *, lam: float = 0.5, device: torch.device | str = "cpu") -> None:
+        import torch
+
         if num_classes < 1 or dim < 1:
             raise LtstgError(f"ISDA needs num_classes >= 1 and dim >= 1, got {num_classes} and {dim}.")
         if not lam >= 0:
@@ -45,6 +48,8 @@ class IsdaAugmenter:
         Only the rows of the classes in the batch are read and written: O(B·D) per step, not O(C·D) (at
         iNaturalist's 8,142 classes the whole table is 133 MB of float64). Finding them is one host sync on a GPU.
         """
+        import torch
+
         values = features.detach().to(self.means.device, torch.float64, copy=True)  # (B, D), changed in place below
         present, slot = torch.unique(labels.to(self.means.device), return_inverse=True)  # (U,), (B,)
         batch_counts = torch.bincount(slot, minlength=present.numel())  # (U,), all > 0
@@ -65,6 +70,8 @@ class IsdaAugmenter:
 
     def augment(self, features: torch.Tensor, labels: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
         """Update with the original batch first, then sample, so a class's first batch is already covered."""
+        import torch
+
         self.update(features, labels)
         variance = self.vars[labels.to(self.vars.device)].to(features.device, features.dtype)  # (B, D)
         noise = torch.randn(features.shape, generator=generator, device=features.device, dtype=features.dtype)
@@ -76,6 +83,8 @@ class IsdaAugmenter:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore statistics saved by `state_dict`, refusing ones built for another shape."""
+        import torch
+
         expected = {"means": self.means, "vars": self.vars, "counts": self.counts}
         if set(state) != set(expected):
             raise LtstgError(f"ISDA state must have keys {sorted(expected)}, got {sorted(state)}.")

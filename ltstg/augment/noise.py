@@ -3,13 +3,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field
 
 from ltstg.errors import LtstgError
 from ltstg.methods import Settings, register_augmenter, scope_field
 
 if TYPE_CHECKING:
+    import torch
+
     from ltstg.data.features import TrainingFeatures
     from ltstg.store import Artifact
 
@@ -30,6 +31,8 @@ class NoiseAugmenter:
 
     def augment(self, features: torch.Tensor, labels: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
         """Add fresh noise drawn from `generator` so runs repeat bit-for-bit."""
+        import torch
+
         noise = torch.randn(features.shape, generator=generator, device=features.device, dtype=features.dtype)  # (B, D)
         return features + self.std * noise
 

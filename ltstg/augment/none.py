@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-import torch
-
 from ltstg.methods import Settings, register_augmenter
 
 if TYPE_CHECKING:
+    import torch
+
     from ltstg.data.features import TrainingFeatures
     from ltstg.store import Artifact
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from ltstg.errors import LtstgError
 
 if TYPE_CHECKING:
+    import torch
+
     from ltstg.store import Artifact
 
 
@@ -17,11 +17,15 @@ class TailOnly:
     """`inner` on the whole batch (its draws and running statistics as without a scope), head samples put back."""
 
     def __init__(self, inner: Any, head_classes: torch.Tensor, num_classes: int) -> None:
+        import torch
+
         self.inner = inner
         self.is_tail = torch.ones(num_classes, dtype=torch.bool, device=head_classes.device)  # (C,)
         self.is_tail[head_classes.long()] = False
 
     def augment(self, features: torch.Tensor, labels: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
+        import torch
+
         augmented = self.inner.augment(features, labels, generator=generator)  # (B, D)
         tail = self.is_tail.to(labels.device)[labels].unsqueeze(1)  # (B, 1)
         return torch.where(tail, augmented, features)

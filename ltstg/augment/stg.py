@@ -3,19 +3,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
-import torch
 from pydantic import Field
 
 from ltstg.errors import LtstgError
 from ltstg.methods import Settings, register_augmenter, scope_field
-from ltstg.models.prototypes import class_means, nearest_prototype
-from ltstg.models.stg import load_stg, stg_problems
 
 if TYPE_CHECKING:
+    import torch
+
     from ltstg.data.features import TrainingFeatures
     from ltstg.store import Artifact
 
-Predict = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+Predict = Callable[["torch.Tensor", "torch.Tensor"], tuple["torch.Tensor", "torch.Tensor"]]
 MU_MODES = ("eq3", "relative", "zero")  # how μ enters the shift; StgAugment.mu in the recipe
 BORROW_CHUNK = 8192  # rows per nearest-prototype lookup, so (N, H) similarities never sit in memory at once
 
@@ -52,6 +51,8 @@ class StgAugmenter:
         class_means: torch.Tensor | None = None,
         scope: str = "tail",
     ) -> None:
+        import torch
+
         num_classes = class_counts.numel()
         if head_classes.numel() == 0:
             raise LtstgError("STG augmentation needs at least one head class; check the split (stg.head_rule).")
@@ -94,12 +95,18 @@ class StgAugmenter:
 
     def borrowed(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Which head class each feature borrows a token from, and the cosine that chose it (Table 5 reports)."""
+        from ltstg.models.prototypes import nearest_prototype
+
         index, cosine = nearest_prototype(features, self.prototypes.to(features.device, features.dtype))
         return self.head_classes.to(features.device)[index], cosine
 
     def augment(self, features: torch.Tensor, labels: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
         """Eq. 3-4 on tail samples (every sample with scope all); head samples come back unchanged since the STG
         was fit on them."""
+        import torch
+
+        from ltstg.models.prototypes import nearest_prototype
+
         if features.dim() != 2 or labels.shape != features.shape[:1]:
             raise LtstgError(
                 f"augment takes features (B, D) and labels (B,), got {tuple(features.shape)} and {tuple(labels.shape)}."
@@ -144,6 +151,11 @@ def stg_arguments(
 ) -> dict[str, Any]:
     """StgAugmenter's arguments: the trained STG (eval mode), its head classes and prototypes, and the
     classes' counts (and, for the relative shift, training means); shared by retrain, the API and inspect."""
+    import torch
+
+    from ltstg.models.prototypes import class_means
+    from ltstg.models.stg import load_stg, stg_problems
+
     problems = stg_problems(stg, class_counts.numel(), stg.info.get("num_features", -1))
     if problems:
         raise LtstgError("\n".join(problems))
@@ -167,6 +179,8 @@ def stg_arguments(
 
 def checks(settings: Any, features: Artifact, stg: Artifact | None) -> list[str]:
     """The stg artifact must fit these features and leave a tail, or the run would be plain cRT."""
+    from ltstg.models.stg import stg_problems
+
     train = features["train_features"]
     return stg_problems(stg, features["class_counts"].numel(), train.shape[1] if train.dim() == 2 else -1)
 
@@ -174,6 +188,8 @@ def checks(settings: Any, features: Artifact, stg: Artifact | None) -> list[str]
 def borrowed(augmenter: StgAugmenter, inputs: TrainingFeatures) -> dict[str, torch.Tensor]:
     """The head class each training sample borrows and its cosine; -1 and NaN for the samples it leaves as they are
     (head samples, unless its scope is all)."""
+    import torch
+
     heads, cosines = [], []
     with torch.no_grad():
         for chunk in torch.split(inputs.features, BORROW_CHUNK):
@@ -189,6 +205,8 @@ def borrowed(augmenter: StgAugmenter, inputs: TrainingFeatures) -> dict[str, tor
 @register_augmenter(StgAugment, label="STG", no_op="lam", checks=checks, outputs=borrowed, position=1)
 def build(settings: StgAugment, inputs: TrainingFeatures, stg: Artifact | None, device: torch.device) -> StgAugmenter:
     if stg is None:  # check_inputs refuses this first; kept for callers that build directly
+        from ltstg.models.stg import stg_problems
+
         raise LtstgError("\n".join(stg_problems(stg, inputs.num_classes, inputs.dim)))
     return StgAugmenter(
         **stg_arguments(stg, settings, inputs.class_counts, device, features=inputs.features, labels=inputs.labels)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import torch
 from pydantic import Field
 
 from ltstg.methods import Settings, register_classifier
 
 if TYPE_CHECKING:
+    import torch
+
     from ltstg.data.features import TrainingFeatures
     from ltstg.store import Artifact
 
@@ -33,6 +34,8 @@ def log_prior(class_counts: torch.Tensor) -> torch.Tensor:
 
 def checks(settings: Any, features: Artifact, stg: Artifact | None) -> list[str]:
     """log π_y is −∞ for a class without training samples: its logit would grow without bound."""
+    import torch
+
     counts = features["class_counts"]
     empty = torch.nonzero(counts.flatten() <= 0).flatten().tolist()
     if not empty:

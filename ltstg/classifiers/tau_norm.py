@@ -3,13 +3,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import torch
 from pydantic import Field
 
 from ltstg.errors import LtstgError
 from ltstg.methods import Settings, register_classifier
 
 if TYPE_CHECKING:
+    import torch
+
     from ltstg.data.features import TrainingFeatures
 
 
@@ -23,6 +24,8 @@ def tau_normalize(weight: torch.Tensor, bias: torch.Tensor | None, tau: float) -
     The bias is dropped, as in classifier-balancing's tau_norm.py (logits are pure dot products):
     we return a zero bias (C,) so the result loads into a LinearClassifier unchanged.
     """
+    import torch
+
     if weight.dim() != 2:
         raise LtstgError(f"tau-normalisation needs a (C, D) weight, got shape {tuple(weight.shape)}.")
     if bias is not None and bias.shape != (weight.shape[0],):

@@ -206,9 +206,45 @@ def _hasher(index: dict[str, Any], meta: dict[str, Any]) -> Any:
     return hasher
 
 
+# Every tensor of an artifact starts on a 64-byte boundary of the file, and so of its mapping (pages are 4096-byte
+# aligned), as a fresh CPU allocation does: oneDNN and MKL take other code paths for data misaligned to their
+# vector width and sum in another order, so a tensor read back would give 1-ulp different products than the one
+# that was computed (and reused artifacts different numbers from fresh ones, run to run, as the header's length
+# varied). The header is padded with spaces and the gaps between tensors are filled by padding entries, as
+# safetensors allows (no holes); readers skip them.
+TENSOR_ALIGN = 64
+PAD_PREFIX = "__pad"
+
+
 def _encoded_header(index: dict[str, Any], meta: dict[str, Any]) -> bytes:
     encoded = json.dumps({"__metadata__": {METADATA_KEY: canonical_json(meta)}, **index}, separators=(",", ":")).encode()
-    return struct.pack("<Q", len(encoded) + (-len(encoded) % 8)) + encoded + b" " * (-len(encoded) % 8)
+    padding = -(8 + len(encoded)) % TENSOR_ALIGN  # the data section starts aligned
+    return struct.pack("<Q", len(encoded) + padding) + encoded + b" " * padding
+
+
+def _aligned_layout(tensors: dict[str, torch.Tensor], order: list[str]) -> tuple[dict[str, Any], list[str | int]]:
+    """The safetensors index with every tensor at a TENSOR_ALIGN offset, and what to write in order: a tensor's
+    name, or a count of padding bytes (a `__padN` entry of uint8)."""
+    index: dict[str, Any] = {}
+    writes: list[str | int] = []
+    offset = 0
+    for name in order:
+        tensor = tensors[name]
+        if tensor.dtype not in _DTYPE_NAMES:
+            raise TypeError(f"tensor {name!r} has dtype {tensor.dtype}, which the store cannot keep")
+        if name.startswith(PAD_PREFIX):
+            raise TypeError(f"tensor {name!r}: names starting with {PAD_PREFIX} are the store's padding")
+        gap = -offset % TENSOR_ALIGN
+        if gap:
+            index[f"{PAD_PREFIX}{len(writes)}"] = {"dtype": "U8", "shape": [gap], "data_offsets": [offset, offset + gap]}
+            writes.append(gap)
+            offset += gap
+        size = tensor.numel() * tensor.element_size()
+        index[name] = {"dtype": _DTYPE_NAMES[tensor.dtype], "shape": list(tensor.shape),
+                       "data_offsets": [offset, offset + size]}
+        writes.append(name)
+        offset += size
+    return index, writes
 
 
 def _raw_bytes(tensor: torch.Tensor) -> memoryview:
@@ -388,26 +424,18 @@ class Store:
         The header is written first with a placeholder digest of the same length and filled in at the end, so
         no copy of the file is ever held: the peak is the largest tensor that had to be made contiguous or
         brought to the CPU. Tensors are laid out by element size (largest first), as safetensors does, so
-        every tensor of the file is aligned for a memory-mapped read.
+        every tensor of the file is aligned for a memory-mapped read (at TENSOR_ALIGN, padding between them).
         """
         meta = {**meta, "id": artifact_id, "format": FORMAT_VERSION, "digest": "0" * 64}
         order = sorted(tensors, key=lambda name: (-tensors[name].element_size(), name))
-        index, offset = {}, 0
-        for name in order:
-            tensor = tensors[name]
-            if tensor.dtype not in _DTYPE_NAMES:
-                raise TypeError(f"tensor {name!r} has dtype {tensor.dtype}, which the store cannot keep")
-            size = tensor.numel() * tensor.element_size()
-            index[name] = {"dtype": _DTYPE_NAMES[tensor.dtype], "shape": list(tensor.shape),
-                           "data_offsets": [offset, offset + size]}
-            offset += size
+        index, writes = _aligned_layout(tensors, order)
         hasher = _hasher(index, meta)
         placeholder = _encoded_header(index, meta)
         path = self.path(artifact_id)
         with atomic_file(path) as handle:
             handle.write(placeholder)
-            for name in order:
-                raw = _raw_bytes(tensors[name])
+            for write in writes:
+                raw = memoryview(bytes(write)) if isinstance(write, int) else _raw_bytes(tensors[write])
                 hasher.update(raw)
                 handle.write(raw)
                 del raw
@@ -457,7 +485,8 @@ class Store:
         except OSError as error:
             raise os_error("read", path, error) from None
         whole = torch.frombuffer(mapped, dtype=torch.uint8)  # holds the mapping for as long as a tensor lives
-        tensors = {name: _tensor(whole, start, name, entry, label) for name, entry in index.items()}
+        tensors = {name: _tensor(whole, start, name, entry, label) for name, entry in index.items()
+                   if not name.startswith(PAD_PREFIX)}
         return Artifact(artifact_id, meta, tensors)
 
     def _verified(self, handle: io.BufferedReader, artifact_id: str) -> tuple[dict[str, Any], dict[str, Any], int]:

@@ -1,5 +1,6 @@
 """The GPU path in one command: the CLI in bf16 + channels_last + torch.compile, a stopped and resumed stage 1,
-a 2-process DDP stage 1, the stage-1 loop against a bare timm step, and the file loader at 224 px.
+a 2-process DDP stage 1, the stage-1 loop against a bare timm step, the file loader at 224 px, and (not with
+--cpu) `ltstg run`'s stages 2-4 spread over 2 processes against 1 (benchmarks/spread_speed.py's recipe).
 
 Usage:  python benchmarks/gpu_check.py [--cpu] [--json FILE]
 
@@ -185,6 +186,20 @@ def file_loader(folder: Path, size: dict) -> tuple[str, dict]:
     return f"{line}, {size['big_model']} bare step {model_rate:.0f} img/s ({size['precision']}): the loader {verdict}", figures
 
 
+def spread_over_ranks(folder: Path) -> tuple[str, dict]:
+    """`ltstg run` of benchmarks/spread_speed.py's many-candidate recipe on the GPU, 1 process against 2 (on one GPU
+    both share it): stages 2-4 spread over the ranks."""
+    from spread_speed import GOAL, compare
+
+    folder.mkdir()
+    one, many, one_rows, many_rows = compare(folder, 2, 2, "cuda")
+    if [row["method"] for row in one_rows] != [row["method"] for row in many_rows]:
+        raise Failed("the 2-process run's table has other rows than the single process's")
+    ratio = many / one
+    return (f"stages 2-4 of {len(one_rows)} methods x 2 seeds: 1 process {one:.0f} s, 2 processes {many:.0f} s, "
+            f"ratio {ratio:.2f} (goal <= {GOAL}: {'met' if ratio <= GOAL else 'MISSED'})", {"spread_ratio": ratio})
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu", action="store_true", help="toy sizes on the CPU, fp32, no compile (CI)")
@@ -210,6 +225,8 @@ def main() -> int:
             ("throughput", lambda: loop_against_bare(folder / "bench", size)),
             ("loader", lambda: file_loader(folder / "files", size)),
         ]
+        if not args.cpu:  # the CPU suite runs stages 2-4 over ranks in tests/test_spread.py
+            checks.append(("spread", lambda: spread_over_ranks(folder / "spread")))
         for name, check in checks:
             try:
                 line = check()

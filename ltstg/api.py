@@ -21,7 +21,7 @@ from ltstg.augment.stg import StgAugment, StgAugmenter, stg_arguments
 from ltstg.errors import LtstgError
 from ltstg.recipe import load_recipe, settings_error
 from ltstg.runtime import make_context, resolve_device
-from ltstg.stages.pipeline import MethodRun, check_run, check_seeds, run_recipe, stage1_on_every_rank
+from ltstg.stages.pipeline import MethodRun, check_run, check_seeds, run_recipe, shared_part
 from ltstg.stages.pretrain import load_backbone as _load_backbone
 from ltstg.store import Artifact, Store
 
@@ -107,9 +107,9 @@ def run(
     check_run(settings, until, methods, vary_from)  # before any stage 1 under torchrun
     check_seeds(settings, seeds or [settings.seed])
     ctx = make_context(store, device)
-    shared = stage1_on_every_rank(ctx, [(settings, seeds or [settings.seed])], until, vary_from)
+    shared = shared_part(ctx, [({}, settings)], seeds, until, methods, vary_from)
     if shared and not ctx.is_main:
-        return []  # under torchrun, a rank other than the first: its part (stage 1) is done
+        return []  # under torchrun, a rank other than the first: its part (stage 1, its share of stages 2-3) is done
     runs, _ = run_recipe(ctx, settings, seeds=seeds or [settings.seed], until=until, methods=methods,
                          vary_from=vary_from, stage1_made=shared)
     return runs

@@ -84,13 +84,21 @@ def tell_others(error: BaseException) -> None:
         share(told)
 
 
+def gather(value: T) -> list[T]:
+    """Every rank's `value`, in rank order (a single process: `[value]`); over the decision group, whose patience
+    covers ranks that reach it hours apart."""
+    if not distributed():
+        return [value]
+    answers: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(answers, value, group=_control_group())
+    return answers
+
+
 def all_see(seen: bool, what: str) -> None:
     """Every rank has `what` in its store, or every rank stops with one line naming those that don't."""
     if not distributed():
         return
-    answers: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(answers, seen, group=_control_group())
-    missing = [rank for rank, answer in enumerate(answers) if not answer]
+    missing = [rank for rank, answer in enumerate(gather(seen)) if not answer]
     if missing:
         raise LtstgError(
             f"rank(s) {', '.join(map(str, missing))} do not see {what} that rank 0 has: under torchrun every "

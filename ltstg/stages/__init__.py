@@ -162,6 +162,8 @@ class Context:
     recalled: set[str] = field(default_factory=set)  # reused ids whose notes were said again in this invocation
     logged: Callable[["Result"], None] = lambda result: None  # hears every artifact made or reused (main rank)
     deadline: float | None = None  # from --time-limit: time.perf_counter() past which a stage stops at a checkpoint
+    alone: bool = False  # under torchrun, this rank computes its own share of a run's units, deciding nothing with others
+    fresh: set[str] = field(default_factory=set)  # ids computed in this invocation, by any rank: --force keeps them
 
 
 @dataclass(frozen=True)
@@ -206,7 +208,7 @@ def run_stage(
         return _compute(ctx, pending, kind, record or settings, parents, call, seed,
                         shared_checkpoint=every_rank and ranks.distributed())
 
-    if ranks.distributed():
+    if ranks.distributed() and not ctx.alone:
         result = _decided_by_first_rank(ctx, pending, kind, compute, every_rank=every_rank)
     else:
         result = _reuse(ctx, pending, kind) or _compute_locked(ctx, pending, kind, compute)
@@ -275,7 +277,7 @@ def _say_file_size_limit(ctx: Context) -> None:
 
 
 def _reuse(ctx: Context, pending: str, kind: str) -> Result | None:
-    if ctx.force or not ctx.store.exists(pending):
+    if (ctx.force and pending not in ctx.fresh) or not ctx.store.exists(pending):
         return None
     artifact = ctx.store.get(pending, kind)
     ctx.note(f"reused {kind} {pending[:SHORT]} (same settings and parents; --force recomputes)")
@@ -336,6 +338,7 @@ def _compute(
         "run": ctx.run_options,
     }
     ctx.recalled.add(pending)  # its notes were just said: a later reuse in this invocation stays quiet
+    ctx.fresh.add(pending)  # made now: --force does not make it again in this invocation
     if ctx.is_main:
         meta = ctx.store.put(pending, output.tensors, meta)
         ctx.store.clear_checkpoint(pending)

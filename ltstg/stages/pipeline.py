@@ -223,7 +223,7 @@ def run_recipe(
     stage1_made: bool = False,
 ) -> tuple[list[MethodRun], list[Result]]:
     """Run every stage up to `until` for each seed and method; returns the eval reports and every step.
-    `stage1_made`: `stage1_on_every_rank` made the data sets and backbones, which --force must not redo alone.
+    `stage1_made`: `shared_part` made the data sets and backbones, which --force must not redo alone.
 
     Stages before `vary_from` run once with the recipe's own seed and are shared by every seed (Table 7:
     several seeds of stage 3 on one backbone); `vary_from` and later stages take each seed in turn.
@@ -303,22 +303,26 @@ def _check_shift_batches(chosen: dict[str, Candidates], dataset: Artifact) -> No
                          f"{images} training images of this data set; lower its batch_size.")
 
 
-def stage1_on_every_rank(ctx: Context, runs: list[tuple[Recipe, list[int]]], until: str, vary_from: str) -> bool:
-    """Under torchrun, every recipe's and seed's stage 1 first, on all ranks together: the data set made
-    by the first rank while the others wait, then the backbone (DDP); then the process group ends. The rest runs
-    once, on the first rank, reusing both; the other ranks are done. Returns whether it ran (False in a
-    single process, where it does nothing).
+def shared_part(ctx: Context, planned: list[tuple[Any, Recipe]], seeds: list[int] | None, until: str,
+                methods: list[str] | None, vary_from: str) -> bool:
+    """Under torchrun, what every rank does: each recipe's and seed's stage 1 first, on all ranks together (the
+    data set made by the first rank while the others wait, then the backbone under DDP), then each rank's share
+    of stages 2–3 (`ltstg.stages.spread`); then the process group ends, and the first rank runs the rest alone,
+    reusing all of it. Returns whether it ran (False in a single process, where it does nothing).
 
-    All stage 1s come first so that no rank waits at a barrier while the first one trains stage 3 (the
-    collective would time out)."""
+    All stage 1s come first so that no rank waits in a collective of the training group while another trains
+    stage 3 (it would time out); the ranks meet again only in the decision group, whose patience is days."""
     if not ranks.distributed():
         return False
-    for recipe, seeds in runs:
-        for seed in seeds:
+    for _, recipe in planned:
+        for seed in seeds or [recipe.seed]:
             seeded = with_seed(recipe, seed)
             dataset = steps.dataset_step(ctx, seeded).artifact  # made by the first rank, read by the others
             if STAGES.index(until) >= STAGES.index("pretrain"):
                 steps.pretrain_step(ctx, seeded if SEEDED.index(vary_from) == 0 else recipe, dataset)
+    from ltstg.stages.spread import spread
+
+    ctx.fresh.update(spread(ctx, planned, seeds, until, methods, vary_from))
     ranks.leave()
     return True
 
@@ -549,9 +553,9 @@ def run_sweep(
             check_run(recipe, until, methods, vary_from)
             check_seeds(recipe, seeds or [recipe.seed])
             planned.append(({"recipe": label, **combo} if len(recipe_paths) > 1 else combo, recipe))
-    shared = stage1_on_every_rank(ctx, [(recipe, seeds or [recipe.seed]) for _, recipe in planned], until, vary_from)
+    shared = shared_part(ctx, planned, seeds, until, methods, vary_from)
     if shared and not ctx.is_main:
-        return [], []  # a rank other than the first: its part (stage 1) is done
+        return [], []  # a rank other than the first: its part (stage 1, its share of stages 2-3) is done
     rows: list[dict[str, Any]] = []
     results: list[Result] = []
     for swept, recipe in planned:

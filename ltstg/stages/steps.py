@@ -51,6 +51,8 @@ def pretrain_step(ctx: Context, recipe: Recipe, dataset: Artifact, *, name: str 
         defining["init_weights_sha256"] = file_sha256(str(weights_file(settings.init_weights)))
         if not ctx.store.exists(stage_id("backbone", defining, recipe.seed, [dataset])) or ctx.force:
             check_weights_file(settings.init_weights)
+    if ctx.alone:  # a rank's share of a run under torchrun: stage 1 was made by every rank together, before it
+        return Result(ctx.store.get(stage_id("backbone", defining, recipe.seed, [dataset]), "backbone"), reused=True)
     if not ctx.force:  # decided by the first rank, so that every rank stops alike
         ranks.first_rank(lambda: _refuse_checkpoint_of_another_world(ctx, defining, recipe.seed, dataset))
     return run_stage(

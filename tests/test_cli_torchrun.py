@@ -90,3 +90,36 @@ def test_ctrl_c_under_torchrun_interrupts_every_rank_with_its_line(tmp_path):
     assert stderr.count("interrupted: the stage in progress was not committed") == 2, stderr[-4000:]
     assert "[rank0]" not in stderr and "[rank1]" not in stderr  # no rank's traceback
     assert store.list("backbone") == []
+
+
+REFUSING = """
+    import os
+    import ltstg.stages.fit_stg as fit_stg
+    from ltstg.errors import LtstgError
+
+    real = fit_stg.fit_stg
+
+    def refusing(*args, **kwargs):
+        if os.environ["RANK"] == "1":
+            raise LtstgError("the features of this seed are wrong, say")
+        return real(*args, **kwargs)
+
+    fit_stg.fit_stg = refusing
+    from ltstg.cli import main
+    main()
+"""
+
+
+def test_a_rank_that_stops_on_its_share_of_stages_2_to_4_stops_every_rank(tmp_path):
+    """Issue 36: stages 2-3 spread over the ranks; the rank whose unit fails says its line and exits 2, and the
+    first rank, waiting for the others' share, is stopped by torchrun with its one line instead of hanging."""
+    (tmp_path / "tiny.yaml").write_text(TINY + "methods:\n  cRT+STG: {classifier: crt, augment: {name: stg}}\n")
+    script = tmp_path / "refusing.py"
+    script.write_text(textwrap.dedent(REFUSING))
+    done = subprocess.run([*TORCHRUN, str(script), "--store", str(tmp_path / "store"), "--device", "cpu", "run",
+                           "tiny.yaml", "--seeds", "0", "--seeds", "1", "--vary-from", "fit-stg"], cwd=tmp_path,
+                          env=_env(), capture_output=True, text=True, timeout=300)
+    assert _exit_codes(done.stderr) == {1: 2, 0: 143}, done.stderr[-4000:]
+    assert done.returncode != 0 and "error: the features of this seed are wrong, say" in done.stderr
+    assert "[rank0]" not in done.stderr and "[rank1]" not in done.stderr  # no rank's traceback
+    assert Store(tmp_path / "store").list("report") == []

@@ -271,15 +271,10 @@ def run_recipe(
             continue
         first = len(runs)
         made = SeedInputs(ctx, at("pretrain"), at("fit-stg"), step, {None: features}, {features.id: stg} if stg else {})
-        def train(settings: RetrainSettings) -> Artifact:
-            return step(steps.retrain_step(ctx, at("retrain"), settings, made.features(settings),
-                                           made.stg(settings))).artifact
-
         for method, candidates in chosen.items():
-            values, classifier, tried, edges = choose(ctx, recipe, f"{method}, seed {seed}", method, candidates, train)
-            if last >= 4:
-                on = next(f for f in made.variants.values() if f.id == classifier.parents[0])  # what it trained on
-                report = step(steps.eval_step(ctx, at("retrain"), classifier, on)).artifact
+            values, classifier, tried, edges, report = choose_and_evaluate(
+                ctx, recipe, at("retrain"), seed, method, candidates, made, evaluate=last >= 4)
+            if report is not None:
                 runs.append(MethodRun(seed, method, report, converged(classifier), made.head_classes(),
                                       values if len(candidates) > 1 else None, tried,
                                       edges if len(candidates) > 1 else None,
@@ -287,6 +282,22 @@ def run_recipe(
         split = made.head_classes()  # the rows before the first STG of a shifted-only seed get its split too
         runs[first:] = [dataclasses.replace(run, head_classes=split) for run in runs[first:]]
     return runs, results
+
+
+def choose_and_evaluate(
+    ctx: Context, recipe: Recipe, seeded: Recipe, seed: int, method: str, candidates: Candidates, made: SeedInputs,
+    *, evaluate: bool,
+) -> tuple[dict[str, Any], Artifact, tuple[dict[str, Any], ...], dict[str, str], Artifact | None]:
+    """One method of one seed: its candidates trained (or reused), the best on validation chosen (`choose`), and
+    with `evaluate` its eval report on the features it trained on. `seeded` is the recipe at the seed's stage 3."""
+    def train(settings: RetrainSettings) -> Artifact:
+        return made.step(steps.retrain_step(ctx, seeded, settings, made.features(settings), made.stg(settings))).artifact
+
+    values, classifier, tried, edges = choose(ctx, recipe, f"{method}, seed {seed}", method, candidates, train)
+    if not evaluate:
+        return values, classifier, tried, edges, None
+    on = next(f for f in made.variants.values() if f.id == classifier.parents[0])  # what it trained on
+    return values, classifier, tried, edges, made.step(steps.eval_step(ctx, seeded, classifier, on)).artifact
 
 
 def _check_shift_batches(chosen: dict[str, Candidates], dataset: Artifact) -> None:

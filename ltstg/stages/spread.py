@@ -1,13 +1,13 @@
 """Under torchrun, `ltstg run`'s stages 2–4 on every rank: after the shared stage 1, each rank computes its share
-of the run's independent units (features, STGs of each seed, every method's candidate classifiers), balanced by
-their expected cost; the first rank then runs the run as one process would, reusing them.
+of the run's independent units (features, STGs of each seed, every method's candidate classifiers; then, once
+all candidates are in the store, each method's choice on validation with its eval report), balanced by their
+expected cost; the first rank then runs the run as one process would, reusing all of it, and prints the table.
 
 Each unit goes through the same steps as in a single process, so it gets the same content id and is written
 to the shared store exactly as that process would write it; a unit another rank already committed is reused
-(the store's lock makes a rank that needs a unit in progress elsewhere wait for it). What depends on the
-validation scores of all candidates (the choice, a step past a grid's edge, the eval reports of the chosen
-classifiers, the table) stays with the first rank. A rank that fails exits with its line, and torchrun stops
-the others.
+(the store's lock makes a rank that needs a unit in progress elsewhere wait for it). The units' notes are said
+once, by the first rank's pass (a reused artifact says its notes again). A rank that fails exits with its line,
+and torchrun stops the others.
 """
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ from ltstg.methods import uses_stg
 from ltstg.recipe import Recipe
 from ltstg.stages import Context, Result, steps
 
-# phases: a unit's inputs come from an earlier phase, so a rank seldom waits for another's STG
-FEATURES, STG, CLASSIFIER, CLASSIFIER_ON_STG = range(4)
+# phases: a unit's inputs come from an earlier phase, so a rank seldom waits for another's STG; the choices wait
+# until every rank's candidates are in the store
+FEATURES, STG, CLASSIFIER, CLASSIFIER_ON_STG, CHOICE = range(5)
 STG_COST_PER_EPOCH = 4.0  # an STG epoch (two MLPs, the ground truth over the memory) against a linear head's
 AUGMENTED_COST = 1.5  # a classifier epoch with a feature augmenter (the STG's forward pass) against a plain one
 
@@ -38,8 +39,11 @@ class Unit:
 
 def plan(planned: list[tuple[Any, Recipe]], seeds: list[int] | None, until: str, methods: list[str] | None,
          vary_from: str) -> list[Unit]:
-    """Every unit of stages 2–3 the run will need, in the order one process would meet them."""
-    from ltstg.stages.pipeline import SEEDED, STAGES, SeedInputs, check_run, with_seed
+    """Every unit of stages 2–4 the run will need, in the order one process would meet them: the seeds' features
+    and STGs, every candidate classifier, and each method's choice on validation (with the steps past a grid's
+    edge it asks for) and its eval report."""
+    from ltstg.stages.pipeline import SEEDED, STAGES, SeedInputs, check_run, choose_and_evaluate, with_seed
+    from ltstg.recipe import method_extends
 
     last = STAGES.index(until)
     units: dict[str, Unit] = {}
@@ -79,6 +83,13 @@ def plan(planned: list[tuple[Any, Recipe]], seeds: list[int] | None, until: str,
                                  f"classifier {where} {_key(stg_recipe.stg, stg_recipe.seed, settings, at['retrain'].seed)}",
                                  lambda ctx, step, inputs=inputs, at=at, settings=settings: _classifier(
                                      ctx, step, inputs(ctx, step), at["retrain"], settings)))
+            for method, group in chosen.items() if last >= 3 else ():
+                extends = method in recipe.methods and method_extends(recipe, method)
+                _add(units, Unit(CHOICE, 1.0 + (max(s.epochs for _, s in group) if extends else 0.0),
+                                 f"choice {_key(recipe, at['retrain'].seed, method)}",
+                                 lambda ctx, step, inputs=inputs, at=at, recipe=recipe, seed=seed, method=method,
+                                 group=group: choose_and_evaluate(ctx, recipe, at["retrain"], seed, method, group,
+                                                                  inputs(ctx, step), evaluate=last >= 4)))
     return list(units.values())
 
 
@@ -109,13 +120,19 @@ def share(units: list[Unit], rank: int, world_size: int) -> list[Unit]:
 
 def spread(ctx: Context, planned: list[tuple[Any, Recipe]], seeds: list[int] | None, until: str,
            methods: list[str] | None, vary_from: str) -> set[str]:
-    """This rank's share of the run's units, computed alone; returns the ids every rank made (so that --force
-    does not make them again on the first rank)."""
+    """This rank's share of the run's units, computed alone (the choices after every rank's candidates); returns
+    the ids every rank made, so that --force does not make them again on the first rank."""
     rank, world_size = ranks.world()
-    alone = dataclasses.replace(ctx, alone=True, is_main=True, fresh=set(),
+    alone = dataclasses.replace(ctx, alone=True, is_main=True, fresh=set(), note=lambda message: None,
                                 logged=ctx.logged if rank == 0 else (lambda result: None))
-    mine = share(plan(planned, seeds, until, methods, vary_from), rank, world_size)
-    for done, unit in enumerate(mine, start=1):
+    units = plan(planned, seeds, until, methods, vary_from)
+    trained = share([u for u in units if u.phase < CHOICE], rank, world_size)
+    chosen = share([u for u in units if u.phase == CHOICE], rank, world_size)
+    for done, unit in enumerate(trained + chosen, start=1):
+        if done == len(trained) + 1:
+            ranks.gather(None)  # every rank's candidates are in the store: each choice sees them all
         unit.make(alone, lambda result: result)
-        ctx.progress(f"rank {rank}'s share of stages 2-3", done, len(mine))
+        ctx.progress(f"rank {rank}'s share of stages 2-4", done, len(trained) + len(chosen))
+    if not chosen:
+        ranks.gather(None)  # the others' choices wait for this rank's candidates
     return set().union(*ranks.gather(alone.fresh))

@@ -42,16 +42,17 @@ def test_a_refusal_every_rank_shares_ends_each_with_its_line_and_2(tmp_path):
 
 BROKEN = """
     import os
-    import ltstg.stages.pretrain as pretrain
+    import {module} as stage
+    from ltstg.errors import LtstgError
 
-    real = pretrain.train_one_epoch
+    real = stage.{function}
 
     def broken(*args, **kwargs):
         if os.environ["RANK"] == "{rank}":
-            raise RuntimeError("out of memory, say")
+            raise {error}
         return real(*args, **kwargs)
 
-    pretrain.train_one_epoch = broken
+    stage.{function} = broken
     from ltstg.cli import main
     main()
 """
@@ -63,7 +64,8 @@ def test_a_bug_on_one_rank_keeps_its_traceback_and_the_others_stop_with_one_line
     so it waits for torchrun's stop and says so in one line instead of a second traceback."""
     (tmp_path / "tiny.yaml").write_text(TINY)
     script = tmp_path / "broken.py"
-    script.write_text(textwrap.dedent(BROKEN.format(rank=broken_rank)))
+    script.write_text(textwrap.dedent(BROKEN.format(module="ltstg.stages.pretrain", function="train_one_epoch",
+                                                    rank=broken_rank, error='RuntimeError("out of memory, say")')))
     done = subprocess.run([*TORCHRUN, str(script), "--store", str(tmp_path / "store"), "--device", "cpu", "run",
                            "tiny.yaml", "--until", "pretrain"], cwd=tmp_path, env=_env(), capture_output=True,
                           text=True, timeout=300)
@@ -92,30 +94,13 @@ def test_ctrl_c_under_torchrun_interrupts_every_rank_with_its_line(tmp_path):
     assert store.list("backbone") == []
 
 
-REFUSING = """
-    import os
-    import ltstg.stages.fit_stg as fit_stg
-    from ltstg.errors import LtstgError
-
-    real = fit_stg.fit_stg
-
-    def refusing(*args, **kwargs):
-        if os.environ["RANK"] == "1":
-            raise LtstgError("the features of this seed are wrong, say")
-        return real(*args, **kwargs)
-
-    fit_stg.fit_stg = refusing
-    from ltstg.cli import main
-    main()
-"""
-
-
 def test_a_rank_that_stops_on_its_share_of_stages_2_to_4_stops_every_rank(tmp_path):
     """Issue 36: stages 2-3 spread over the ranks; the rank whose unit fails says its line and exits 2, and the
     first rank, waiting for the others' share, is stopped by torchrun with its one line instead of hanging."""
     (tmp_path / "tiny.yaml").write_text(TINY + "methods:\n  cRT+STG: {classifier: crt, augment: {name: stg}}\n")
     script = tmp_path / "refusing.py"
-    script.write_text(textwrap.dedent(REFUSING))
+    script.write_text(textwrap.dedent(BROKEN.format(module="ltstg.stages.fit_stg", function="fit_stg", rank=1,
+                                                    error='LtstgError("the features of this seed are wrong, say")')))
     done = subprocess.run([*TORCHRUN, str(script), "--store", str(tmp_path / "store"), "--device", "cpu", "run",
                            "tiny.yaml", "--seeds", "0", "--seeds", "1", "--vary-from", "fit-stg"], cwd=tmp_path,
                           env=_env(), capture_output=True, text=True, timeout=300)

@@ -109,7 +109,7 @@ def run(
     ctx = make_context(store, device)
     shared = shared_part(ctx, [({}, settings)], seeds, until, methods, vary_from)
     if shared and not ctx.is_main:
-        return []  # under torchrun, a rank other than the first: its part (stage 1, its share of stages 2-3) is done
+        return []  # under torchrun, a rank other than the first: its part (stage 1, its share of stages 2-4) is done
     runs, _ = run_recipe(ctx, settings, seeds=seeds or [settings.seed], until=until, methods=methods,
                          vary_from=vary_from, stage1_made=shared)
     return runs

@@ -462,6 +462,7 @@ def report_command(
     settings = load(options, recipe, {})
     from ltstg.inspect.html_report import write_report
     from ltstg.stages.run_report import store_report
+
     with RichProgress(not options.json) as progress:
         report, rows = store_report(run_context(options, progress), settings, list(classifiers or []), with_tsne=tsne)
     note(f"wrote {write_report(report, out)}")

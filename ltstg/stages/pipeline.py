@@ -207,6 +207,11 @@ class SeedInputs:
             self.stgs[on.id] = self.step(steps.fit_stg_step(self.ctx, self.stg_recipe, on)).artifact
         return self.stgs[on.id]
 
+    def classifier(self, seeded: Recipe, settings: RetrainSettings) -> Artifact:
+        """A stage-3 candidate on the features and STG its settings ask for; `seeded` is the seed's stage-3 recipe."""
+        return self.step(steps.retrain_step(self.ctx, seeded, settings, self.features(settings),
+                                            self.stg(settings))).artifact
+
     def head_classes(self) -> tuple[int, ...] | None:
         """The STG's head classes (the same on every variant: the split follows the class counts)."""
         return next((tuple(stg["head_classes"].tolist()) for stg in self.stgs.values()), None)
@@ -290,10 +295,8 @@ def choose_and_evaluate(
 ) -> tuple[dict[str, Any], Artifact, tuple[dict[str, Any], ...], dict[str, str], Artifact | None]:
     """One method of one seed: its candidates trained (or reused), the best on validation chosen (`choose`), and
     with `evaluate` its eval report on the features it trained on. `seeded` is the recipe at the seed's stage 3."""
-    def train(settings: RetrainSettings) -> Artifact:
-        return made.step(steps.retrain_step(ctx, seeded, settings, made.features(settings), made.stg(settings))).artifact
-
-    values, classifier, tried, edges = choose(ctx, recipe, f"{method}, seed {seed}", method, candidates, train)
+    values, classifier, tried, edges = choose(ctx, recipe, f"{method}, seed {seed}", method, candidates,
+                                              lambda settings: made.classifier(seeded, settings))
     if not evaluate:
         return values, classifier, tried, edges, None
     on = next(f for f in made.variants.values() if f.id == classifier.parents[0])  # what it trained on
@@ -318,7 +321,7 @@ def shared_part(ctx: Context, planned: list[tuple[Any, Recipe]], seeds: list[int
                 methods: list[str] | None, vary_from: str) -> bool:
     """Under torchrun, what every rank does: each recipe's and seed's stage 1 first, on all ranks together (the
     data set made by the first rank while the others wait, then the backbone under DDP), then each rank's share
-    of stages 2–3 (`ltstg.stages.spread`); then the process group ends, and the first rank runs the rest alone,
+    of stages 2–4 (`ltstg.stages.spread`); then the process group ends, and the first rank runs the rest alone,
     reusing all of it. Returns whether it ran (False in a single process, where it does nothing).
 
     All stage 1s come first so that no rank waits in a collective of the training group while another trains
@@ -566,7 +569,7 @@ def run_sweep(
             planned.append(({"recipe": label, **combo} if len(recipe_paths) > 1 else combo, recipe))
     shared = shared_part(ctx, planned, seeds, until, methods, vary_from)
     if shared and not ctx.is_main:
-        return [], []  # a rank other than the first: its part (stage 1, its share of stages 2-3) is done
+        return [], []  # a rank other than the first: its part (stage 1, its share of stages 2-4) is done
     rows: list[dict[str, Any]] = []
     results: list[Result] = []
     for swept, recipe in planned:

@@ -32,9 +32,9 @@ AUGMENTED_COST = 1.5  # a classifier epoch with a feature augmenter (the STG's f
 @dataclass(frozen=True)
 class Unit:
     phase: int
-    cost: float  # expected, in linear-head epochs: only units of one phase are weighed against each other
+    cost: float  # expected, in linear-head epochs
     key: str  # what defines it, so a unit planned twice (two sweep combinations sharing it) is computed once
-    make: Callable[[Context, Callable[[Result], Result]], Any]
+    make: Callable[[Context], Any]
 
 
 def plan(planned: list[tuple[Any, Recipe]], seeds: list[int] | None, until: str, methods: list[str] | None,
@@ -56,45 +56,46 @@ def plan(planned: list[tuple[Any, Recipe]], seeds: list[int] | None, until: str,
 
             held: dict[str, SeedInputs] = {}
 
-            def inputs(ctx: Context, step: Callable[[Result], Result], seeded: Recipe = seeded,
-                       at: dict[str, Recipe] = at, held: dict[str, SeedInputs] = held) -> SeedInputs:
+            def inputs(ctx: Context, seeded: Recipe = seeded, at: dict[str, Recipe] = at,
+                       held: dict[str, SeedInputs] = held) -> SeedInputs:
                 """The seed's features, their variants and STGs, read once per rank (`held`), as one process
                 holds them through a seed."""
                 if "made" not in held:
-                    dataset = step(steps.dataset_step(ctx, seeded)).artifact
-                    backbone = step(steps.pretrain_step(ctx, at["pretrain"], dataset)).artifact
-                    features = step(steps.features_step(ctx, at["pretrain"], backbone, dataset)).artifact
-                    held["made"] = SeedInputs(ctx, at["pretrain"], at["fit-stg"], step, {None: features}, {})
+                    dataset = steps.dataset_step(ctx, seeded).artifact
+                    backbone = steps.pretrain_step(ctx, at["pretrain"], dataset).artifact
+                    features = steps.features_step(ctx, at["pretrain"], backbone, dataset).artifact
+                    held["made"] = SeedInputs(ctx, at["pretrain"], at["fit-stg"], _kept, {None: features}, {})
                 return held["made"]
 
             where = _key(at["pretrain"].pretrain, at["pretrain"].dataset, at["pretrain"].seed)
             if last >= 1:
-                _add(units, Unit(FEATURES, 1.0, f"features {where}", lambda ctx, step, inputs=inputs: inputs(ctx, step)))
+                _add(units, Unit(FEATURES, 1.0, f"features {where}", inputs))
             candidates = [settings for group in chosen.values() for _, settings in group] if last >= 3 else []
             stg_recipe = at["fit-stg"]
             if last == 2 or any(uses_stg(s.augment) and not s.bn_shift for s in candidates):
                 _add(units, Unit(STG, stg_recipe.stg.epochs * STG_COST_PER_EPOCH,
                                  f"stg {where} {_key(stg_recipe.stg, stg_recipe.seed)}",
-                                 lambda ctx, step, inputs=inputs, at=at: step(steps.fit_stg_step(
-                                     ctx, at["fit-stg"], inputs(ctx, step).variants[None]))))
+                                 lambda ctx, inputs=inputs, at=at: steps.fit_stg_step(
+                                     ctx, at["fit-stg"], inputs(ctx).variants[None])))
             for settings in candidates:
                 cost = settings.epochs * (AUGMENTED_COST if settings.augment.name != "none" else 1.0)
                 _add(units, Unit(CLASSIFIER_ON_STG if uses_stg(settings.augment) else CLASSIFIER, cost,
                                  f"classifier {where} {_key(stg_recipe.stg, stg_recipe.seed, settings, at['retrain'].seed)}",
-                                 lambda ctx, step, inputs=inputs, at=at, settings=settings: _classifier(
-                                     ctx, step, inputs(ctx, step), at["retrain"], settings)))
+                                 lambda ctx, inputs=inputs, at=at, settings=settings: inputs(ctx).classifier(
+                                     at["retrain"], settings)))
             for method, group in chosen.items() if last >= 3 else ():
                 extends = method in recipe.methods and method_extends(recipe, method)
                 _add(units, Unit(CHOICE, 1.0 + (max(s.epochs for _, s in group) if extends else 0.0),
                                  f"choice {_key(recipe, at['retrain'].seed, method)}",
-                                 lambda ctx, step, inputs=inputs, at=at, recipe=recipe, seed=seed, method=method,
+                                 lambda ctx, inputs=inputs, at=at, recipe=recipe, seed=seed, method=method,
                                  group=group: choose_and_evaluate(ctx, recipe, at["retrain"], seed, method, group,
-                                                                  inputs(ctx, step), evaluate=last >= 4)))
+                                                                  inputs(ctx), evaluate=last >= 4)))
     return list(units.values())
 
 
-def _classifier(ctx: Context, step: Callable[[Result], Result], made: Any, recipe: Recipe, settings: Any) -> None:
-    step(steps.retrain_step(ctx, recipe, settings, made.features(settings), made.stg(settings)))
+def _kept(result: Result) -> Result:
+    """SeedInputs' `step` here: a unit's results are in the store, where the first rank's pass finds them."""
+    return result
 
 
 def _key(*parts: Any) -> str:
@@ -131,7 +132,7 @@ def spread(ctx: Context, planned: list[tuple[Any, Recipe]], seeds: list[int] | N
     for done, unit in enumerate(trained + chosen, start=1):
         if done == len(trained) + 1:
             ranks.gather(None)  # every rank's candidates are in the store: each choice sees them all
-        unit.make(alone, lambda result: result)
+        unit.make(alone)
         ctx.progress(f"rank {rank}'s share of stages 2-4", done, len(trained) + len(chosen))
     if not chosen:
         ranks.gather(None)  # the others' choices wait for this rank's candidates

@@ -102,6 +102,7 @@ def test_ltstg_run_under_torchrun_spreads_after_its_ddp_stage_1_and_matches_one_
                            str(tmp_path / "recipe.yaml"), "--seeds", "0", "--seeds", "1", "--vary-from", "fit-stg"],
                           env=_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
+    assert "reused classifier" not in done.stderr  # made by a rank in this run: not a reuse worth a line
     rows = json.loads(done.stdout)["rows"]
     stage1 = tmp_path / "stage1"
     (stage1 / "objects").mkdir(parents=True)

@@ -280,7 +280,8 @@ def _reuse(ctx: Context, pending: str, kind: str) -> Result | None:
     if (ctx.force and pending not in ctx.fresh) or not ctx.store.exists(pending):
         return None
     artifact = ctx.store.get(pending, kind)
-    ctx.note(f"reused {kind} {pending[:SHORT]} (same settings and parents; --force recomputes)")
+    if pending not in ctx.fresh:  # made in this invocation (by another rank, or for another sweep combination)
+        ctx.note(f"reused {kind} {pending[:SHORT]} (same settings and parents; --force recomputes)")
     if pending in ctx.recalled:
         return Result(artifact, reused=True)
     ctx.recalled.add(pending)

@@ -233,6 +233,24 @@ def test_export_takes_the_report_id_a_run_shows_and_refuses_other_kinds(run, tmp
     assert wrong.exit_code == 2 and "is a features artifact" in wrong.stderr and not (tmp_path / "x").exists()
 
 
+def test_a_classifier_that_does_not_fit_the_backbones_head_is_refused_in_one_line(run):
+    """A head of another shape (a classifier trained on other features' width) cannot be copied into the backbone:
+    the export says which classifier and which head, instead of a copy_ shape error or a model that is not it."""
+    from dataclasses import replace
+
+    from ltstg.errors import LtstgError
+    from ltstg.stages.export import Lineage, folded_model
+
+    opened, _, classifier, _ = _artifacts(run["store"], run["rows"]["cRT"]["reports"][0])
+    lineage = Lineage.of(opened, classifier)
+    weight = classifier["weight"]
+    wider = replace(classifier, tensors={**classifier.tensors, "weight": torch.zeros(weight.shape[0], weight.shape[1] + 1)})
+    with pytest.raises(LtstgError, match=r"cannot be folded into backbone .*'s head \(\(\d+, \d+\)\)") as refused:
+        folded_model(replace(lineage, classifier=wider))
+    assert "\n" not in str(refused.value)
+    folded_model(lineage)  # the classifier as trained folds
+
+
 def test_an_export_the_file_system_refuses_is_one_line_and_leaves_nothing(run, tmp_path, monkeypatch):
     import errno
 

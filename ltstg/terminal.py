@@ -44,35 +44,37 @@ class Options:
 
 
 def guarded(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn LtstgError into red lines on stderr and exit code 2 (a `--time-limit` stop: 3), Ctrl-C into one line and 130, torchrun's stop
-    into one line and 143; everything else keeps its traceback."""
+    """Turn LtstgError into red lines on stderr and exit code 2 (a `--time-limit` stop: 3), Ctrl-C into one line
+    and 130, a SIGTERM (torchrun's stop, a batch system's) into one line and 143; everything else keeps its
+    traceback."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except LtstgError as error:
-            launcher.leaving()
-            code = getattr(error, "exit_code", 2)
-            label = ("error:", "red") if code == 2 else ("stopped:", "yellow")
-            if code == 2 or os.environ.get("RANK", "0") == "0":  # every rank stops at once: the first one says it
-                for line in str(error).splitlines() or ["error"]:
-                    stderr.print(Text.assemble(label, " ", line), highlight=False)
-            raise typer.Exit(code) from None
-        except KeyboardInterrupt:
-            _interrupted()
-        except launcher.Stopped:
-            _stopped()
-        except Exception as error:
-            if isinstance(error, (click.exceptions.Exit, click.ClickException)):
-                raise
-            echo = _raised_while_unwinding(error)
-            if isinstance(echo, KeyboardInterrupt):
+        with launcher.handling():
+            try:
+                return command(*args, **kwargs)
+            except LtstgError as error:
+                launcher.leaving()
+                code = getattr(error, "exit_code", 2)
+                label = ("error:", "red") if code == 2 else ("stopped:", "yellow")
+                if code == 2 or os.environ.get("RANK", "0") == "0":  # every rank stops at once: the first one says it
+                    for line in str(error).splitlines() or ["error"]:
+                        stderr.print(Text.assemble(label, " ", line), highlight=False)
+                raise typer.Exit(code) from None
+            except KeyboardInterrupt:
                 _interrupted()
-            if isinstance(echo, launcher.Stopped) or launcher.stopped_soon():
+            except launcher.Stopped:
                 _stopped()
-            launcher.leaving()  # a bug's traceback is printed whole, whatever torchrun does meanwhile
-            raise
+            except Exception as error:
+                if isinstance(error, (click.exceptions.Exit, click.ClickException)):
+                    raise
+                echo = _raised_while_unwinding(error)
+                if isinstance(echo, KeyboardInterrupt):
+                    _interrupted()
+                if isinstance(echo, launcher.Stopped) or launcher.stopped_soon():
+                    _stopped()
+                launcher.leaving()  # a bug's traceback is printed whole, whatever torchrun does meanwhile
+                raise
 
     return wrapper
 
@@ -98,11 +100,15 @@ def _interrupted() -> NoReturn:
 
 
 def _stopped() -> NoReturn:
+    under_torchrun = launcher.under_torchrun()
     launcher.leaving()
-    stderr.print(
-        "stopped: torchrun ended this rank because another rank stopped first (its output says why); "
-        "the stage in progress was not committed", highlight=False,
-    )
+    if under_torchrun:
+        message = ("stopped: torchrun ended this rank because another rank stopped first (its output says why); "
+                   "the stage in progress was not committed")
+    else:
+        message = ("stopped: SIGTERM (a batch system's time limit, or kill); the stage in progress was not "
+                   "committed; a rerun resumes from its last checkpoint")
+    stderr.print(message, highlight=False)
     raise typer.Exit(launcher.STOPPED_EXIT_CODE) from None
 
 

@@ -5,6 +5,7 @@ One test per row of the matrix (issue 13). Files are built in a temp folder; the
 import json
 import os
 import re
+import signal
 import struct
 import subprocess
 import sys
@@ -426,6 +427,44 @@ def test_interrupt_exits_130_and_commits_nothing(tiny_recipe_path, tmp_path, mon
     result = invoke(store, "pretrain", "--recipe", str(tiny_recipe_path))
     assert result.exit_code == 130 and "interrupted" in result.stderr and "Traceback" not in result.output
     assert Store(store).list("backbone") == []
+
+
+def test_a_sigterm_stops_a_command_with_its_line_and_143_and_the_rerun_resumes(tmp_path):
+    """What a batch system sends at a job's time limit (Slurm, Kubernetes), or `kill`: one line and 143 instead of
+    a silent death, nothing half-written in the store, and the same command continues from the last checkpoint."""
+    from tests.conftest import TINY
+
+    (tmp_path / "long.yaml").write_text(TINY.replace("  epochs: 2\n", "  epochs: 500\n", 1))  # stage 1 runs on
+    command = [sys.executable, "-m", "ltstg", "--store", str(tmp_path / "store"), "run", "long.yaml", "--until",
+               "pretrain"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    started = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    checkpoints = tmp_path / "store" / "checkpoints"
+    deadline = time.monotonic() + 120
+    while not list(checkpoints.glob("*.pt")):  # epoch 1 is kept
+        assert time.monotonic() < deadline and started.poll() is None
+        time.sleep(0.2)
+    os.killpg(started.pid, signal.SIGTERM)
+    _, stderr = started.communicate(timeout=120)
+    assert started.returncode == 143, stderr[-3000:]
+    assert "stopped: SIGTERM" in stderr and "a rerun resumes from its last checkpoint" in stderr
+    assert "Traceback" not in stderr
+    store = Store(tmp_path / "store")
+    assert store.list("backbone") == [] and not list((tmp_path / "store").rglob(".tmp-*"))
+    again = subprocess.run([*command[:5], "--time-limit", "0", *command[5:]], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 3 and "resuming from the checkpoint" in again.stderr, again.stderr[-3000:]
+
+
+def test_a_command_run_in_process_leaves_the_callers_sigterm_handler(tiny_recipe_path, tmp_path):
+    """The CLI takes SIGTERM for the time of a command only: a process that runs commands in turn (a test, a
+    notebook) keeps its own handler, after a command that succeeded and after one that failed."""
+    before = signal.getsignal(signal.SIGTERM)
+    assert invoke(tmp_path / "store", "make-dataset", "--recipe", str(tiny_recipe_path)).exit_code == 0
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert invoke(tmp_path / "store", "make-dataset", "--recipe", str(tmp_path / "absent.yaml")).exit_code == 2
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_an_error_raised_while_an_interrupt_unwinds_is_the_interrupt(tiny_recipe_path, tmp_path, monkeypatch):

@@ -28,6 +28,7 @@ MULTI_PROCESS_TESTS = [
     "tests/test_stages_pretrain.py::test_run_under_torchrun_trains_stage1_on_both_ranks_and_the_rest_once",
     "tests/test_stages_pretrain.py::test_the_prepared_gpu_check_runs_on_the_cpu",  # torchrun pretrain (DDP)
     "tests/test_cli_torchrun.py",  # refusal, error and Ctrl-C under torchrun: every rank's line and exit code
+    "tests/test_spread.py",  # stages 2-4 spread over 2 and 3 gloo ranks, and under torchrun after a DDP stage 1
 ]
 
 

@@ -452,8 +452,8 @@ def test_a_sigterm_stops_a_command_with_its_line_and_143_and_the_rerun_resumes(t
     assert "Traceback" not in stderr
     store = Store(tmp_path / "store")
     assert store.list("backbone") == [] and not list((tmp_path / "store").rglob(".tmp-*"))
-    again = subprocess.run([*command[:5], "--time-limit", "0", *command[5:]], cwd=tmp_path, env=env, capture_output=True, text=True,
-                           timeout=300)
+    once_more = [*command[:5], "--time-limit", "0", *command[5:]]  # stops after the epoch it resumes with
+    again = subprocess.run(once_more, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 3 and "resuming from the checkpoint" in again.stderr, again.stderr[-3000:]
 
 

@@ -243,8 +243,8 @@ def test_a_classifier_that_does_not_fit_the_backbones_head_is_refused_in_one_lin
 
     opened, _, classifier, _ = _artifacts(run["store"], run["rows"]["cRT"]["reports"][0])
     lineage = Lineage.of(opened, classifier)
-    weight = classifier["weight"]
-    wider = replace(classifier, tensors={**classifier.tensors, "weight": torch.zeros(weight.shape[0], weight.shape[1] + 1)})
+    classes, dim = classifier["weight"].shape
+    wider = replace(classifier, tensors={**classifier.tensors, "weight": torch.zeros(classes, dim + 1)})
     with pytest.raises(LtstgError, match=r"cannot be folded into backbone .*'s head \(\(\d+, \d+\)\)") as refused:
         folded_model(replace(lineage, classifier=wider))
     assert "\n" not in str(refused.value)
